@@ -1,0 +1,5 @@
+import sys
+
+from sftlab.cli import main
+
+sys.exit(main())

@@ -1,0 +1,6 @@
+"""`sftlab train` commands (stub: filled in by the module's owner)."""
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    pass

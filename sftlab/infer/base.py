@@ -1,0 +1,45 @@
+"""The generation protocol every backend implements; synthesis and evaluation use only this.
+
+A prompt is either a list of messages (the chat template is applied) or a raw string
+(used as is, for base models and few-shot text prompts).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, Sequence, Union, runtime_checkable
+
+from sftlab.types import Message
+
+Prompt = Union[str, Sequence[Message]]
+
+
+@dataclass
+class SamplingConfig:
+    """How to decode. ``temperature == 0`` means greedy."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Generation:
+    """One completion: the text (stop string excluded), token counts and why it ended."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: Literal["stop", "length"]
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Anything that turns a batch of prompts into completions, in order."""
+
+    name: str
+
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig) -> list[Generation]:
+        ...

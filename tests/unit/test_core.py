@@ -1,0 +1,88 @@
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from sftlab.config import build_config, dump_config, load_config
+from sftlab.errors import ConfigError, DataError
+from sftlab.registry import Registry
+from sftlab.types import IGNORE_INDEX, Conversation, Message, Tokenized
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-4
+    name: Literal["adamw", "sgd"] = "adamw"
+
+
+@dataclass
+class RunSection:
+    optim: OptimSection = field(default_factory=OptimSection)
+    steps: int = 10
+    targets: list[str] = field(default_factory=lambda: ["q_proj"])
+    note: str | None = None
+
+
+def test_overrides_reach_nested_sections_with_types():
+    config = build_config(RunSection, {"optim": {"lr": 3}}, ["steps=20", "targets=q_proj,v_proj"])
+    assert config.optim.lr == 3.0 and isinstance(config.optim.lr, float)
+    assert config.steps == 20
+    assert config.targets == ["q_proj", "v_proj"]
+
+
+def test_unknown_key_names_closest_valid_key():
+    with pytest.raises(ConfigError, match=r"unknown key 'optim.rl'; did you mean 'optim.lr'"):
+        build_config(RunSection, {}, ["optim.rl=1"])
+
+
+def test_literal_value_lists_allowed_values():
+    with pytest.raises(ConfigError, match=r"'optim.name' is 'adamm'; did you mean 'adamw'.*allowed: adamw, sgd"):
+        build_config(RunSection, {"optim": {"name": "adamm"}})
+
+
+def test_wrong_type_is_an_error():
+    with pytest.raises(ConfigError, match="'steps' must be int"):
+        build_config(RunSection, {"steps": "many"})
+
+
+def test_yaml_roundtrip(tmp_path):
+    config = build_config(RunSection, {}, ["optim.name=sgd", "note=hello"])
+    dump_config(config, tmp_path / "config.yaml")
+    assert load_config(RunSection, tmp_path / "config.yaml") == config
+
+
+def test_registry_suggests_close_name():
+    methods = Registry("method")
+    methods.register("lora")(object)
+    with pytest.raises(ConfigError, match="did you mean 'lora'"):
+        methods.get("lorra")
+
+
+def test_data_error_names_file_line_field_and_fix():
+    error = DataError("missing", file="x.jsonl", line=7, field="output", hint="add it")
+    assert str(error) == "x.jsonl:7: field 'output': missing (fix: add it)"
+
+
+def test_conversation_roundtrip_and_tokenized_counts():
+    conv = Conversation([Message("user", "hi"), Message("assistant", "yo")], id="a", meta={"k": 1})
+    assert Conversation.from_dict(conv.to_dict()) == conv
+    assert conv.turns == 1
+    example = Tokenized([1, 2, 3], [5, IGNORE_INDEX, 3])  # a label at position 0 never trains
+    assert example.num_trained == 1
+    with pytest.raises(ValueError):
+        Tokenized([1, 2], [1])
+
+
+def test_tiny_tokenizer_roundtrips_chat_text(tiny_tokenizer):
+    text = tiny_tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Ünïcode & 123?"}, {"role": "assistant", "content": "ok"}],
+        tokenize=False)
+    ids = tiny_tokenizer(text, add_special_tokens=False).input_ids
+    assert tiny_tokenizer.decode(ids) == text
+    assert tiny_tokenizer.convert_tokens_to_ids("<|im_end|>") == tiny_tokenizer.eos_token_id == 2
+
+
+def test_cli_help_lists_commands():
+    from sftlab.cli import build_parser
+
+    assert "sftlab" in build_parser().format_help()
