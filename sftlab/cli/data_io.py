@@ -1,0 +1,5 @@
+"""stub: filled in by the owner."""
+
+
+def register(subparsers) -> None:
+    pass
