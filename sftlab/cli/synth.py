@@ -1,6 +1,61 @@
-"""`sftlab synth` commands (stub: filled in by the module's owner)."""
+"""``sftlab synth NAME CONFIG.yaml [key=value ...]``: run a data-synthesis pipeline."""
 from __future__ import annotations
+
+import argparse
+
+EPILOG = """pipelines:
+  distill        a teacher answers your instructions (Alpaca / GPT-4-LLM; Orca system prompts)
+  self-instruct  grow tasks from the 175 seed tasks (Wang et al. 2022)
+  evol-instruct  evolve instructions in depth and breadth (WizardLM)
+  self-chat      the teacher plays both sides from seed topics (Baize)
+  back-translate instruction back-translation with self-curation (Li et al. 2023)
+  spin           self-play fine-tuning against the model's own generations (Chen et al. 2024)
+
+The teacher is any OpenAI-compatible endpoint (teacher.base_url, teacher.model, API key from
+the variable named by teacher.api_key_env) or `teacher.base_url=local` to run teacher.model
+in-process. Output is append-only JSONL: rerun the same command to resume after an
+interruption. A report of what was written and rejected lands in OUTPUT.report.json.
+
+example:
+  sftlab serve default --port 8000 &
+  sftlab synth self-instruct si.yaml seed_tasks=seed_tasks.jsonl num_instructions=50 \\
+      teacher.base_url=http://127.0.0.1:8000/v1 teacher.cache_dir=.cache/teacher
+"""
 
 
 def register(subparsers) -> None:
-    pass
+    parser = subparsers.add_parser(
+        "synth", help="synthesise instruction data with a teacher (distill, self-instruct, evol, ...)",
+        description="Run a data-synthesis pipeline against a teacher model.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", nargs="?", help="pipeline name (see below)")
+    parser.add_argument("config", nargs="?", help="YAML config file (optional: keys can be given as overrides)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. teacher.model=gpt-4o-mini")
+    parser.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
+    parser.set_defaults(handler=run, parser=parser)
+
+
+def run(args) -> int:
+    from dataclasses import asdict
+
+    import yaml
+
+    from sftlab.config import load_config
+    from sftlab.data.synth import PIPELINES
+
+    if not args.name:
+        args.parser.print_help()
+        return 0
+    config_class, run_pipeline = PIPELINES.get(args.name)
+    config_path, overrides = args.config, list(args.overrides)
+    if config_path and "=" in config_path:  # no YAML file, only overrides
+        config_path, overrides = None, [config_path] + overrides
+    config = load_config(config_class, config_path, overrides)
+    if args.show_config:
+        print(yaml.safe_dump(asdict(config), sort_keys=False))
+        return 0
+    report = run_pipeline(config)
+    saved = report.save(config.output, config)
+    print(report.summary())
+    print(f"output: {config.output}\nreport: {saved}")
+    return 0

@@ -1,0 +1,8 @@
+"""Synthetic instruction data: distillation from a teacher and self-improvement pipelines.
+
+Importing this package registers every pipeline in ``PIPELINES``.
+"""
+from sftlab.data.synth import distill, evol, self_chat, self_instruct  # noqa: F401  (registration)
+from sftlab.data.synth.base import PIPELINES, SynthReport
+
+__all__ = ["PIPELINES", "SynthReport"]

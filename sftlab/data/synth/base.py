@@ -68,3 +68,39 @@ class SynthReport:
         reasons = ", ".join(f"{k}: {v}" for k, v in self.rejected.most_common()) or "none"
         return (f"{self.pipeline}: wrote {self.written} new records ({self.total} in the file) "
                 f"from {self.requests} teacher requests; rejected: {reasons}")
+
+
+def read_prompts(path: str | Path) -> list[dict[str, Any]]:
+    """Prompts to synthesise from, one per row of a JSON list or JSONL file: rows with
+    ``instruction`` (+ ``input``) as in Alpaca, ``prompt``, or ``messages`` (the last user
+    turn is the prompt). Returns ``{"id", "prompt"}`` dicts; ids default to the row index.
+
+    >>> import tempfile, os
+    >>> p = os.path.join(tempfile.mkdtemp(), "x.jsonl")
+    >>> _ = open(p, "w").write('{"instruction": "Add", "input": "2 and 3"}\\n')
+    >>> read_prompts(p)
+    [{'id': 'x-0', 'prompt': 'Add\\n\\n2 and 3'}]
+    """
+    from sftlab.errors import DataError
+
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    rows = json.loads(text) if text.lstrip().startswith("[") else [
+        json.loads(line) for line in text.splitlines() if line.strip()]
+    prompts = []
+    for index, row in enumerate(rows):
+        if "instruction" in row:
+            prompt = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
+        elif "prompt" in row:
+            prompt = row["prompt"]
+        elif "messages" in row:
+            users = [m["content"] for m in row["messages"] if m.get("role") == "user"]
+            prompt = users[-1] if users else ""
+        else:
+            raise DataError("no prompt in this row", file=str(path), index=index, field="instruction",
+                            hint="give each row an 'instruction', 'prompt' or 'messages' field")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise DataError("empty prompt", file=str(path), index=index, field="instruction",
+                            hint="remove the row or fill in its instruction")
+        prompts.append({"id": str(row.get("id", f"{path.stem.split('.')[0]}-{index}")), "prompt": prompt})
+    return prompts

@@ -1,0 +1,89 @@
+"""Distillation (Alpaca / GPT-4-LLM style): a teacher answers a set of instructions.
+
+With ``orca_system_prompts`` on, each instruction gets one of several system messages
+asking for explanations and step-by-step reasoning (Orca, Mukherjee et al. 2023), chosen
+deterministically from the instruction id, and the system message is kept in the record.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from sftlab.data.synth.base import SynthReport, make_teacher, pipeline, provenance, read_prompts
+from sftlab.data.synth.client import ChatRequest, Teacher, TeacherConfig
+from sftlab.data.synth.store import RecordStore, stable_id
+from sftlab.types import Conversation, Message
+
+TEMPLATE_VERSION = "distill/v1"
+ORCA_SYSTEM_PROMPTS = (
+    "You are an AI assistant. Provide a detailed answer so the user does not need to search "
+    "elsewhere to understand it.",
+    "You are an AI assistant. The user will give you a task. Complete it as faithfully as you "
+    "can. While performing the task, think step by step and justify your steps.",
+    "You are a helpful assistant who always explains the reasoning behind an answer.",
+    "You are a teacher. Explain the task in simple steps: what it asks, any guidelines it gives, "
+    "and how you use them to find the answer.",
+    "You are an AI assistant that helps people find information. Think step by step before "
+    "giving the final answer.",
+)
+
+
+@dataclass
+class DistillConfig:
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    prompts: str = "instructions.jsonl"
+    """Rows with `instruction` (+ `input`), `prompt`, or `messages`."""
+    output: str = "distilled.jsonl"
+    orca_system_prompts: bool = False
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 1024
+    batch_size: int = 16
+    min_response_chars: int = 1
+    seed: int = 0
+
+
+@pipeline("distill", DistillConfig)
+def run(config: DistillConfig, teacher: Teacher | None = None) -> SynthReport:
+    from tqdm import tqdm
+
+    teacher = teacher or make_teacher(config.teacher)
+    report = SynthReport("distill")
+    prompts = read_prompts(config.prompts)
+    with RecordStore(config.output) as store:
+        todo = [p for p in prompts if _record_id(p, config) not in store]
+        progress = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc="distill", unit="answer")
+        for start in range(0, len(todo), config.batch_size):
+            batch = todo[start:start + config.batch_size]
+            messages = [_messages(p, config) for p in batch]
+            answers = teacher.complete([
+                ChatRequest(m, temperature=config.temperature, top_p=config.top_p,
+                            max_tokens=config.max_tokens, seed=config.seed) for m in messages])
+            report.requests += len(batch)
+            for prompt, turns, answer in zip(batch, messages, answers):
+                progress.update(1)
+                if len(answer.strip()) < config.min_response_chars:
+                    report.rejected["empty or too short response"] += 1
+                    continue
+                conversation = Conversation(
+                    turns + [Message("assistant", answer.strip())], id=_record_id(prompt, config),
+                    source=f"distill:{teacher.model}",
+                    meta={"prompt_id": prompt["id"],
+                          "provenance": provenance("distill", teacher, TEMPLATE_VERSION, config.seed, 0)})
+                store.write(conversation.to_dict())
+                report.written += 1
+        progress.close()
+        report.total = len(store)
+    return report
+
+
+def _record_id(prompt: dict, config: DistillConfig) -> str:
+    return stable_id("distill", prompt["id"], prompt["prompt"], config.orca_system_prompts, config.seed)
+
+
+def _messages(prompt: dict, config: DistillConfig) -> list[Message]:
+    turns = [Message("user", prompt["prompt"])]
+    if config.orca_system_prompts:
+        system = random.Random(f"{config.seed}:{prompt['id']}").choice(ORCA_SYSTEM_PROMPTS)
+        turns.insert(0, Message("system", system))
+    return turns
