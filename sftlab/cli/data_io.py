@@ -1,5 +1,130 @@
-"""stub: filled in by the owner."""
+"""``sftlab data convert`` and ``sftlab data stats``: thin adapters over ``sftlab.data.io``
+and ``sftlab.data.stats``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import stat
+from pathlib import Path
+
+OUTPUT_FORMATS = ["jsonl", "alpaca", "sharegpt", "openai"]
+
+CONVERT_HELP = """\
+Read an instruction-data file (alpaca, dolly, openai, sharegpt, prompt_completion, xp3,
+oasst, canonical, ...; detected from the first rows unless --format is given), validate
+every record and write it in another format.
+
+example:
+  sftlab data convert alpaca_en_demo.json -o data/alpaca.jsonl
+  sftlab data convert trees.jsonl --format oasst --oasst-best-path --to sharegpt -o out.json --on-error skip
+"""
+
+STATS_HELP = """\
+Count records, conversations, turns, roles, empty messages and characters per message;
+with --tokenizer also tokens per conversation (mean, p50, p90, p99, max) and a histogram PNG.
+
+example:
+  sftlab data stats alpaca_en_demo.json --tokenizer tiny --plot lengths.png
+  sftlab data stats data/train.jsonl --json
+"""
 
 
 def register(subparsers) -> None:
-    pass
+    convert = subparsers.add_parser("convert", help="convert instruction data between formats",
+                                    description=CONVERT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    convert.add_argument("input", help="a .json, .jsonl or .gz file")
+    _add_read_arguments(convert)
+    convert.add_argument("--to", choices=OUTPUT_FORMATS, default="jsonl",
+                         help="output format; jsonl is sftlab's canonical JSONL (default)")
+    convert.add_argument("-o", "--output", required=True,
+                         help="output file; .json writes one JSON array, anything else JSON lines")
+    convert.set_defaults(handler=run_convert)
+
+    stats = subparsers.add_parser("stats", help="statistics of an instruction-data file",
+                                  description=STATS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    stats.add_argument("input", help="a .json, .jsonl or .gz file")
+    _add_read_arguments(stats)
+    stats.add_argument("--tokenizer", help="tokenizer for token lengths: tiny, default, a path or hub id")
+    stats.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    stats.add_argument("--plot", help="token-length histogram PNG (default: beside the data)")
+    stats.set_defaults(handler=run_stats)
+
+
+def _add_read_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", help="input format (default: detected from the first rows)")
+    parser.add_argument("--on-error", choices=["fail", "skip"], default="fail",
+                        help="fail: stop at the first bad record (default); skip: drop and count bad records")
+    parser.add_argument("--oasst-best-path", action="store_true",
+                        help="Open Assistant: one thread per tree, following the best-ranked replies")
+    parser.add_argument("--oasst-keep-deleted", action="store_true", help="Open Assistant: keep deleted messages")
+    parser.add_argument("--oasst-keep-unreviewed", action="store_true",
+                        help="Open Assistant: keep messages that failed or lack review")
+
+
+def _read(args):
+    from sftlab.data.io import read_conversations
+
+    return read_conversations(args.input, format=args.format, on_error=args.on_error,
+                              oasst_best_path=args.oasst_best_path,
+                              oasst_keep_deleted=args.oasst_keep_deleted,
+                              oasst_keep_unreviewed=args.oasst_keep_unreviewed)
+
+
+def run_convert(args) -> int:
+    from sftlab.data.io import write_conversations
+
+    result = _read(args)
+    written = write_conversations(result.conversations, args.output, args.to)
+    print(f"read {result.records} records ({result.format}) -> wrote {written} conversations "
+          f"({args.to}) to {args.output}")
+    if result.dropped:
+        print(f"dropped by option: {_counts(result.dropped)}")
+    if args.on_error == "skip":
+        skipped_path = Path(f"{args.output}.skipped.json")
+        skipped_path.write_text(json.dumps(_skipped_report(args, result), indent=2, ensure_ascii=False) + "\n")
+        print(f"skipped {sum(result.skipped.values())} records: {_counts(result.skipped) or 'none'} "
+              f"(details in {skipped_path})")
+    return 0
+
+
+def _skipped_report(args, result) -> dict:
+    """What was dropped, and the settings that decided it (so the run can be repeated)."""
+    settings = {key: getattr(args, key) for key in ("input", "format", "to", "on_error", "oasst_best_path",
+                                                    "oasst_keep_deleted", "oasst_keep_unreviewed")}
+    return {"settings": settings, "input_format": result.format, "records": result.records,
+            "skipped": dict(result.skipped), "dropped": dict(result.dropped),
+            "first_errors": [str(error) for error in result.errors]}
+
+
+def _counts(counts) -> str:
+    return ", ".join(f"{reason}: {number}" for reason, number in sorted(counts.items()))
+
+
+def run_stats(args) -> int:
+    from sftlab.data.stats import data_stats, format_table, plot_token_histogram, token_lengths
+
+    result = _read(args)
+    lengths = None
+    if args.tokenizer:
+        from sftlab.models import load_tokenizer
+
+        lengths = token_lengths(result.conversations, load_tokenizer(args.tokenizer))
+    stats = data_stats(result, lengths)
+    if lengths is not None:
+        stats["plot"] = str(plot_token_histogram(lengths, _plot_path(args), title=Path(args.input).name))
+    print(json.dumps(stats, ensure_ascii=False) if args.json else format_table(stats))
+    if lengths is not None and not args.json:
+        print(f"histogram             {stats['plot']}")
+    return 0
+
+
+def _plot_path(args) -> Path:
+    """--plot, else ``<data>.tokens.png`` beside the data, else in the current folder
+    when the data's folder is read-only (a shared data set)."""
+    if args.plot:
+        return Path(args.plot)
+    beside = Path(f"{args.input}.tokens.png")
+    # permission bits, not os.access: the latter says yes to root even on a read-only share
+    writable = os.access(beside.parent, os.W_OK) and beside.parent.stat().st_mode & stat.S_IWUSR
+    return beside if writable else Path(beside.name)

@@ -1,13 +1,562 @@
 """Instruction-data formats: one pure reader function per format, into ``Conversation``.
 
-(Skeleton holding the registry contract; the formats owner fills it in.)
-
 A reader takes one parsed row (a dict) and the read options, and returns the
-conversations it holds (usually one; an Open Assistant tree holds many). It raises
-``DataError(message, field=..., hint=...)`` for a bad row; the driver adds file and line.
+conversations it holds (usually one; an Open Assistant tree holds many)::
+
+    @FORMATS.register("alpaca")
+    def read_alpaca(row: dict, options: ReadOptions) -> list[Conversation]: ...
+
+It raises ``DataError(message, field=..., hint=..., reason=...)`` for a bad row; the file
+driver (``sftlab.data.io.read_conversations``) adds the file and line, then either stops
+or counts the record as skipped under ``reason``. Every conversation a reader returns is
+checked by the one shared ``validate`` function.
+
+Formats: alpaca, dolly, openai, sharegpt, prompt_completion, xp3, canonical, oasst (and
+the task formats of ``sftlab.data.tasks``). ``detect_format(rows)`` picks one from the
+first rows of a file; each format registers a small ``(row) -> bool`` detector.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+from sftlab.errors import DataError
 from sftlab.registry import Registry
+from sftlab.types import ROLES, Conversation, Message
 
 FORMATS: Registry = Registry("format")
+"""name -> reader ``(row: dict, options: ReadOptions) -> list[Conversation]``."""
+
+DETECTORS: dict[str, Callable[[Any], bool]] = {}
+"""name -> ``(row) -> bool``; tried in registration order, most specific first."""
+
+
+@dataclass
+class ReadOptions:
+    """How to read a file. ``on_error``: ``fail`` stops at the first bad record; ``skip``
+    drops it and counts it per reason."""
+
+    on_error: Literal["fail", "skip"] = "fail"
+    require_assistant: bool = True
+    """Training data: the last turn must be a non-empty assistant turn. False for prompts."""
+    oasst_best_path: bool = False
+    """Open Assistant: one thread per tree following the best-ranked reply, not every thread."""
+    oasst_keep_deleted: bool = False
+    """Open Assistant: keep messages marked ``deleted: true`` (dropped with their subtree by default)."""
+    oasst_keep_unreviewed: bool = False
+    """Open Assistant: keep messages whose ``review_result`` is false or null."""
+    user_input_separator: str = "\n\n"
+    """Joins an instruction and its input (alpaca ``input``, dolly ``context``) into one user turn."""
+    # task formats (sftlab.data.tasks: self_instruct, superni)
+    expand_instances: bool = False
+    """self_instruct: one conversation per instance instead of per task."""
+    num_positive_examples: int = 2
+    """superni: positive examples shown in each prompt."""
+    num_negative_examples: int = 0
+    """superni: negative examples shown in each prompt."""
+    add_explanation: bool = False
+    """superni: show the examples' explanations."""
+    add_task_name: bool = False
+    """superni: name the task in the prompt."""
+    max_instances: int | None = None
+    """superni: at most this many instances per task (None: all)."""
+    tk_spacing: bool = False
+    """superni: reproduce Tk-Instruct's stray leading spaces byte for byte."""
+
+
+class ConversationList(list):
+    """A reader's result when it also drops parts of a record on purpose (not errors):
+    ``dropped`` counts them per reason, e.g. ``{"deleted message": 2}``."""
+
+    def __init__(self, conversations=(), dropped: dict[str, int] | None = None) -> None:
+        super().__init__(conversations)
+        self.dropped = dict(dropped or {})
+
+
+def register_detector(name: str) -> Callable:
+    """``@register_detector("alpaca")`` on a ``(row) -> bool`` function."""
+
+    def add(fn: Callable[[Any], bool]) -> Callable[[Any], bool]:
+        DETECTORS[name] = fn
+        return fn
+
+    return add
+
+
+def detect_format(rows: list[Any]) -> str:
+    """The format whose detector accepts the most of ``rows`` (the first rows of a file;
+    a broken row among them does not hide the format); ties go to the more specific one.
+
+    >>> detect_format([{"instruction": "Hi", "input": "", "output": "Hello"}])
+    'alpaca'
+    """
+    if not rows:
+        raise DataError("no records to detect the format from", hint="pass --format or check the file")
+    scores = {name: sum(bool(accepts(row)) for row in rows) for name, accepts in DETECTORS.items()}
+    best = max(scores, key=scores.get)  # max keeps the first of equal scores
+    if scores[best]:
+        return best
+    keys = sorted({key for row in rows if isinstance(row, dict) for key in row})
+    raise DataError(
+        f"cannot detect the format from keys {keys}",
+        hint=f"pass --format, one of: {', '.join(FORMATS.names())}",
+        reason="unknown format",
+    )
+
+
+# --- field helpers shared by readers -------------------------------------------------
+
+def require(row: dict, key: str, kind: type | tuple = str, *, field: str | None = None) -> Any:
+    """``row[key]``, which must exist and be of ``kind``; else a DataError naming the field."""
+    field = field or key
+    if not isinstance(row, dict):
+        raise DataError(f"expected an object, got {type(row).__name__}", field=field,
+                        hint="each record must be a JSON object", reason="wrong type")
+    if key not in row or row[key] is None:
+        raise DataError("missing field", field=field, hint=f"add a '{key}' value to the record",
+                        reason="missing field")
+    return check_type(row[key], kind, field)
+
+
+def optional(row: dict, key: str, kind: type | tuple = str, default: Any = "") -> Any:
+    """``row[key]`` if present and not null (then it must be of ``kind``), else ``default``."""
+    if row.get(key) is None:
+        return default
+    return check_type(row[key], kind, key)
+
+
+def check_type(value: Any, kind: type | tuple, field: str) -> Any:
+    if isinstance(value, bool) or not isinstance(value, kind):
+        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise DataError(f"expected {expected}, got {type(value).__name__}", field=field,
+                        hint=f"make '{field}' a JSON {_json_name(kind)}", reason="wrong type")
+    return value
+
+
+def _json_name(kind: type | tuple) -> str:
+    kind = kind[0] if isinstance(kind, tuple) else kind
+    return {str: "string", list: "list", dict: "object", int: "number"}.get(kind, kind.__name__)
+
+
+def record_id(row: dict) -> str | None:
+    """A record's own id (``id`` field, string or number), or None."""
+    value = row.get("id") if isinstance(row, dict) else None
+    return str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+
+
+def extra_fields(row: dict, used: set[str]) -> dict[str, Any]:
+    """Top-level fields a reader does not consume: they go to ``Conversation.meta``."""
+    return {key: value for key, value in row.items() if key not in used}
+
+
+def join_input(instruction: str, extra: str, options: ReadOptions) -> str:
+    """One user turn from an instruction and optional input/context."""
+    return f"{instruction}{options.user_input_separator}{extra}" if extra.strip() else instruction
+
+
+# --- the one validation shared by every reader -----------------------------------------
+
+def canonical_field(index: int, key: str) -> str:
+    return f"messages[{index}].{key}"
+
+
+def validate(conversation: Conversation, *, require_assistant: bool = True,
+             field_name: Callable[[int, str], str] = canonical_field) -> Conversation:
+    """Check roles, types and turn order; return the conversation or raise ``DataError``.
+
+    Rules: roles are system/user/assistant; a system turn only comes first; user and
+    assistant alternate starting with user; contents are strings. With
+    ``require_assistant`` (training data) the last turn is assistant and no assistant turn
+    is empty. ``field_name(index, "role"|"content")`` names a message's field in the
+    source format (``conversations[3].from`` for ShareGPT).
+    """
+    messages = conversation.messages
+    if not messages:
+        raise DataError("conversation has no messages", field=field_name(0, "role").split("[")[0],
+                        hint="add at least a user and an assistant turn", reason="empty conversation")
+    for index, message in enumerate(messages):
+        _check_message(index, message, field_name, require_assistant)
+    _check_order(messages, field_name)
+    if require_assistant and messages[-1].role != "assistant":
+        raise DataError(f"the last turn is {messages[-1].role}, not assistant",
+                        field=field_name(len(messages) - 1, "role"),
+                        hint="end each record with the assistant's answer", reason="no final assistant turn")
+    return conversation
+
+
+def _check_message(index: int, message: Message, field_name, require_assistant: bool) -> None:
+    if message.role not in ROLES:
+        raise DataError(f"unknown role '{message.role}'", field=field_name(index, "role"),
+                        hint=f"use one of {', '.join(ROLES)}", reason="unknown role")
+    if not isinstance(message.content, str):
+        raise DataError(f"content must be a string, got {type(message.content).__name__}",
+                        field=field_name(index, "content"), hint="make the message text a JSON string",
+                        reason="wrong type")
+    if require_assistant and message.role == "assistant" and not message.content.strip():
+        raise DataError(f"assistant turn (message {index}) is empty", field=field_name(index, "content"),
+                        hint="fill in the answer or drop the record", reason="empty assistant turn")
+
+
+def _check_order(messages: list[Message], field_name) -> None:
+    expected = "user"
+    for index, message in enumerate(messages):
+        if message.role == "system":
+            if index != 0:
+                raise DataError(f"system turn at message {index}; only the first turn may be system",
+                                field=field_name(index, "role"),
+                                hint="move the system prompt to the start", reason="misplaced system turn")
+            continue
+        if message.role != expected:
+            previous = messages[index - 1].role if index else "start"
+            what = (f"two {message.role} turns in a row at message {index}" if previous == message.role
+                    else f"message {index} is {message.role} but {expected} was expected")
+            raise DataError(what, field=field_name(index, "role"),
+                            hint="user and assistant turns must alternate, starting with user",
+                            reason="roles do not alternate")
+        expected = "assistant" if expected == "user" else "user"
+
+
+def finish(conversation: Conversation, options: ReadOptions,
+           field_name: Callable[[int, str], str] = canonical_field) -> Conversation:
+    """Validate with the reader's own field names (the driver validates again generically)."""
+    return validate(conversation, require_assistant=options.require_assistant, field_name=field_name)
+
+
+# --- readers ----------------------------------------------------------------------------
+
+ALPACA_FIELDS = {"instruction", "input", "output", "system", "history", "id"}
+
+
+@FORMATS.register("alpaca")
+def read_alpaca(row: dict, options: ReadOptions) -> list[Conversation]:
+    """Stanford Alpaca / LLaMA-Factory alpaca. A row of ``alpaca_en_demo.json``::
+
+        {"instruction": "Describe a process of making crepes.", "input": "",
+         "output": "Making crepes is an easy and delicious process! ..."}
+
+    Optional ``system`` (string) and ``history`` (``[[user, assistant], ...]``, the turns
+    before this one). ``input`` joins the instruction as one user turn.
+    """
+    instruction = require(row, "instruction")
+    user = join_input(instruction, optional(row, "input"), options)
+    output = require(row, "output")
+    messages = _system(optional(row, "system")) + _history(optional(row, "history", list, []))
+    messages += [Message("user", user), Message("assistant", output)]
+    conversation = Conversation(messages, id=record_id(row), meta=extra_fields(row, ALPACA_FIELDS))
+    return [finish(conversation, options, _alpaca_field(conversation))]
+
+
+def _system(text: str) -> list[Message]:
+    return [Message("system", text)] if text else []
+
+
+def _history(history: list) -> list[Message]:
+    """``[[user, assistant], ...]`` -> messages; each pair must hold two strings."""
+    messages = []
+    for turn, pair in enumerate(history):
+        if not (isinstance(pair, list) and len(pair) == 2):
+            raise DataError(f"expected a [user, assistant] pair, got {pair!r:.60}", field=f"history[{turn}]",
+                            hint="write history as a list of [user, assistant] pairs", reason="wrong type")
+        user = check_type(pair[0], str, f"history[{turn}][0]")
+        assistant = check_type(pair[1], str, f"history[{turn}][1]")
+        messages += [Message("user", user), Message("assistant", assistant)]
+    return messages
+
+
+def _alpaca_field(conversation: Conversation) -> Callable[[int, str], str]:
+    """Message index -> the alpaca field it came from (system, history[k][j], instruction, output)."""
+    offset = 1 if conversation.messages[0].role == "system" else 0
+    last = len(conversation.messages) - 1
+
+    def name(index: int, key: str) -> str:
+        if index == last:
+            return "output"
+        if index == last - 1:
+            return "instruction"
+        if index < offset:
+            return "system"
+        turn, side = divmod(index - offset, 2)
+        return f"history[{turn}][{side}]"
+
+    return name
+
+
+@FORMATS.register("dolly")
+def read_dolly(row: dict, options: ReadOptions) -> list[Conversation]:
+    """Databricks Dolly 15k. A row::
+
+        {"instruction": "When did Virgin Australia start operating?",
+         "context": "Virgin Australia ... commenced services on 31 August 2000 ...",
+         "response": "Virgin Australia commenced services on 31 August 2000.",
+         "category": "closed_qa"}
+
+    ``context`` joins the instruction as one user turn; ``category`` goes to ``meta``.
+    """
+    user = join_input(require(row, "instruction"), optional(row, "context"), options)
+    response = require(row, "response")
+    messages = [Message("user", user), Message("assistant", response)]
+    meta = extra_fields(row, {"instruction", "context", "response", "id"})
+    field = {0: "instruction", 1: "response"}
+    conversation = Conversation(messages, id=record_id(row), meta=meta)
+    return [finish(conversation, options, lambda index, key: field[index])]
+
+
+# roles of other formats that mean the same as ours
+ROLE_ALIASES = {
+    "system": "system", "user": "user", "assistant": "assistant",
+    "human": "user", "gpt": "assistant", "chatgpt": "assistant", "bing": "assistant",
+    "bard": "assistant", "model": "assistant", "developer": "system",
+}
+SHAREGPT_ROLES = ("human", "user", "gpt", "assistant", "chatgpt", "bing", "bard", "system")
+
+
+@FORMATS.register("openai")
+def read_openai(row: dict | list, options: ReadOptions) -> list[Conversation]:
+    """OpenAI chat fine-tuning format (also TRL "conversational"). A row::
+
+        {"messages": [{"role": "system", "content": "You are terse."},
+                      {"role": "user", "content": "Capital of France?"},
+                      {"role": "assistant", "content": "Paris."}]}
+
+    A bare list of messages is accepted as the row too. ``developer`` means system.
+    """
+    if isinstance(row, list):
+        row = {"messages": row}
+    messages = [_openai_message(item, f"messages[{index}]")
+                for index, item in enumerate(require(row, "messages", list))]
+    meta = extra_fields(row, {"messages", "id"})
+    conversation = Conversation(messages, id=record_id(row), meta=meta)
+    return [finish(conversation, options)]
+
+
+def _openai_message(item: Any, field: str) -> Message:
+    role = require(item, "role", field=f"{field}.role")
+    if role not in ("system", "user", "assistant", "developer"):
+        raise DataError(f"unknown role '{role}'", field=f"{field}.role",
+                        hint="use system, user or assistant (tool turns are not supported)",
+                        reason="unknown role")
+    return Message(ROLE_ALIASES[role], _text_content(require(item, "content", (str, list),
+                                                             field=f"{field}.content"), field))
+
+
+def _text_content(content: str | list, field: str) -> str:
+    """A string, or OpenAI content parts ``[{"type": "text", "text": ...}]`` joined."""
+    if isinstance(content, str):
+        return content
+    texts = []
+    for index, part in enumerate(content):
+        if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+            raise DataError("only text content parts are supported", field=f"{field}.content[{index}]",
+                            hint="use a plain string or {'type': 'text', 'text': ...} parts",
+                            reason="wrong type")
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+@FORMATS.register("sharegpt")
+def read_sharegpt(row: dict, options: ReadOptions) -> list[Conversation]:
+    """ShareGPT / Vicuna. A row of ``sharegpt_dummy_conversation.json``::
+
+        {"id": "identity_0", "conversations": [
+            {"from": "human", "value": "Who are you?"},
+            {"from": "gpt", "value": "I am Vicuna, a language model trained by ..."}]}
+
+    ``from``: human/user -> user; gpt/assistant/chatgpt/bing/bard -> assistant; system.
+    An optional top-level ``system`` string (LLaMA-Factory) becomes the first turn.
+    """
+    turns = require(row, "conversations", list)
+    messages = [_sharegpt_message(item, index) for index, item in enumerate(turns)]
+    system = _system(optional(row, "system"))
+    meta = extra_fields(row, {"conversations", "system", "id"})
+    conversation = Conversation(system + messages, id=record_id(row), meta=meta)
+
+    def field_name(index: int, key: str) -> str:
+        if index < len(system):
+            return "system"
+        return f"conversations[{index - len(system)}].{'from' if key == 'role' else 'value'}"
+
+    return [finish(conversation, options, field_name)]
+
+
+def _sharegpt_message(item: Any, index: int) -> Message:
+    field = f"conversations[{index}]"
+    speaker = require(item, "from", field=f"{field}.from")
+    if speaker not in SHAREGPT_ROLES:
+        raise DataError(f"unknown speaker '{speaker}'", field=f"{field}.from",
+                        hint=f"use one of {', '.join(SHAREGPT_ROLES)}", reason="unknown role")
+    return Message(ROLE_ALIASES[speaker], require(item, "value", field=f"{field}.value"))
+
+
+@FORMATS.register("prompt_completion")
+def read_prompt_completion(row: dict, options: ReadOptions) -> list[Conversation]:
+    """Prompt-completion pairs (OpenAI legacy, TRL "prompt-completion"). A row::
+
+        {"prompt": "Translate to French: cheese", "completion": "fromage"}
+
+    TRL's conversational variant (``prompt`` and ``completion`` as message lists) works too.
+    """
+    prompt = require(row, "prompt", (str, list))
+    completion = require(row, "completion", (str, list))
+    messages = _turns(prompt, "prompt", "user") + _turns(completion, "completion", "assistant")
+    meta = extra_fields(row, {"prompt", "completion", "id"})
+    return [finish(Conversation(messages, id=record_id(row), meta=meta), options)]
+
+
+def _turns(value: str | list, field: str, role: str) -> list[Message]:
+    if isinstance(value, str):
+        return [Message(role, value)]
+    return [_openai_message(item, f"{field}[{index}]") for index, item in enumerate(value)]
+
+
+@FORMATS.register("xp3")
+def read_xp3(row: dict, options: ReadOptions) -> list[Conversation]:
+    """xP3 / Flan-style templated tasks: one input, one target. A row::
+
+        {"inputs": "Premise: ... Hypothesis: ... Does the premise entail the hypothesis?",
+         "targets": "yes", "language": "en", "template": "GPT-3 style", "dataset": "anli"}
+    """
+    messages = [Message("user", require(row, "inputs")), Message("assistant", require(row, "targets"))]
+    meta = extra_fields(row, {"inputs", "targets", "id"})
+    field = {0: "inputs", 1: "targets"}
+    conversation = Conversation(messages, id=record_id(row), meta=meta)
+    return [finish(conversation, options, lambda index, key: field[index])]
+
+
+@FORMATS.register("canonical")
+def read_canonical(row: dict, options: ReadOptions) -> list[Conversation]:
+    """sftlab's own JSONL (what ``sftlab data convert --to jsonl`` writes). A row::
+
+        {"id": "alpaca_en_demo-0", "source": "alpaca_en_demo.json",
+         "messages": [{"role": "user", "content": "Describe a process of making crepes."},
+                      {"role": "assistant", "content": "Making crepes is ..."}],
+         "meta": {}}
+    """
+    messages = []
+    for index, item in enumerate(require(row, "messages", list)):
+        field = f"messages[{index}]"
+        messages.append(Message(require(item, "role", field=f"{field}.role"),
+                                require(item, "content", field=f"{field}.content")))
+    conversation = Conversation(messages, id=record_id(row), source=optional(row, "source", str, None),
+                                meta=dict(optional(row, "meta", dict, {})))
+    return [finish(conversation, options)]
+
+
+# --- Open Assistant message trees -------------------------------------------------------
+
+OASST_ROLES = {"prompter": "user", "assistant": "assistant"}
+
+
+@FORMATS.register("oasst")
+def read_oasst(row: dict, options: ReadOptions) -> ConversationList:
+    """Open Assistant message trees: a prompt with nested ``replies``. A row of
+    ``oasst_en_100_tree.jsonl`` (shortened)::
+
+        {"message_tree_id": "054e1df3-...", "tree_state": "ready_for_export",
+         "prompt": {"message_id": "054e1df3-...", "role": "prompter",
+                    "text": "How can I find the best 401k plan for my needs?",
+                    "deleted": false, "review_result": true,
+                    "replies": [{"message_id": "fa783ef0-...", "role": "assistant", "rank": 0,
+                                 "text": "The first step is ...", "replies": []}, ...]}}
+
+    Every root-to-leaf thread becomes one conversation (a trailing prompter turn with no
+    answer is cut off), id ``<message_tree_id>-<k>``. With ``oasst_best_path`` only the
+    thread that follows the best-ranked reply (lowest ``rank``; the first reply where
+    ranks are missing), id ``<message_tree_id>-best``. Deleted or unreviewed messages are
+    dropped with their subtree unless ``oasst_keep_deleted`` / ``oasst_keep_unreviewed``;
+    the drops are counted in ``ConversationList.dropped``.
+    """
+    tree_id = str(require(row, "message_tree_id"))
+    root = require(row, "prompt", dict)
+    dropped: dict[str, int] = {}
+    kept = _prune(root, options, dropped, "prompt")
+    if kept is None:
+        return ConversationList([], dropped)
+    if options.oasst_best_path:
+        threads = {"best": _best_thread(kept)}
+    else:
+        threads = {str(index): thread for index, thread in enumerate(_all_threads(kept))}
+    conversations = [_oasst_conversation(thread, f"{tree_id}-{key}", tree_id, options)
+                     for key, thread in threads.items() if thread]
+    return ConversationList(conversations, dropped)
+
+
+def _prune(message: dict, options: ReadOptions, dropped: dict[str, int], field: str) -> dict | None:
+    """A copy of the tree without dropped subtrees (None if ``message`` itself is dropped);
+    checks role and text on the way, so later steps can trust the tree."""
+    role = require(message, "role", field=f"{field}.role")
+    if role not in OASST_ROLES:
+        raise DataError(f"unknown role '{role}'", field=f"{field}.role",
+                        hint="Open Assistant roles are prompter and assistant", reason="unknown role")
+    require(message, "text", field=f"{field}.text")
+    reason = _drop_reason(message, options)
+    if reason:
+        dropped[reason] = dropped.get(reason, 0) + 1
+        return None
+    replies = optional(message, "replies", list, [])
+    kept = [_prune(reply, options, dropped, f"{field}.replies[{index}]") for index, reply in enumerate(replies)]
+    return {**message, "replies": [reply for reply in kept if reply is not None]}
+
+
+def _drop_reason(message: dict, options: ReadOptions) -> str | None:
+    # A missing review_result means the export carries no review data: keep the message.
+    if message.get("deleted") is True and not options.oasst_keep_deleted:
+        return "oasst deleted message"
+    if "review_result" in message and message["review_result"] is not True and not options.oasst_keep_unreviewed:
+        return "oasst unreviewed message"
+    return None
+
+
+def _all_threads(message: dict) -> list[list[dict]]:
+    """Every root-to-leaf path that ends on an assistant message."""
+    below = [path for reply in message["replies"] for path in _all_threads(reply)]
+    if below:
+        return [[message] + path for path in below]
+    return [[message]] if message["role"] == "assistant" else []
+
+
+def _best_thread(message: dict) -> list[dict]:
+    """Follow the lowest-ranked reply at each step (ties and missing ranks: reply order)."""
+    ranked = sorted(enumerate(message["replies"]), key=lambda item: (_rank(item[1]), item[0]))
+    for _, reply in ranked:
+        path = _best_thread(reply)
+        if path:
+            return [message] + path
+    return [message] if message["role"] == "assistant" else []
+
+
+def _rank(message: dict) -> float:
+    rank = message.get("rank")
+    return rank if isinstance(rank, (int, float)) and not isinstance(rank, bool) else float("inf")
+
+
+def _oasst_conversation(thread: list[dict], conversation_id: str, tree_id: str,
+                        options: ReadOptions) -> Conversation:
+    messages = [Message(OASST_ROLES[message["role"]], message["text"]) for message in thread]
+    meta = {"message_tree_id": tree_id, "message_ids": [message.get("message_id") for message in thread],
+            "lang": thread[0].get("lang")}
+    return finish(Conversation(messages, id=conversation_id, meta=meta), options)
+
+
+# --- detectors, most specific first -----------------------------------------------------
+
+def _has(row: Any, *keys: str) -> bool:
+    return isinstance(row, dict) and all(key in row for key in keys)
+
+
+register_detector("oasst")(lambda row: _has(row, "message_tree_id", "prompt") and isinstance(row["prompt"], dict))
+register_detector("canonical")(lambda row: _has(row, "messages", "meta"))
+register_detector("openai")(lambda row: _has(row, "messages") or (isinstance(row, list) and all(
+    _has(item, "role", "content") for item in row)))
+register_detector("sharegpt")(lambda row: _has(row, "conversations"))
+register_detector("dolly")(lambda row: _has(row, "instruction", "response"))
+register_detector("alpaca")(lambda row: _has(row, "instruction", "output"))
+register_detector("prompt_completion")(lambda row: _has(row, "prompt", "completion"))
+register_detector("xp3")(lambda row: _has(row, "inputs", "targets"))
+
+
+# Task formats (Self-Instruct seed tasks, Super-NaturalInstructions) register themselves here.
+try:
+    from sftlab.data import tasks as _tasks  # noqa: F401  (registers task formats)
+except ModuleNotFoundError as exc:
+    if exc.name != "sftlab.data.tasks":
+        raise
