@@ -1,5 +1,112 @@
-"""stub: filled in by the owner."""
+"""``sftlab data mix`` and ``sftlab data apply-template``: build mixtures, render templates."""
+from __future__ import annotations
+
+import argparse
+import textwrap
+
+MIX_EXAMPLE = textwrap.dedent("""\
+    example:
+      sftlab data mix mix.yaml -o data/mix.jsonl
+      sftlab data mix mix.yaml -o data/mix.jsonl --set total=5000 --set dedup.threshold=0.7
+
+    mix.yaml:
+      sources:
+        - {path: alpaca_en_demo.json, weight: 1.0}
+        - {path: seed_tasks.jsonl, format: self_instruct, max_examples: 100}
+        - {path: superni_tasks/, format: superni, options: {k: 2}}
+        - {path: gsm8k/train.jsonl, task: gsm8k, options: {few_shot: 2}, max_examples: 500}
+        - {path: ag_news.jsonl, promptsource: promptsource/ag_news/templates.yaml, weight: 0.5}
+      cap: 3000            # per-source cap (examples-proportional mixing)
+      total: null          # or a target size, split by weight x offered records
+      dedup: {exact: true, near: true, threshold: 0.8, ngram: 5}
+      decontaminate:
+        ngram: 13
+        evals:
+          - {path: gsm8k/test.jsonl, field: question}
+          - {path: humaneval/HumanEval.jsonl.gz, field: prompt}
+          - {path: alpaca_eval/gpt4_1106_preview_outputs.json, field: instruction}
+
+    writes OUT.jsonl (canonical rows), OUT.report.json (removals per reason and source,
+    with ids) and OUT.config.yaml (the resolved config).""")
+
+TEMPLATE_EXAMPLE = textwrap.dedent("""\
+    examples:
+      # PromptSource (P3) templates: one record per row x template
+      sftlab data apply-template HumanEval.jsonl.gz --promptsource openai_humaneval/templates.yaml -o he.jsonl
+      # a built-in Flan-style task, 2-shot, held-out templates only (for evaluation)
+      sftlab data apply-template sst2.jsonl --task sentiment --few-shot 2 --templates held_out -o eval.jsonl""")
 
 
 def register(subparsers) -> None:
-    pass
+    mix = subparsers.add_parser(
+        "mix", help="weighted mixture of sources with dedup and decontamination",
+        description="Mix several instruction-data sources into one file: exact and near-duplicate "
+                    "removal, n-gram decontamination against evaluation sets, per-source caps and "
+                    "weights. Deterministic for a given seed.",
+        epilog=MIX_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mix.add_argument("config", help="mix config YAML (see the example below)")
+    mix.add_argument("-o", "--output", required=True, help="output JSONL (canonical conversations)")
+    mix.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key (repeatable), e.g. --set total=5000 --set dedup.threshold=0.7")
+    mix.set_defaults(handler=run_mix)
+
+    apply = subparsers.add_parser(
+        "apply-template", help="render rows through PromptSource or Flan-style task templates",
+        description="Turn labelled rows into instruction records with PromptSource templates "
+                    "(--promptsource FILE) or a built-in Flan-style task (--task NAME).",
+        epilog=TEMPLATE_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    apply.add_argument("data", help="rows to render (json, jsonl, .gz)")
+    source = apply.add_mutually_exclusive_group(required=True)
+    source.add_argument("--promptsource", metavar="TEMPLATES_YAML", help="a PromptSource templates.yaml")
+    source.add_argument("--task", help="a built-in task: sentiment, topic, entailment, gsm8k, bbh")
+    apply.add_argument("-o", "--output", required=True, help="output JSONL (canonical conversations)")
+    apply.add_argument("--templates", default="train",
+                       help="task templates: train (default), held_out, all, or ids joined by commas")
+    apply.add_argument("--few-shot", type=int, default=0, help="exemplars per prompt (task mode)")
+    apply.add_argument("--no-options", action="store_true", help="do not list the label options")
+    apply.add_argument("--per-row", choices=["one", "all"], default="one",
+                       help="one random template per row (Flan) or every template (P3)")
+    apply.add_argument("--seed", type=int, default=0)
+    apply.set_defaults(handler=run_apply_template)
+
+
+def run_mix(args: argparse.Namespace) -> int:
+    from sftlab.config import load_config
+    from sftlab.data.mix import MixConfig, build_mixture, mix_summary, write_mixture
+
+    config = load_config(MixConfig, args.config, args.overrides)
+    result = build_mixture(config, progress=True)
+    paths = write_mixture(result, config, args.output)
+    print(mix_summary(result.report))
+    print(f"wrote {paths['output']} (report: {paths['report']}, config: {paths['config']})")
+    return 0
+
+
+def run_apply_template(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sftlab.data.io import iter_records, write_conversations
+    from sftlab.errors import DataError
+
+    rows = []
+    for record in iter_records(Path(args.data)):
+        if isinstance(record.value, DataError):
+            raise record.value
+        rows.append(record.value)
+    if args.promptsource:
+        from sftlab.data.promptsource import apply_promptsource, load_templates
+
+        skipped: list = []
+        conversations = apply_promptsource(rows, load_templates(args.promptsource), seed=args.seed,
+                                           skipped=skipped)
+        if skipped:
+            print(f"left out {len(skipped)} row x template pairs that rendered empty")
+    else:
+        from sftlab.data.templates import integrate
+
+        which = args.templates if args.templates in ("train", "held_out", "all") else args.templates.split(",")
+        conversations = integrate(rows, args.task, templates=which, few_shot=args.few_shot,
+                                  options_in_prompt=not args.no_options, per_row=args.per_row, seed=args.seed)
+    write_conversations(conversations, args.output, "canonical")
+    print(f"wrote {len(conversations)} records from {len(rows)} rows to {args.output}")
+    return 0
