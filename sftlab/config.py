@@ -150,6 +150,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     args = typing.get_args(hint)
     if hint is Any:
         return value
+    if dataclasses.is_dataclass(hint):  # a section inside a list, e.g. `sources: list[Source]`
+        return value if isinstance(value, hint) else _build(hint, value, f"{key}.")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None

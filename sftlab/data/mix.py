@@ -112,21 +112,20 @@ class EvalFileConfig:
 @dataclass
 class DecontaminateConfig:
     ngram: int = 13
-    evals: list[EvalFileConfig | dict] = field(default_factory=list)
+    evals: list[EvalFileConfig] = field(default_factory=list)
     min_words: int = 8
     """An evaluation text shorter than ``ngram`` words is matched whole if it has this many."""
     check: Literal["all", "user"] = "all"
     """Which turns of a training record are compared: every turn, or only user/system turns."""
 
     def __post_init__(self) -> None:
-        self.evals = [_section(EvalFileConfig, e, f"decontaminate.evals[{i}]") for i, e in enumerate(self.evals)]
         if self.ngram < 1:
             raise ConfigError("decontaminate.ngram must be >= 1")
 
 
 @dataclass
 class MixConfig:
-    sources: list[SourceConfig | dict] = field(default_factory=list)
+    sources: list[SourceConfig] = field(default_factory=list)
     total: int | None = None
     """Size of the mixture, split across sources by weight x offered records; unset = no target."""
     cap: int | None = None
@@ -138,25 +137,10 @@ class MixConfig:
     decontaminate: DecontaminateConfig = field(default_factory=DecontaminateConfig)
 
     def __post_init__(self) -> None:
-        self.sources = [_section(SourceConfig, s, f"sources[{i}]") for i, s in enumerate(self.sources)]
-        self.dedup = _section(DedupConfig, self.dedup, "dedup")
-        self.decontaminate = _section(DecontaminateConfig, self.decontaminate, "decontaminate")
         names = [source_name(s) for s in self.sources]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ConfigError(f"two sources are named {repeated[0]!r}; give them distinct 'name's")
-
-
-def _section(cls: type, value: Any, key: str) -> Any:
-    """A list item given as a mapping (YAML) or as the dataclass itself (Python)."""
-    if isinstance(value, cls):
-        return value
-    if not isinstance(value, dict):
-        raise ConfigError(f"'{key}' must be a mapping, got {value!r}")
-    try:
-        return build_config(cls, value)
-    except ConfigError as exc:
-        raise ConfigError(f"{key}: {exc}") from None
 
 
 def source_name(source: SourceConfig) -> str:

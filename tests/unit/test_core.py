@@ -86,3 +86,21 @@ def test_cli_help_lists_commands():
     from sftlab.cli import build_parser
 
     assert "sftlab" in build_parser().format_help()
+
+
+@dataclass
+class SourceSection:
+    path: str
+    weight: float = 1.0
+
+
+@dataclass
+class MixSection:
+    sources: list[SourceSection] = field(default_factory=list)
+
+
+def test_list_of_sections_is_built_and_checked():
+    config = build_config(MixSection, {"sources": [{"path": "a.json"}, {"path": "b.json", "weight": 2}]})
+    assert config.sources == [SourceSection("a.json"), SourceSection("b.json", 2.0)]
+    with pytest.raises(ConfigError, match=r"unknown key 'sources\[1\].wieght'; did you mean 'sources\[1\].weight'"):
+        build_config(MixSection, {"sources": [{"path": "a"}, {"path": "b", "wieght": 2}]})

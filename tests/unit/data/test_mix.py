@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import yaml
 
-from sftlab.config import load_config
+from sftlab.config import build_config, load_config
 from sftlab.data.mix import (
     DecontaminateConfig,
     EvalFileConfig,
@@ -139,9 +139,9 @@ def test_caps_and_weights_give_expected_counts_deterministically():
     pools = {"big": [chat(f"q{i}", "a", f"big-{i}", "big") for i in range(500)],
              "small": [chat(f"s{i}", "a", f"small-{i}", "small") for i in range(40)],
              "capped": [chat(f"c{i}", "a", f"capped-{i}", "capped") for i in range(300)]}
-    config = MixConfig(sources=[{"path": "big", "name": "big", "weight": 0.5},
+    config = build_config(MixConfig, dict(sources=[{"path": "big", "name": "big", "weight": 0.5},
                                 {"path": "small", "name": "small", "weight": 2.5},
-                                {"path": "capped", "name": "capped", "max_examples": 60}], cap=200)
+                                {"path": "capped", "name": "capped", "max_examples": 60}], cap=200))
     mixed = sample_mixture(pools, config)
     assert Counter(c.meta["mix_source"] for c in mixed) == {"big": 100, "small": 100, "capped": 60}
     small_ids = [c.id for c in mixed if c.meta["mix_source"] == "small"]
@@ -155,10 +155,10 @@ def test_caps_and_weights_give_expected_counts_deterministically():
 
 
 def test_config_errors():
-    with pytest.raises(ConfigError, match="did you mean 'max_examples'"):
-        MixConfig(sources=[{"path": "a.json", "max_example": 3}])
+    with pytest.raises(ConfigError, match=r"did you mean 'sources\[0\].max_examples'"):
+        build_config(MixConfig, {"sources": [{"path": "a.json", "max_example": 3}]})
     with pytest.raises(ConfigError, match="named 'a.json'"):
-        MixConfig(sources=[{"path": "x/a.json"}, {"path": "y/a.json"}])
+        build_config(MixConfig, {"sources": [{"path": "x/a.json"}, {"path": "y/a.json"}]})
     with pytest.raises(ConfigError, match="threshold"):
         load_config(MixConfig, None, ["dedup.threshold=1.5"])
 
@@ -208,12 +208,12 @@ def test_task_and_promptsource_sources_are_rendered_then_decontaminated(tmp_path
     humaneval = shared_data / "humaneval" / "HumanEval.jsonl.gz"
     lines = (shared_data / "gsm8k" / "train.jsonl").read_text().splitlines(keepends=True)
     (tmp_path / "gsm8k_train.jsonl").write_text("".join(lines[:300]))
-    config = MixConfig(
+    config = build_config(MixConfig, dict(
         sources=[{"path": str(tmp_path / "gsm8k_train.jsonl"), "task": "gsm8k", "name": "gsm8k",
                   "options": {"few_shot": 1}, "max_examples": 40},
                  {"path": str(humaneval), "name": "p3_humaneval",
                   "promptsource": str(shared_data / "promptsource" / "openai_humaneval" / "templates.yaml")}],
-        decontaminate={"evals": [{"path": str(humaneval), "field": "prompt"}]})
+        decontaminate={"evals": [{"path": str(humaneval), "field": "prompt"}]}))
     result = build_mixture(config)
     sources = result.report["sources"]
     assert sources["gsm8k"]["read"] == 300 and sources["gsm8k"]["selected"] == 40
@@ -233,13 +233,13 @@ def test_ten_thousand_records_are_cleaned_quickly(tmp_path, shared_data, gsm8k_t
     rows = [{"instruction": r["question"], "input": "", "output": r["answer"]} for r in gsm + gsm8k_test]
     (tmp_path / "gsm.json").write_text(json.dumps(rows[: 10_000 - 999 - 500]))
     data = shared_data / "formats"
-    config = MixConfig(
+    config = build_config(MixConfig, dict(
         sources=[{"path": str(data / "alpaca_en_demo.json")}, {"path": str(tmp_path / "gsm.json")},
                  {"path": str(data / "sharegpt_dummy_conversation.json")}],
         decontaminate={"evals": [
             {"path": str(shared_data / "gsm8k" / "test.jsonl"), "field": "question"},
             {"path": str(shared_data / "humaneval" / "HumanEval.jsonl.gz"), "field": "prompt"},
-            {"path": str(shared_data / "alpaca_eval" / "gpt4_1106_preview_outputs.json"), "field": "instruction"}]})
+            {"path": str(shared_data / "alpaca_eval" / "gpt4_1106_preview_outputs.json"), "field": "instruction"}]}))
     started = time.process_time()
     report = build_mixture(config).report
     cpu = time.process_time() - started
