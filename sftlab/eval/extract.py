@@ -1,0 +1,219 @@
+"""Answer extraction: from a model's free text to the one answer a metric compares.
+
+GSM8K (two extractors, as lm-eval reports them):
+- ``strict``: the number after ``####`` or after "The answer is"; nothing else counts.
+- ``flexible``: the last number anywhere in the text.
+
+MATH: the content of the last ``\\boxed{...}`` (nested braces kept), then a normalisation
+that makes equivalent spellings equal: ``\\dfrac{1}{2}`` = ``\\frac12`` = ``1/2`` = ``0.5``,
+``10\\%`` = ``10``, ``90^\\circ`` = ``90``, ``\\$5`` = ``5``, ``5.0`` = ``5``,
+``5 \\text{ cm}`` = ``5``, ``x = 3`` = ``3``, spaces ignored.
+
+BBH: the text after the last "the answer is", without the closing period.
+
+>>> gsm8k_strict("so 5 + 3 = 8.\\n#### 8")
+'8'
+>>> gsm8k_flexible("I think 1,200 dollars, or maybe $1,250.")
+'1250'
+>>> last_boxed("so $x=\\\\boxed{\\\\frac{1}{2}}$.")
+'\\\\frac{1}{2}'
+>>> math_equal("\\\\dfrac{1}{2}", "0.5")
+True
+"""
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+# ---------------------------------------------------------------- GSM8K
+
+_NUMBER = r"-?[$0-9.,]*[0-9]"
+_STRICT_PATTERNS = [
+    re.compile(r"####\s*(" + _NUMBER + r")"),
+    re.compile(r"[Tt]he (?:final )?answer is:?\s*\$?\s*(" + _NUMBER + r")"),
+]
+_ANY_NUMBER = re.compile(_NUMBER)
+
+
+def normalize_number(text: str) -> str:
+    """``"$1,200.00"`` -> ``"1200"``; ``"-3."`` -> ``"-3"``; non-numbers come back stripped."""
+    text = text.strip().replace(",", "").replace("$", "").rstrip(".")
+    try:
+        value = Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        return text
+    if value.denominator == 1:
+        return str(value.numerator)
+    return format(float(value), "g")
+
+
+def gsm8k_strict(text: str) -> str | None:
+    """The number after ``####`` (first) or "The answer is" (last occurrence); else None."""
+    for pattern in _STRICT_PATTERNS:
+        matches = pattern.findall(text)
+        if matches:
+            return normalize_number(matches[-1])
+    return None
+
+
+def gsm8k_flexible(text: str) -> str | None:
+    """The last number in the text (commas and dollar signs dropped); else None."""
+    matches = _ANY_NUMBER.findall(text)
+    if not matches:
+        return None
+    return normalize_number(matches[-1])
+
+
+def gsm8k_target(answer: str) -> str:
+    """The reference number of a GSM8K ``answer`` field (``"...\\n#### 1,234"`` -> ``"1234"``)."""
+    return normalize_number(answer.split("####")[-1])
+
+
+# ---------------------------------------------------------------- MATH
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` or ``\\fbox{...}`` (balanced braces), or of
+    ``\\boxed 5``; None when there is none."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    rest = text[start:]
+    brace = rest.find("{")
+    head = rest[: brace if brace >= 0 else len(rest)]
+    if brace < 0 or head.strip() not in ("\\boxed", "\\fbox"):
+        # "\boxed 5": the answer runs to the next space or dollar sign
+        match = re.match(r"\\(?:boxed|fbox)\s+([^\s$]+)", rest)
+        return match.group(1) if match else None
+    depth = 0
+    for i in range(brace, len(rest)):
+        if rest[i] == "{":
+            depth += 1
+        elif rest[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return rest[brace + 1: i]
+    return None  # unbalanced: the output was cut off
+
+
+def math_answer(text: str) -> str | None:
+    """A model's MATH answer: the last boxed expression, else "The answer is X", else None."""
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed
+    match = re.findall(r"[Tt]he (?:final )?answer is:?\s*(.+?)(?:\.\s*$|\.\s|$)", text)
+    return match[-1].strip().strip("$") if match else None
+
+
+_UNIT_TEXT = re.compile(r"\\(?:text|textbf|mbox|mathrm)\{\s*([^{}]*)\}")
+
+
+def normalize_math(answer: str) -> str:
+    """One spelling per value (see the module docstring); the result has no spaces.
+
+    >>> normalize_math("\\\\dfrac{3}{4}")
+    '\\\\frac{3}{4}'
+    >>> normalize_math("3/4")
+    '\\\\frac{3}{4}'
+    >>> normalize_math("\\\\$ 1,000.00")
+    '1000'
+    """
+    text = answer.strip().replace("\n", "")
+    text = text.replace("\\!", "").replace("\\,", "").replace("\\;", "").replace("\\ ", "")
+    text = text.replace("tfrac", "frac").replace("dfrac", "frac")
+    text = text.replace("\\left", "").replace("\\right", "")
+    text = re.sub(r"\^\s*\{?\\circ\}?", "", text).replace("°", "")
+    text = text.replace("\\$", "").replace("$", "").replace("\\%", "").replace("%", "")
+    # units and words written as \text{...}: a trailing one is a unit, dropped; others unwrapped
+    text = re.sub(r"\s*\\(?:text|mbox|mathrm)\{\s*[a-zA-Z ]*\}\s*$", "", text) or text
+    text = _UNIT_TEXT.sub(r"\1", text)
+    # "x = 3" or "k=3": keep the value when the left side is a short name
+    if "=" in text and len(text.split("=")[0].strip()) <= 2:
+        text = text.split("=", 1)[1]
+    text = text.replace(" ", "")
+    text = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text)  # 1,000 -> 1000
+    text = _fix_sqrt(_fix_fracs(text))
+    text = _slash_to_frac(text)
+    if text.startswith("."):
+        text = "0" + text
+    text = _trim_decimal_zeros(text)
+    return text
+
+
+def _fix_fracs(text: str) -> str:
+    """``\\frac12`` -> ``\\frac{1}{2}``; ``\\frac1{72}`` -> ``\\frac{1}{72}``."""
+    text = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", text)
+    text = re.sub(r"\\frac(\d)\{", r"\\frac{\1}{", text)
+    text = re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", text)
+    return text
+
+
+def _fix_sqrt(text: str) -> str:
+    """``\\sqrt3`` -> ``\\sqrt{3}``."""
+    return re.sub(r"\\sqrt(\w)", r"\\sqrt{\1}", text)
+
+
+def _slash_to_frac(text: str) -> str:
+    """``3/4`` or ``-3/4`` -> ``\\frac{3}{4}`` (only for a bare integer ratio)."""
+    match = re.fullmatch(r"(-?)(\d+)/(\d+)", text)
+    if match:
+        sign, top, bottom = match.groups()
+        return f"{sign}\\frac{{{top}}}{{{bottom}}}"
+    return text
+
+
+def _trim_decimal_zeros(text: str) -> str:
+    """``5.0`` -> ``5``, ``2.50`` -> ``2.5``: only for plain decimal numbers."""
+    if re.fullmatch(r"-?\d+\.\d+", text):
+        text = text.rstrip("0").rstrip(".")
+    return text
+
+
+def _as_number(text: str) -> Fraction | None:
+    """The exact value of a normalised number or simple fraction, else None."""
+    match = re.fullmatch(r"(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}", text)
+    try:
+        if match:
+            sign, top, bottom = match.groups()
+            value = Fraction(int(top), int(bottom))
+            return -value if sign else value
+        if re.fullmatch(r"-?\d+(\.\d+)?", text):
+            return Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        return None
+    return None
+
+
+def math_equal(prediction: str | None, target: str | None) -> bool:
+    """Equal after ``normalize_math``, or equal as numbers (``\\frac{1}{2}`` vs ``0.5``)."""
+    if prediction is None or target is None:
+        return False
+    left, right = normalize_math(prediction), normalize_math(target)
+    if left == right:
+        return True
+    left_value, right_value = _as_number(left), _as_number(right)
+    if left_value is not None and right_value is not None:
+        return abs(float(left_value) - float(right_value)) <= 1e-6 * max(1.0, abs(float(right_value)))
+    return False
+
+
+# ---------------------------------------------------------------- BBH
+
+_ANSWER_IS = re.compile(r"[Tt]he answer is\s*(.*?)\s*(?:\.\s*(?:\n|$)|\n|$)")
+_OPTION = re.compile(r"^\(([A-Z])\)")
+
+
+def bbh_answer(text: str) -> str | None:
+    """The text after the last "the answer is" up to the end of its line, without the final
+    period; a multiple-choice answer ``(B) the red ball`` is cut to ``(B)``.
+
+    >>> bbh_answer("A is True. So the answer is False.")
+    'False'
+    >>> bbh_answer("So the answer is (B) the red one.")
+    '(B)'
+    """
+    matches = _ANSWER_IS.findall(text)
+    if not matches:
+        return None
+    answer = matches[-1].strip()
+    option = _OPTION.match(answer)
+    return f"({option.group(1)})" if option else answer

@@ -1,0 +1,1 @@
+"""LLM-as-a-judge: pairwise win rates (AlpacaEval), length control, MT-Bench."""

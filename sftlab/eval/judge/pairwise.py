@@ -1,0 +1,144 @@
+"""AlpacaEval-style pairwise judging: a model's outputs against a baseline's, per instruction.
+
+    baseline = read_outputs("alpaca_eval/gpt4_1106_preview_outputs.json")   # 805 rows
+    model = read_outputs("my_outputs.json")            # [{"instruction", "output", "generator"}]
+    annotations = judge_pairs(baseline, model, judge)  # AlpacaEval annotation rows
+    summarize_annotations(annotations)                 # win rate and LC win rate
+
+Position bias: every pair is judged twice, baseline first and model first; the preference
+is the mean of the two verdicts, so a judge that always picks "A" gives a tie, not a win.
+A verdict the parser cannot read is dropped from that item's mean (and counted); an item
+with no readable verdict keeps ``preference: None`` and is left out of the win rate.
+
+Each annotation keeps the judge's raw completions (``raw_completions``) so every verdict
+can be audited.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+from sftlab.errors import DataError
+
+JUDGE_SYSTEM = (
+    "You are a careful, impartial judge of AI assistants. You compare two responses to the "
+    "same instruction and decide which one a thoughtful human expert would prefer: the more "
+    "helpful, correct, relevant and honest one. Length is not quality: do not prefer a "
+    "response because it is longer. The order of the responses must not influence you."
+)
+JUDGE_TEMPLATE = (
+    "[Instruction]\n{instruction}\n\n"
+    "[Response A]\n{output_a}\n[End of Response A]\n\n"
+    "[Response B]\n{output_b}\n[End of Response B]\n\n"
+    "Explain your comparison in two or three sentences, then give your verdict on the last "
+    "line, exactly one of: [[A]] if Response A is better, [[B]] if Response B is better, "
+    "[[C]] for a tie."
+)
+_VERDICT = re.compile(r"\[\[\s*([ABC])\s*\]\]")
+
+
+def read_outputs(path: str | Path) -> list[dict[str, Any]]:
+    """AlpacaEval outputs (a JSON list, or JSONL) of ``{"instruction", "output", "generator"}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("outputs file not found", file=str(path))
+    text = path.read_text(encoding="utf-8")
+    rows = json.loads(text) if text.lstrip().startswith("[") else \
+        [json.loads(line) for line in text.splitlines() if line.strip()]
+    for i, row in enumerate(rows):
+        for key in ("instruction", "output"):
+            if not isinstance(row.get(key), str):
+                raise DataError(f"needs a '{key}' string", file=str(path), index=i, field=key)
+    return rows
+
+
+def parse_verdict(text: str) -> str | None:
+    """The last ``[[A]]``/``[[B]]``/``[[C]]`` in a judge completion, else None.
+
+    >>> parse_verdict("B is more accurate. [[B]]")
+    'B'
+    """
+    found = _VERDICT.findall(text or "")
+    return found[-1] if found else None
+
+
+def judge_messages(instruction: str, output_a: str, output_b: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": JUDGE_SYSTEM},
+            {"role": "user", "content": JUDGE_TEMPLATE.format(
+                instruction=instruction, output_a=output_a, output_b=output_b)}]
+
+
+def pair_outputs(baseline: Sequence[dict], model: Sequence[dict]) -> list[tuple[dict, dict]]:
+    """(baseline row, model row) per baseline instruction, matched by instruction text."""
+    by_instruction = {row["instruction"]: row for row in model}
+    pairs = []
+    for row in baseline:
+        if row["instruction"] in by_instruction:
+            pairs.append((row, by_instruction[row["instruction"]]))
+    if not pairs:
+        raise DataError("no model output matches a baseline instruction",
+                        hint="the model outputs need the baseline's exact 'instruction' texts")
+    return pairs
+
+
+def judge_pairs(baseline: Sequence[dict], model: Sequence[dict], judge, *, max_tokens: int = 512,
+                both_orders: bool = True) -> list[dict[str, Any]]:
+    """Judge every matched pair (both orders) -> AlpacaEval annotation rows."""
+    pairs = pair_outputs(baseline, model)
+    requests = []
+    for base, mine in pairs:
+        requests.append(judge_messages(base["instruction"], base["output"], mine["output"]))  # model = B
+        if both_orders:
+            requests.append(judge_messages(base["instruction"], mine["output"], base["output"]))  # model = A
+    completions = judge.complete_many(requests, temperature=0.0, max_tokens=max_tokens)
+    per_pair = 2 if both_orders else 1
+    annotations = []
+    for k, (base, mine) in enumerate(pairs):
+        raw = completions[k * per_pair:(k + 1) * per_pair]
+        annotations.append({
+            "instruction": base["instruction"],
+            "output_1": base["output"], "generator_1": base.get("generator", "baseline"),
+            "output_2": mine["output"], "generator_2": mine.get("generator", "model"),
+            "preference": combine_verdicts([parse_verdict(r) for r in raw]),
+            "annotator": judge.model, "raw_completions": raw,
+        })
+    return annotations
+
+
+def combine_verdicts(verdicts: Sequence[str | None]) -> float | None:
+    """Verdicts in judging order (first: model is B; second: model is A) -> preference in
+    [1, 2] (2 = model better), the mean over the readable ones; None if none is readable.
+
+    >>> combine_verdicts(["B", "A"])   # the model won in both orders
+    2.0
+    >>> combine_verdicts(["A", "A"])   # the judge always says A: position bias -> tie
+    1.5
+    """
+    values = []
+    for position, verdict in enumerate(verdicts):
+        if verdict is None:
+            continue
+        model_letter = "B" if position == 0 else "A"
+        values.append(1.5 if verdict == "C" else 2.0 if verdict == model_letter else 1.0)
+    return sum(values) / len(values) if values else None
+
+
+def generate_outputs(generator, instructions: Sequence[str], *, max_new_tokens: int = 1024,
+                     batch_size: int = 8, name: str = "model") -> list[dict[str, Any]]:
+    """The model's answers to AlpacaEval instructions (one user turn each, greedy)."""
+    from tqdm import tqdm
+
+    from sftlab.infer.base import SamplingConfig
+    from sftlab.types import Message
+
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens)
+    outputs = []
+    chunk = batch_size * 4
+    for start in tqdm(range(0, len(instructions), chunk), desc="generate", unit="chunk"):
+        batch = instructions[start:start + chunk]
+        generations = generator.generate([[Message("user", text)] for text in batch], sampling)
+        outputs += [{"instruction": text, "output": g.text, "generator": name}
+                    for text, g in zip(batch, generations)]
+    return outputs

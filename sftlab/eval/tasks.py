@@ -1,0 +1,276 @@
+"""Close-ended tasks: GSM8K, MATH, BIG-Bench Hard (generation) and multiple choice (log-likelihood).
+
+Each task is a small spec: where its data is, how a prompt is written, how an answer is
+extracted and scored. Data is read from a path given at run time (``--data-dir`` or a
+per-task path), never from a location baked into the package; the few-shot exemplars of
+GSM8K and MATH ship with the package as data (``sftlab/eval/data``).
+
+| task    | data (relative to --data-dir)     | prompt                                  | metrics |
+|---------|-----------------------------------|-----------------------------------------|---------|
+| gsm8k   | gsm8k/test.jsonl                  | 8-shot CoT, the exemplars of Wei et al. 2022 | exact_match_strict, exact_match_flexible |
+| math    | math/test.jsonl (problem, solution) | 4-shot Minerva prompt                 | exact_match (normalised, \\boxed{}) |
+| bbh     | bbh/*.json + bbh/cot-prompts/*.txt | 3-shot CoT of Suzgun et al. 2022       | exact_match, per subtask and macro average |
+| mc      | a JSONL/CSV file (question, choices, answer) | "Question: ...\\nAnswer:" + " choice" | acc, acc_norm, ece |
+| mc_letters | the same file                  | MMLU style: lettered options, " A"/" B" | acc, acc_norm, ece |
+"""
+from __future__ import annotations
+
+import csv
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from sftlab.errors import DataError
+from sftlab.eval.base import TASKS, GenerationTask, LoglikelihoodTask
+from sftlab.eval.extract import (bbh_answer, gsm8k_flexible, gsm8k_strict, gsm8k_target,
+                                 last_boxed, math_answer, math_equal)
+from sftlab.infer.base import SamplingConfig
+
+
+def _packaged(name: str) -> dict[str, Any]:
+    return json.loads(resources.files("sftlab.eval").joinpath("data", name).read_text("utf-8"))
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL file; a bad line is a ``DataError`` naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", file=str(path), hint="pass --data-dir DIR (the folder "
+                        "holding the task's files) or TASK=PATH in --tasks")
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"invalid JSON ({exc.msg})", file=str(path), line=number) from exc
+    return rows
+
+
+def _require(path: str | None, task: str, example: str) -> str:
+    if path is None:
+        raise DataError(f"task '{task}' needs its data", hint=f"pass --data-dir DIR with {example}, "
+                        f"or --tasks {task}=PATH")
+    return path
+
+
+# ---------------------------------------------------------------- GSM8K
+
+@TASKS.register("gsm8k")
+class Gsm8k(GenerationTask):
+    """GSM8K test set, 8-shot chain of thought ("Q: ...\\nA: ... The answer is N.").
+
+    Exemplars: the 8 hand-written CoT exemplars of Wei et al. (2022), shipped as data in
+    ``sftlab/eval/data/gsm8k_cot_exemplars.json`` (not the first train items), so a run
+    needs only the test file. ``exact_match_strict`` counts an answer only after "The answer
+    is" or "####"; ``exact_match_flexible`` takes the last number of the output.
+    """
+
+    name = "gsm8k"
+    data_file = "gsm8k/test.jsonl"
+    num_fewshot = 8
+    sampling = SamplingConfig(max_new_tokens=256, stop=["Q:", "\n\n\n"])
+
+    def docs(self, data_path: str | None = None) -> list[dict[str, Any]]:
+        rows = read_jsonl(_require(data_path, self.name, "gsm8k/test.jsonl"))
+        return [{"id": f"gsm8k-{i}", "question": r["question"], "answer": r["answer"],
+                 "target": gsm8k_target(r["answer"])} for i, r in enumerate(rows)]
+
+    def prompt(self, doc: dict[str, Any]) -> str:
+        shots = _packaged("gsm8k_cot_exemplars.json")["exemplars"][: self.num_fewshot or 0]
+        parts = [f"Q: {shot['question']}\nA: {shot['answer']}\n\n" for shot in shots]
+        return "".join(parts) + f"Q: {doc['question']}\nA:"
+
+    def score(self, doc: dict[str, Any], response: str) -> tuple[Any, dict[str, float]]:
+        strict, flexible = gsm8k_strict(response), gsm8k_flexible(response)
+        return ({"strict": strict, "flexible": flexible},
+                {"exact_match_strict": float(strict == doc["target"]),
+                 "exact_match_flexible": float(flexible == doc["target"])})
+
+
+# ---------------------------------------------------------------- MATH
+
+@TASKS.register("math")
+class Math(GenerationTask):
+    """MATH (Hendrycks et al. 2021) in its JSONL form: ``{"problem", "solution", "level",
+    "type"}`` per line (an ``answer`` field, as in MATH-500, is used when present; otherwise
+    the last ``\\boxed{}`` of the solution). 4-shot Minerva prompt; the answer is the last
+    ``\\boxed{}`` of the output (or "The final answer is X"), compared after normalisation."""
+
+    name = "math"
+    data_file = "math/test.jsonl"
+    num_fewshot = 4
+    sampling = SamplingConfig(max_new_tokens=512, stop=["Problem:", "\n\n\n\n"])
+
+    def docs(self, data_path: str | None = None) -> list[dict[str, Any]]:
+        rows = read_jsonl(_require(data_path, self.name, "math/test.jsonl"))
+        docs = []
+        for i, row in enumerate(rows):
+            target = row.get("answer") or last_boxed(row.get("solution", ""))
+            if target is None:
+                raise DataError("no 'answer' and no \\boxed{} in 'solution'", file=data_path, line=i + 1)
+            docs.append({"id": row.get("unique_id", f"math-{i}"), "problem": row["problem"],
+                         "target": target, "subject": row.get("type") or row.get("subject")})
+        return docs
+
+    def prompt(self, doc: dict[str, Any]) -> str:
+        shots = _packaged("math_exemplars.json")["exemplars"][: self.num_fewshot or 0]
+        parts = [f"Problem:\n{s['problem']}\n\nSolution:\n{s['solution']}\n\n" for s in shots]
+        return "".join(parts) + f"Problem:\n{doc['problem']}\n\nSolution:"
+
+    def score(self, doc: dict[str, Any], response: str) -> tuple[Any, dict[str, float]]:
+        answer = math_answer(response)
+        return answer, {"exact_match": float(math_equal(answer, doc["target"]))}
+
+
+# ---------------------------------------------------------------- BIG-Bench Hard
+
+BBH_SUBTASKS = [
+    "boolean_expressions", "causal_judgement", "date_understanding", "disambiguation_qa",
+    "dyck_languages", "formal_fallacies", "geometric_shapes", "hyperbaton",
+    "logical_deduction_five_objects", "logical_deduction_seven_objects",
+    "logical_deduction_three_objects", "movie_recommendation", "multistep_arithmetic_two",
+    "navigate", "object_counting", "penguins_in_a_table", "reasoning_about_colored_objects",
+    "ruin_names", "salient_translation_error_detection", "snarks", "sports_understanding",
+    "temporal_sequences", "tracking_shuffled_objects_five_objects",
+    "tracking_shuffled_objects_seven_objects", "tracking_shuffled_objects_three_objects",
+    "web_of_lies", "word_sorting",
+]
+
+
+@TASKS.register("bbh")
+class Bbh(GenerationTask):
+    """BIG-Bench Hard, all 27 subtasks, 3-shot chain of thought from ``bbh/cot-prompts``.
+
+    Prompt: the subtask's CoT prompt file (without its canary header) followed by
+    ``"\\n\\nQ: {input}\\nA: Let's think step by step."``, as in Suzgun et al. (2022).
+    Score: exact match of the text after the last "the answer is" with the target. Each
+    sample carries ``meta.subtask``; the runner reports every subtask and the macro average.
+    ``--limit N`` takes the first N items of every subtask.
+    """
+
+    name = "bbh"
+    data_file = "bbh"
+    num_fewshot = 3
+    sampling = SamplingConfig(max_new_tokens=512, stop=["\n\nQ:", "\nQ:"])
+
+    def __init__(self, subtasks: list[str] | None = None) -> None:
+        self.subtasks = list(subtasks or BBH_SUBTASKS)
+        self._prompts: dict[str, str] = {}
+
+    def docs(self, data_path: str | None = None) -> list[dict[str, Any]]:
+        folder = Path(_require(data_path, self.name, "bbh/*.json and bbh/cot-prompts/*.txt"))
+        docs = []
+        for subtask in self.subtasks:
+            examples = _read_bbh_examples(folder / f"{subtask}.json")
+            self._prompts[subtask] = read_bbh_cot_prompt(folder / "cot-prompts" / f"{subtask}.txt")
+            docs += [{"id": f"{subtask}-{i}", "subtask": subtask, "input": ex["input"],
+                      "target": ex["target"]} for i, ex in enumerate(examples)]
+        return docs
+
+    def prompt(self, doc: dict[str, Any]) -> str:
+        return f"{self._prompts[doc['subtask']]}\n\nQ: {doc['input']}\nA: Let's think step by step."
+
+    def score(self, doc: dict[str, Any], response: str) -> tuple[Any, dict[str, float]]:
+        answer = bbh_answer(response)
+        return answer, {"exact_match": float(answer is not None and answer == doc["target"].strip())}
+
+
+def read_bbh_cot_prompt(path: Path) -> str:
+    """The few-shot text of a ``cot-prompts/*.txt`` file: everything after the ``-----``
+    line that ends the canary header (task description + 3 Q/A exemplars)."""
+    if not path.is_file():
+        raise DataError("BBH CoT prompt not found", file=str(path), hint="the folder must hold "
+                        "cot-prompts/<subtask>.txt beside <subtask>.json")
+    text = path.read_text(encoding="utf-8")
+    head, separator, body = text.partition("-----\n")
+    return (body if separator else text).strip()
+
+
+def _read_bbh_examples(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        raise DataError("BBH task file not found", file=str(path))
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return data["examples"]
+
+
+# ---------------------------------------------------------------- multiple choice
+
+def read_mc(path: str | Path) -> list[dict[str, Any]]:
+    """Multiple-choice items from JSONL or CSV -> ``{"id", "question", "choices", "gold"}``.
+
+    JSONL row: ``{"question": "2+2?", "choices": ["3", "4"], "answer": "B"}`` (the answer
+    is a letter or a 0-based index). CSV: columns ``question, A, B, C, D, answer`` (as the
+    MMLU files) or ``question, choices`` with choices separated by ``|``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", file=str(path), hint="pass --tasks mc=FILE.jsonl")
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        for row in rows:
+            if "choices" not in row:
+                row["choices"] = [row[k] for k in "ABCDEFGH" if row.get(k) not in (None, "")]
+            elif isinstance(row["choices"], str):
+                row["choices"] = row["choices"].split("|")
+    else:
+        rows = read_jsonl(path)
+    items = []
+    for i, row in enumerate(rows):
+        choices = row.get("choices")
+        if not isinstance(choices, list) or len(choices) < 2:
+            raise DataError("needs a list of at least 2 choices", file=str(path), index=i, field="choices")
+        items.append({"id": str(row.get("id", f"mc-{i}")), "question": row["question"],
+                      "choices": [str(c) for c in choices], "gold": _gold_index(row, len(choices), path, i)})
+    return items
+
+
+def _gold_index(row: dict[str, Any], count: int, path: Path, index: int) -> int:
+    answer = row.get("answer", row.get("label"))
+    if isinstance(answer, str) and answer.strip().isdigit():
+        answer = int(answer.strip())
+    if isinstance(answer, str) and len(answer.strip()) == 1 and answer.strip().isalpha():
+        answer = ord(answer.strip().upper()) - ord("A")
+    if not isinstance(answer, int) or not 0 <= answer < count:
+        raise DataError(f"answer must be a letter A-{chr(64 + count)} or an index 0-{count - 1}",
+                        file=str(path), index=index, field="answer")
+    return answer
+
+
+@TASKS.register("mc")
+class MultipleChoice(LoglikelihoodTask):
+    """ARC style: ``"Question: {question}\\nAnswer:"`` + ``" {choice text}"``; acc_norm
+    (log-likelihood per character) matters here because choices differ in length."""
+
+    name = "mc"
+    num_fewshot = 0
+
+    def docs(self, data_path: str | None = None) -> list[dict[str, Any]]:
+        return read_mc(_require(data_path, self.name, "a JSONL or CSV file"))
+
+    def context(self, doc: dict[str, Any]) -> str:
+        return f"Question: {doc['question']}\nAnswer:"
+
+    def choices(self, doc: dict[str, Any]) -> list[str]:
+        return [f" {choice}" for choice in doc["choices"]]
+
+    def gold(self, doc: dict[str, Any]) -> int:
+        return doc["gold"]
+
+
+@TASKS.register("mc_letters")
+class MultipleChoiceLetters(MultipleChoice):
+    """MMLU style: the options are listed with letters and the continuations are
+    ``" A"``, ``" B"``, ...: every continuation is one token, so the context runs once."""
+
+    name = "mc_letters"
+
+    def context(self, doc: dict[str, Any]) -> str:
+        options = "".join(f"{chr(65 + i)}. {c}\n" for i, c in enumerate(doc["choices"]))
+        return f"{doc['question'].strip()}\n{options}Answer:"
+
+    def choices(self, doc: dict[str, Any]) -> list[str]:
+        return [f" {chr(65 + i)}" for i in range(len(doc["choices"]))]

@@ -1,0 +1,266 @@
+"""Batched generation with a Hugging Face causal LM: the default backend.
+
+    from sftlab.infer.hf import HFGenerator
+    from sftlab.infer.base import SamplingConfig
+    from sftlab.types import Message
+
+    gen = HFGenerator.from_name("default", batch_size=8)
+    out = gen.generate([[Message("user", "Name three colours.")], "Once upon a time"],
+                       SamplingConfig(max_new_tokens=32))
+    out[0].text, out[0].finish_reason          # ('Red, green and blue.', 'stop')
+
+How a call runs:
+
+1. every prompt becomes token ids: a message list through the tokenizer's chat template
+   (with the assistant generation prompt), a raw string as is;
+2. prompts are sorted by length (longest first) and cut into batches of ``batch_size``, so
+   each batch pads little; rows are LEFT padded so all rows generate at the same position;
+3. ``model.generate`` runs each batch with the KV cache; a per-row tracker (a stopping
+   criterion called after every token) decodes each row, detects end-of-sequence and stop
+   strings, stops finished rows and, when asked, streams new text to a callback;
+4. results go back in input order.
+
+Greedy decoding of a batch gives the same tokens as one prompt at a time (left padding is
+masked and position ids follow the mask); ``tests/unit/infer/test_hf.py`` checks it.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from sftlab.infer.base import Generation, Prompt, SamplingConfig
+from sftlab.types import Message
+
+# on_text(index_in_input_order, new_text): called as text becomes final, for streaming
+TextCallback = Callable[[int, str], None]
+
+
+def prompt_to_ids(tokenizer, prompt: Prompt) -> list[int]:
+    """Token ids of one prompt: chat template + generation prompt for messages, raw text as is.
+
+    >>> prompt_to_ids(tok, [Message("user", "Hi")])   # '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
+    """
+    if isinstance(prompt, str):
+        return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    messages = [m.to_dict() if isinstance(m, Message) else dict(m) for m in prompt]
+    if not getattr(tokenizer, "chat_template", None):
+        from sftlab.errors import ConfigError
+
+        raise ConfigError("this tokenizer has no chat template; pass raw string prompts instead "
+                          "of messages, or use a chat model")
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    # the template already writes any BOS it wants
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+@dataclass
+class _Row:
+    """Decoding state of one prompt while its batch generates."""
+
+    index: int              # position in the caller's prompt list
+    prompt_tokens: int
+    text: str = ""
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    emitted: int = 0        # characters of text already streamed
+
+
+class _RowTracker:
+    """A stopping criterion that watches every row of a batch after each new token.
+
+    It decodes each unfinished row, marks it done on an end-of-sequence token or a stop
+    string (text is cut before the stop string), and streams the text that can no longer
+    change. Returns a (batch,) bool tensor, as transformers' StoppingCriteriaList expects.
+    """
+
+    def __init__(self, tokenizer, rows: list[_Row], prompt_len: int, eos_ids: set[int],
+                 stop: list[str], on_text: TextCallback | None) -> None:
+        self.tokenizer, self.rows, self.prompt_len = tokenizer, rows, prompt_len
+        self.eos_ids, self.stop, self.on_text = eos_ids, [s for s in stop if s], on_text
+        # a stop string may start in text we have not seen yet: hold back that many chars
+        self.hold = max((len(s) for s in self.stop), default=1) - 1
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        done = []
+        for row, ids in zip(self.rows, input_ids[:, self.prompt_len:].tolist()):
+            if row.finish_reason is None:
+                self._update(row, ids)
+            done.append(row.finish_reason is not None)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    def _update(self, row: _Row, ids: list[int]) -> None:
+        row.completion_tokens = len(ids)
+        if ids[-1] in self.eos_ids:
+            row.finish_reason = "stop"
+            ids = ids[:-1]
+        row.text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        self._cut_at_stop(row)
+        self._emit(row)
+
+    def _cut_at_stop(self, row: _Row) -> None:
+        hits = [i for i in (row.text.find(s) for s in self.stop) if i >= 0]
+        if hits:
+            row.text = row.text[:min(hits)]
+            row.finish_reason = "stop"
+
+    def _emit(self, row: _Row) -> None:
+        if self.on_text is None:
+            return
+        end = len(row.text)
+        if row.finish_reason is None:
+            end -= self.hold
+            # a trailing U+FFFD is half of a multi-byte character still being generated
+            while end > row.emitted and row.text[end - 1] == "\ufffd":
+                end -= 1
+        if end > row.emitted:
+            self.on_text(row.index, row.text[row.emitted:end])
+            row.emitted = end
+
+    def finish(self, input_ids) -> None:
+        """After generate returns: rows still open ran out of tokens (``length``)."""
+        for row, ids in zip(self.rows, input_ids[:, self.prompt_len:].tolist()):
+            if row.finish_reason is None:
+                self._update(row, ids)
+                if row.finish_reason is None:
+                    row.finish_reason = "length"
+                self._emit(row)
+
+
+class HFGenerator:
+    """``sftlab.infer.base.Generator`` over a transformers model (optionally PEFT-wrapped).
+
+    ``batch_size`` prompts run per ``model.generate`` call. Sampling is reproducible: a
+    call with the same prompts, settings and ``seed`` returns the same text (``seed=-1``:
+    fresh randomness every call).
+    """
+
+    def __init__(self, model, tokenizer, batch_size: int = 8, name: str | None = None) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = max(1, int(batch_size))
+        self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
+        self.pad_id = self._pad_id()
+        self.eos_ids = self._eos_ids()
+        # batch sizes of every model.generate call, for the server's batching statistics
+        self.batch_sizes: list[int] = []
+        # one call at a time: calls share the model and seed torch's global generator
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_name(cls, name_or_path: str, *, adapter=None, batch_size: int = 8, dtype: str = "float32",
+                  device: str = "cpu", trust_remote_code: bool = False) -> "HFGenerator":
+        """Load with ``sftlab.models`` (``default``, ``tiny``, a directory or hub id)."""
+        from sftlab.models import load_model, load_tokenizer
+
+        model = load_model(name_or_path, adapter=adapter, dtype=dtype, device=device,
+                           trust_remote_code=trust_remote_code)
+        tokenizer = load_tokenizer(name_or_path, adapter=adapter, trust_remote_code=trust_remote_code)
+        return cls(model, tokenizer, batch_size=batch_size, name=str(name_or_path))
+
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig | None = None,
+                 on_text: TextCallback | None = None) -> list[Generation]:
+        """Complete every prompt; results in input order.
+
+        ``on_text(i, delta)`` (optional) receives the text of prompt ``i`` piece by piece as
+        it is generated (stop strings never leak into it); used for streaming.
+        """
+        import torch
+
+        sampling = sampling or SamplingConfig()
+        encoded = [prompt_to_ids(self.tokenizer, p) for p in prompts]
+        self._check_context(encoded, sampling.max_new_tokens)
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        rows: dict[int, _Row] = {}
+        rng = torch.random.fork_rng(devices=_rng_devices(self.model)) if sampling.temperature > 0 \
+            else contextlib.nullcontext()
+        with self._lock, rng, torch.inference_mode():
+            if sampling.temperature > 0:
+                # seed < 0 asks for fresh randomness (the server's requests without a seed)
+                torch.manual_seed(sampling.seed) if sampling.seed >= 0 else torch.seed()
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start:start + self.batch_size]
+                for row in self._generate_batch([encoded[i] for i in batch], batch, sampling, on_text):
+                    rows[row.index] = row
+        return [Generation(r.text, r.prompt_tokens, r.completion_tokens, r.finish_reason)
+                for r in (rows[i] for i in range(len(encoded)))]
+
+    def _generate_batch(self, batch_ids: list[list[int]], indices: list[int], sampling: SamplingConfig,
+                        on_text: TextCallback | None) -> list[_Row]:
+        import torch
+
+        width = max(len(ids) for ids in batch_ids)
+        input_ids = torch.full((len(batch_ids), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(batch_ids), width), dtype=torch.long)
+        for r, ids in enumerate(batch_ids):  # left padding: every row ends at the same column
+            input_ids[r, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            attention[r, width - len(ids):] = 1
+        rows = [_Row(index=i, prompt_tokens=len(ids)) for i, ids in zip(indices, batch_ids)]
+        tracker = _RowTracker(self.tokenizer, rows, width, self.eos_ids, sampling.stop, on_text)
+        device = self.model.device
+        self.batch_sizes.append(len(batch_ids))
+        output = self.model.generate(
+            input_ids=input_ids.to(device), attention_mask=attention.to(device),
+            generation_config=self._generation_config(sampling),
+            stopping_criteria=_criteria(tracker))
+        tracker.finish(output)
+        return rows
+
+    def _generation_config(self, sampling: SamplingConfig):
+        from transformers import GenerationConfig
+
+        sample = sampling.temperature > 0
+        # a fresh config: the checkpoint's own defaults (e.g. top_k=50, repetition penalty)
+        # must not silently change what the caller asked for
+        return GenerationConfig(
+            max_new_tokens=sampling.max_new_tokens,
+            do_sample=sample,
+            temperature=sampling.temperature if sample else None,
+            top_p=sampling.top_p if sample else None,
+            top_k=sampling.top_k if sample else None,
+            eos_token_id=sorted(self.eos_ids),
+            pad_token_id=self.pad_id,
+            use_cache=True,
+        )
+
+    def _check_context(self, encoded: list[list[int]], max_new_tokens: int) -> None:
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        for i, ids in enumerate(encoded):
+            if limit and len(ids) + max_new_tokens > limit:
+                from sftlab.errors import ConfigError
+
+                raise ConfigError(f"prompt {i} has {len(ids)} tokens; with max_new_tokens={max_new_tokens} "
+                                  f"it exceeds the model's context of {limit} tokens")
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for source in (getattr(self.model, "generation_config", None), self.model.config):
+            value = getattr(source, "eos_token_id", None)
+            ids.update(value if isinstance(value, (list, tuple)) else [value] if value is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return ids
+
+    def _pad_id(self) -> int:
+        for value in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id):
+            if value is not None:
+                return int(value)
+        return 0
+
+
+def _criteria(tracker: _RowTracker):
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Wrapped(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return tracker(input_ids, scores, **kwargs)
+
+    return StoppingCriteriaList([_Wrapped()])
+
+
+def _rng_devices(model) -> list:
+    device = getattr(model, "device", None)
+    return [device] if device is not None and device.type == "cuda" else []

@@ -1,0 +1,171 @@
+"""Checkpoints that survive a kill: atomic save, keep the last K, exact resume.
+
+Layout of ``<output_dir>/checkpoints/step-000040/``::
+
+    model/            the trained result as the method saves it (full model, PEFT adapter
+                      or sftlab adapter), loadable as is
+    trainable.safetensors   every trainable tensor by name (adapter methods only: what
+                      resume loads; for full models ``model/`` itself is loaded)
+    optimizer.pt      optimizer state_dict (absent for optimizer-free methods)
+    rng-0.pt          python / numpy / torch (+cuda) RNG states of process 0 (one per process)
+    state.json        {"step", "epoch", "step_in_epoch", "order", "best_eval", "lr", ...}
+
+The learning-rate schedule is a pure function of the step (``sftlab.train.sft.lr_at``),
+so the step in ``state.json`` *is* the scheduler state.
+
+Atomic: everything is written to ``.tmp-step-000040`` and renamed into place with
+``os.rename`` (atomic on POSIX), so a run killed mid-save leaves either the previous
+checkpoint or the complete new one, never a half-written ``step-*`` directory.
+Resuming restores weights, optimizer, scheduler, RNG and data position (the epoch's order
+and how many steps of it ran), which makes the rest of the run bitwise identical on CPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+PREFIX = "step-"
+
+
+def checkpoint_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def save_checkpoint(output_dir, step: int, prepared, optimizer, state: dict, *,
+                    keep_last: int, accelerator) -> Path:
+    """Write checkpoint ``step`` atomically; delete all but the newest ``keep_last``."""
+    root = checkpoint_dir(output_dir)
+    final = root / f"{PREFIX}{step:06d}"
+    tmp = root / f".tmp-{PREFIX}{step:06d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        with quiet_transformers():
+            prepared.save(tmp / "model")
+        if prepared.kind != "full":
+            save_file(trainable_state(prepared.model), tmp / "trainable.safetensors")
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, **state}))
+    accelerator.wait_for_everyone()
+    torch.save(rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _fsync_dir(tmp)
+        os.rename(tmp, final)
+        _fsync_dir(root)
+        for old in list_checkpoints(output_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """No "Writing model shards" bar in the middle of the training bar."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def list_checkpoints(output_dir) -> list[Path]:
+    """Complete checkpoints, oldest first (``.tmp-*`` leftovers of a killed save are ignored)."""
+    root = checkpoint_dir(output_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
+
+
+def latest_checkpoint(output_dir) -> Path | None:
+    found = list_checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path, prepared, optimizer, process_index: int = 0) -> dict:
+    """Restore everything saved by ``save_checkpoint``; returns ``state.json``'s dict."""
+    if prepared.kind == "full":
+        load_weights(prepared.model, path / "model")
+    else:
+        load_trainable(prepared.model, path / "trainable.safetensors")
+    if optimizer is not None:
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+    rng_file = path / f"rng-{process_index}.pt"
+    if rng_file.exists():  # a different number of processes keeps its fresh RNG
+        set_rng_state(torch.load(rng_file, weights_only=False))
+    return json.loads((path / "state.json").read_text())
+
+
+def trainable_state(model) -> dict:
+    """``{parameter name: tensor}`` of every parameter that trains (cloned, contiguous)."""
+    return {name: p.detach().contiguous().clone()
+            for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(model, file: Path) -> None:
+    """Copy ``trainable_state`` tensors back into the parameters of the same names."""
+    saved = load_file(file)
+    params = dict(model.named_parameters())
+    missing = [name for name in saved if name not in params]
+    if missing:
+        raise RuntimeError(f"checkpoint {file} names parameters the model lacks: {missing[:3]}")
+    with torch.no_grad():
+        for name, tensor in saved.items():
+            params[name].copy_(tensor)
+
+
+def load_weights(model, directory: Path) -> None:
+    """Copy a ``save_pretrained`` directory's weights into ``model`` in place."""
+    weights = {}
+    for file in sorted(directory.glob("*.safetensors")):
+        weights.update(load_file(file))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    tied = {name for name in missing if _is_tied(model, name)}
+    if set(missing) - tied or unexpected:
+        raise RuntimeError(f"checkpoint {directory} does not match the model: missing "
+                           f"{sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]}")
+
+
+def _is_tied(model, name: str) -> bool:
+    # save_pretrained drops a tied output embedding: it is the input embedding's tensor
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return head is not None and name.endswith("weight") and \
+        head.weight is model.get_input_embeddings().weight and "lm_head" in name
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fsync_dir(path: Path) -> None:
+    # make the directory entries durable before and after the rename
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,195 @@
+"""The run directory: what a training run leaves behind, so it can be checked and redone.
+
+``<output_dir>/``::
+
+    run.json        resolved config, library versions, git revision, chat-template hash,
+                    data fingerprint (sha256 of the tokenized data), seed, processes, device
+    config.yaml     the resolved config alone (``sftlab train config.yaml`` reruns it)
+    metrics.jsonl   one JSON object per log step, e.g.
+                    {"step": 10, "loss": 2.31, "lr": 2e-05, "grad_norm": 1.7,
+                     "tokens_per_s": 812.4, "padding_fraction": 0.013, "step_time_s": 2.5,
+                     "tokens": 2048, "padded_tokens": 2075, "labelled_tokens": 1020,
+                     "peak_memory_mb": 912.0, "elapsed_s": 25.2}
+                    (tokens = real tokens trained since the previous row, all processes)
+                    and eval rows {"step": 10, "eval_loss": 2.40}
+    loss.png        training (and eval) loss against step
+    checkpoints/    see ``sftlab.train.checkpoint``
+    model/ | adapter/   the trained result with the tokenizer (chat template) beside it
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import resource
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from sftlab.config import config_to_dict, dump_config
+
+
+def write_run_json(run) -> None:
+    """Provenance of ``run`` (an ``sftlab.train.sft.Run``) into ``run.json`` and ``config.yaml``."""
+    from sftlab.train.data import fingerprint
+
+    out = run.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(run.config, out / "config.yaml")
+    trainable, total, percent = run.prepared.summary
+    info = {
+        "config": config_to_dict(run.config),
+        "versions": library_versions(),
+        "git_revision": git_revision(),
+        "chat_template_sha256": _sha256(getattr(run.tokenizer, "chat_template", None) or ""),
+        "data_fingerprint": fingerprint(run.train_examples),
+        "train_examples": len(run.train_examples),
+        "train_units": len(run.units),
+        "eval_units": len(run.eval_units),
+        "seed": run.config.seed,
+        "processes": run.accelerator.num_processes,
+        "device": str(run.accelerator.device),
+        "total_steps": run.total_steps,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "trainable_percent": round(percent, 6),
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (out / "run.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+
+
+def library_versions() -> dict:
+    import importlib.metadata as metadata
+
+    versions = {"python": platform.python_version()}
+    for name in ("sftlab", "torch", "transformers", "peft", "accelerate", "trl", "tokenizers"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_revision() -> str | None:
+    """``git rev-parse HEAD`` of the sftlab checkout (``+dirty`` with local changes), else None."""
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=10)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def mask_preview(example, tokenizer, max_chars: int = 1500) -> str:
+    """One example with its trained tokens marked (``sftlab.data.chat.format_mask``)."""
+    from sftlab.data.chat import format_mask
+
+    text = format_mask(example, tokenizer, color=False)
+    return text if len(text) <= max_chars else text[:max_chars] + f" ... ({len(text)} chars)"
+
+
+def peak_memory_mb() -> float:
+    """Peak CUDA memory allocated on GPU, else the process's peak RSS (MiB)."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+class Window:
+    """Step statistics between two log rows (loss weighted by labelled tokens)."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss_sum = self.labelled = self.tokens = self.padded = 0.0
+        self.seconds, self.steps = 0.0, 0
+
+    def add(self, stats: dict, seconds: float) -> None:
+        self.loss_sum += stats["loss"] * stats["labelled"]
+        self.labelled += stats["labelled"]
+        self.tokens += stats["tokens"]
+        self.padded += stats["padded"]
+        self.seconds += seconds
+        self.steps += 1
+
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    def flush(self, step: int, last: dict) -> dict:
+        row = {
+            "step": step,
+            "loss": round(self.loss_sum / max(self.labelled, 1), 6),
+            "lr": last["lr"],
+            "grad_norm": None if last["grad_norm"] is None else round(last["grad_norm"], 6),
+            "tokens_per_s": round(self.tokens_per_s(), 2),
+            "padding_fraction": round(1 - self.tokens / self.padded, 4) if self.padded else 0.0,
+            "step_time_s": round(self.seconds / max(self.steps, 1), 4),
+            "tokens": int(self.tokens),
+            "padded_tokens": int(self.padded),
+            "labelled_tokens": int(self.labelled),
+            "peak_memory_mb": round(peak_memory_mb(), 1),
+            "elapsed_s": round(time.perf_counter() - self.started, 2),
+        }
+        self._reset()
+        return row
+
+
+def append_metrics(output_dir: Path, row: dict) -> None:
+    with (Path(output_dir) / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def read_metrics(output_dir: Path, up_to_step: int | None = None) -> list[dict]:
+    path = Path(output_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if up_to_step is None or r["step"] <= up_to_step]
+
+
+def rewrite_metrics(output_dir: Path, rows: list[dict]) -> None:
+    """After a resume: keep only the rows up to the checkpoint (the rest is redone)."""
+    path = Path(output_dir) / "metrics.jsonl"
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
+
+
+def plot_loss(output_dir: Path, history: list[dict]) -> Path | None:
+    """``loss.png``: training loss per logged step, eval loss as points."""
+    train = [(r["step"], r["loss"]) for r in history if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in history if "eval_loss" in r]
+    if not train and not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (mean per labelled token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = Path(output_dir) / "loss.png"
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,485 @@
+"""THE training loop: setup, loop, eval, save, resume. Every method and launcher uses it.
+
+Reads top to bottom::
+
+    train(config)
+      setup()        threads, seed, accelerator, tokenizer, data, model, method, optimizer,
+                     run directory (run.json); every user-fixable problem fails here
+      resume()       newest checkpoint -> weights, optimizer, RNG, data position
+      loop()         for each optimizer step: micro-batches -> train_step() -> log, eval,
+                     checkpoint, early stopping
+      finish()       final eval, model/ or adapter/ + tokenizer, loss.png
+
+Python API (the CLI ``sftlab train CONFIG.yaml key=value ...`` builds the same config)::
+
+    from sftlab.config import load_config
+    from sftlab.train.config import TrainConfig
+    from sftlab.train.sft import train
+    result = train(load_config(TrainConfig, "examples/sft_tiny.yaml", ["max_steps=10"]))
+    result.final_loss, result.output_dir
+
+Distributed: ``accelerate launch -m sftlab train cfg.yaml`` or ``torchrun`` run this same
+code; the loss normalisation (``sftlab.train.loss``) makes N processes equal one.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sftlab.errors import ConfigError
+from sftlab.train import checkpoint, data
+from sftlab.train import run as run_files
+from sftlab.train.config import TrainConfig
+from sftlab.train.loss import CausalLMLoss, normaliser, step_token_count
+
+
+@dataclass
+class TrainState:
+    """Where the run is; saved in every checkpoint (``state.json``)."""
+
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    order: list[int] = field(default_factory=list)
+    best_eval: float | None = None
+    evals_without_improvement: int = 0
+    trained_tokens: int = 0
+
+
+@dataclass
+class Run:
+    """Everything ``setup`` builds; the later stages only read and update it."""
+
+    config: TrainConfig
+    accelerator: Any
+    tokenizer: Any
+    prepared: Any  # sftlab.train.methods.Prepared
+    loss_module: Any  # CausalLMLoss, wrapped by accelerate (DDP/FSDP) when distributed
+    optimizer: Any
+    train_examples: list
+    units: list  # examples, or packed rows
+    eval_units: list
+    pad_id: int
+    total_steps: int
+    steps_per_epoch: int
+    output_dir: Path
+    state: TrainState = field(default_factory=TrainState)
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    final_loss: float | None
+    eval_loss: float | None
+    saved_to: Path | None
+    history: list[dict]
+
+
+def train(config: TrainConfig, *, model=None, tokenizer=None, train_examples=None,
+          eval_examples=None) -> TrainResult:
+    """Train as ``config`` says. ``model``/``tokenizer``/``*_examples`` (lists of
+    ``Tokenized``) replace loading them from ``config.model``/``config.data`` (tests, bench)."""
+    run = setup(config, model, tokenizer, train_examples, eval_examples)
+    if config.resume:
+        resume(run)
+    loop(run)
+    return finish(run)
+
+
+# -- 1. setup --------------------------------------------------------------------------
+
+def setup(config: TrainConfig, model=None, tokenizer=None, train_examples=None,
+          eval_examples=None) -> Run:
+    """Build the run; raises ``SftlabError`` (one line) before any step for fixable problems."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from sftlab.train.methods import check_method_supported, prepare_model
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    set_seed(config.seed)
+    # cpu=True when there is no GPU: accelerate only sets up multi-process CPU (gloo) then
+    accelerator = Accelerator(mixed_precision=config.mixed_precision,
+                              cpu=not torch.cuda.is_available())
+    check_method_supported(config.method, accelerator.device.type,
+                           grad_accumulation=config.grad_accumulation)
+    if tokenizer is None:
+        tokenizer = _load_tokenizer(config.model.name)
+    if model is None:
+        model = _load_model(config)
+    _check_lengths(config, model)
+    if train_examples is None:
+        train_examples, eval_examples, summary = data.load_examples(
+            config.data, tokenizer, config.seed, progress=accelerator.is_main_process)
+        _print(accelerator, summary)
+    if not any(e.num_trained for e in train_examples):
+        raise ConfigError("no trainable example: every example has all labels masked")
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    prepared = prepare_model(model, config.method, tokenizer)
+    _print(accelerator, prepared.describe())
+    optimizer = None if prepared.fused_backward else build_optimizer(prepared.parameters, config.optim)
+    loss_module = CausalLMLoss(prepared.model, chunk_size=config.loss_chunk_size)
+    if config.optim.in_backward:
+        _check_in_backward(config, accelerator, prepared)
+        optimizer = InBackwardOptimizer(optimizer)  # steps itself: not handed to accelerate
+        loss_module = accelerator.prepare(loss_module)
+    elif optimizer is not None:
+        loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
+    else:
+        loss_module = accelerator.prepare(loss_module)
+    units = data.make_units(train_examples, config.data)
+    eval_units = data.make_units(eval_examples or [], config.data)
+    global_batch = config.batch_size * config.grad_accumulation * accelerator.num_processes
+    per_epoch = data.steps_per_epoch(len(units), global_batch, accelerator.num_processes)
+    if per_epoch == 0:
+        raise ConfigError(f"{len(units)} training units cannot fill one global batch of "
+                          f"{global_batch} (batch_size x grad_accumulation x processes)")
+    total = config.max_steps or per_epoch * config.epochs
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    run = Run(config, accelerator, tokenizer, prepared, loss_module, optimizer, train_examples,
+              units, eval_units, pad_id, total, per_epoch, Path(config.output_dir))
+    if accelerator.is_main_process:
+        run_files.write_run_json(run)
+        _print(accelerator, "mask preview (trained tokens in [[...]]):\n"
+               + run_files.mask_preview(train_examples[0], tokenizer))
+    return run
+
+
+def build_optimizer(parameters, optim) -> torch.optim.Optimizer:
+    """AdamW or SGD; 1-D tensors (biases, norm weights) get no weight decay.
+
+    ``parameters`` is a list of tensors or of param-group dicts (kept as given).
+    """
+    if parameters and isinstance(parameters[0], dict):
+        groups = parameters
+    else:
+        decay = [p for p in parameters if p.ndim >= 2]
+        no_decay = [p for p in parameters if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": optim.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        groups = [g for g in groups if g["params"]]
+    kernel = {"auto": {"foreach": True}, "foreach": {"foreach": True},
+              "for-loop": {"foreach": False}, "fused": {"fused": True}}[optim.implementation]
+    if optim.name == "adamw":
+        return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
+                                 **kernel)
+    return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, **kernel)
+
+
+class InBackwardOptimizer:
+    """``optim.in_backward``: one optimizer per parameter, stepped by a hook the moment the
+    parameter's gradient is complete during backward; the gradient is freed right after.
+
+    Same update as the wrapped optimizer (AdamW is per-parameter math), but peak memory
+    holds one parameter's gradient instead of the model's. ``step``/``zero_grad`` are
+    no-ops; ``param_groups`` and ``state_dict`` cover every per-parameter optimizer.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizers = []
+        accepted = inspect.signature(type(optimizer).__init__).parameters
+        defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted}
+        for group in optimizer.param_groups:
+            settings = {k: v for k, v in group.items() if k != "params"}
+            for param in group["params"]:
+                single = type(optimizer)([{"params": [param], **settings}], **defaults)
+                param.register_post_accumulate_grad_hook(self._hook(single))
+                self.optimizers.append(single)
+
+    @staticmethod
+    def _hook(single):
+        def step_and_free(param):
+            single.step()
+            param.grad = None
+        return step_and_free
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.optimizers for g in opt.param_groups]
+
+    def step(self) -> None:
+        pass
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {"per_parameter": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for opt, saved in zip(self.optimizers, state["per_parameter"], strict=True):
+            opt.load_state_dict(saved)
+
+
+def _check_in_backward(config: TrainConfig, accelerator, prepared) -> None:
+    problems = [text for bad, text in [
+        (config.grad_accumulation != 1, "grad_accumulation=1"),
+        (config.optim.max_grad_norm > 0, "optim.max_grad_norm=0 (no global clipping)"),
+        (accelerator.num_processes > 1, "a single process"),
+        (prepared.fused_backward is not None, f"an optimizer (method {prepared.method} has none)"),
+    ] if bad]
+    if problems:
+        raise ConfigError(f"optim.in_backward=true needs {', '.join(problems)}")
+
+
+def lr_at(step: int, total_steps: int, optim) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then the schedule.
+
+    >>> lr_at(0, 100, OptimSection(lr=1.0, warmup_steps=10, schedule="constant"))
+    0.1
+    """
+    warmup = optim.warmup_steps or math.ceil(optim.warmup_ratio * total_steps)
+    if step < warmup:
+        return optim.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    if optim.schedule == "cosine":
+        return optim.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if optim.schedule == "linear":
+        return optim.lr * (1.0 - progress)
+    return optim.lr
+
+
+def _load_tokenizer(name: str):
+    from sftlab.models import load_tokenizer
+
+    try:
+        return load_tokenizer(name)
+    except OSError as exc:  # a hub id without network, a directory without tokenizer files
+        raise ConfigError(f"model.name={name!r}: cannot load its tokenizer "
+                          f"({str(exc).splitlines()[0]})") from None
+
+
+def _load_model(config: TrainConfig):
+    """``config.model`` -> a causal LM in training mode (4-bit when the method says so)."""
+    from sftlab.models import load_model, resolve_model
+    from sftlab.train.methods import model_load_kwargs
+
+    extra = model_load_kwargs(config.method)
+    if extra and config.model.name != "tiny":
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            resolve_model(config.model.name), dtype=getattr(torch, config.model.dtype), **extra)
+    else:
+        model = load_model(config.model.name, dtype=config.model.dtype)
+    if config.model.attn and hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(config.model.attn)
+    return model.train()
+
+
+def _check_lengths(config: TrainConfig, model) -> None:
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and config.data.max_length > limit:
+        raise ConfigError(f"data.max_length={config.data.max_length} is above the model's "
+                          f"max_position_embeddings={limit}; set data.max_length<={limit}")
+
+
+def _print(accelerator, text: str) -> None:
+    if accelerator.is_main_process:
+        print(text, flush=True)
+
+
+# -- 2. resume -------------------------------------------------------------------------
+
+def resume(run: Run) -> None:
+    """Load the newest complete checkpoint, if any; the metrics after it are dropped."""
+    found = checkpoint.latest_checkpoint(run.output_dir)
+    if found is None:
+        _print(run.accelerator, f"resume: no checkpoint in {run.output_dir}/checkpoints, starting fresh")
+        return
+    saved = checkpoint.load_checkpoint(found, run.prepared, run.optimizer,
+                                       run.accelerator.process_index)
+    fields = TrainState.__dataclass_fields__
+    run.state = TrainState(**{k: v for k, v in saved.items() if k in fields})
+    run.history = run_files.read_metrics(run.output_dir, up_to_step=run.state.step)
+    if run.accelerator.is_main_process:
+        run_files.rewrite_metrics(run.output_dir, run.history)
+    _print(run.accelerator, f"resumed from {found} (step {run.state.step} of {run.total_steps})")
+
+
+# -- 3. loop ---------------------------------------------------------------------------
+
+def loop(run: Run) -> None:
+    """Optimizer steps until ``total_steps`` (or early stopping)."""
+    from tqdm.auto import tqdm
+
+    config, state, acc = run.config, run.state, run.accelerator
+    bar = tqdm(total=run.total_steps, initial=state.step, unit="step", dynamic_ncols=True,
+               disable=not (config.progress and acc.is_main_process))
+    window = run_files.Window()
+    while state.step < run.total_steps:
+        started = time.perf_counter()  # batch building counts: it is part of a step's cost
+        batches = next_step_batches(run)
+        stats = train_step(run, batches)
+        window.add(stats, time.perf_counter() - started)
+        state.step += 1
+        state.step_in_epoch += 1
+        state.trained_tokens += stats["tokens"]
+        bar.update(1)
+        bar.set_postfix(loss=f"{stats['loss']:.4f}", tok_s=f"{window.tokens_per_s():.0f}")
+        if state.step % config.log_every == 0 or state.step == run.total_steps:
+            log(run, window.flush(state.step, stats))
+        if config.eval_every and run.eval_units and state.step % config.eval_every == 0:
+            if evaluate_and_check(run):
+                _print(acc, f"early stopping at step {state.step}: eval loss did not improve "
+                            f"for {config.early_stopping_patience} evals")
+                break
+        if config.save_every and state.step % config.save_every == 0:
+            save(run)
+    bar.close()
+
+
+def next_step_batches(run: Run) -> list:
+    """The micro-batches of the next step; starts a new epoch (new seeded order) when due."""
+    state, config, acc = run.state, run.config, run.accelerator
+    if not state.order or state.step_in_epoch >= run.steps_per_epoch:
+        if state.order:
+            state.epoch += 1
+        state.step_in_epoch = 0
+        global_batch = config.batch_size * config.grad_accumulation * acc.num_processes
+        state.order = data.epoch_order(
+            [len(u) for u in run.units], config.seed, state.epoch, shuffle=config.data.shuffle,
+            group_by_length=config.data.group_by_length, global_batch=global_batch)
+    return data.step_batches(
+        run.units, state.order, state.step_in_epoch, batch_size=config.batch_size,
+        grad_accumulation=config.grad_accumulation, rank=acc.process_index,
+        world_size=acc.num_processes, pad_id=run.pad_id, padding_free=config.data.padding_free)
+
+
+def train_step(run: Run, batches: list) -> dict:
+    """One optimizer step over this process's micro-batches.
+
+    Loss = (sum of token losses over the step's micro-batches on all processes) /
+    (labelled tokens of the whole step): counted first, so each micro-batch's backward
+    already has its final weight (``sftlab.train.loss``).
+    """
+    acc, config, prepared = run.accelerator, run.config, run.prepared
+    device = acc.device
+    step_tokens = step_token_count([b.tensors for b in batches], acc)
+    scale = normaliser(step_tokens, acc.num_processes)
+    lr = lr_at(run.state.step, run.total_steps, config.optim)
+    if run.optimizer is not None:
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    for index, batch in enumerate(batches):
+        last = index == len(batches) - 1
+        sync = contextlib.nullcontext() if last else acc.no_sync(run.loss_module)
+        tensors = {k: v.to(device) for k, v in batch.tensors.items()}
+        with sync, acc.autocast():
+            token_loss_sum, _ = run.loss_module(**tensors)
+            loss = token_loss_sum * scale
+            if prepared.fused_backward is not None:
+                prepared.fused_backward(loss, lr)
+            else:
+                acc.backward(loss)
+        loss_sum += token_loss_sum.detach().double()
+    grad_norm = _clip_and_step(run)
+    total_loss = acc.reduce(loss_sum, reduction="sum") if acc.num_processes > 1 else loss_sum
+    tokens = sum(b.tokens for b in batches)
+    padded = sum(b.padded for b in batches)
+    if acc.num_processes > 1:
+        counts = acc.reduce(torch.tensor([tokens, padded], device=device), reduction="sum")
+        tokens, padded = (int(x) for x in counts.tolist())
+    return {"loss": float(total_loss) / max(step_tokens, 1), "lr": lr, "grad_norm": grad_norm,
+            "tokens": tokens, "padded": padded, "labelled": step_tokens}
+
+
+def _clip_and_step(run: Run) -> float | None:
+    """Clip the gradient norm (always measured, for the log), step, zero the gradients."""
+    if run.optimizer is None or run.config.optim.in_backward:  # updated inside backward
+        return None
+    max_norm = run.config.optim.max_grad_norm
+    params = [p for g in run.optimizer.param_groups for p in g["params"]]
+    norm = run.accelerator.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf"))
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return float(norm)
+
+
+def log(run: Run, row: dict) -> None:
+    run.history.append(row)
+    if run.accelerator.is_main_process:
+        run_files.append_metrics(run.output_dir, row)
+
+
+def evaluate(run: Run) -> float:
+    """Held-out loss: sum of token losses / labelled tokens over the whole eval set."""
+    acc, config = run.accelerator, run.config
+    run.loss_module.eval()
+    totals = torch.zeros(2, dtype=torch.float64, device=acc.device)
+    rank_units = run.eval_units[acc.process_index::acc.num_processes]
+    with torch.no_grad():
+        for start in range(0, len(rank_units), config.batch_size):
+            batch = data.collate(rank_units[start:start + config.batch_size], run.pad_id,
+                                 config.data.padding_free)
+            with acc.autocast():
+                loss_sum, count = run.loss_module(**{k: v.to(acc.device) for k, v in batch.tensors.items()})
+            totals += torch.stack([loss_sum.double(), count.double()])
+    run.loss_module.train()
+    if acc.num_processes > 1:
+        totals = acc.reduce(totals, reduction="sum")
+    return float(totals[0] / totals[1].clamp(min=1))
+
+
+def evaluate_and_check(run: Run) -> bool:
+    """Evaluate, log, track the best loss; True when early stopping should stop the run."""
+    state, patience = run.state, run.config.early_stopping_patience
+    loss = evaluate(run)
+    log(run, {"step": state.step, "eval_loss": round(loss, 6)})
+    _print(run.accelerator, f"step {state.step}: eval loss {loss:.4f}")
+    if state.best_eval is None or loss < state.best_eval:
+        state.best_eval, state.evals_without_improvement = loss, 0
+    else:
+        state.evals_without_improvement += 1
+    return bool(patience) and state.evals_without_improvement >= patience
+
+
+def save(run: Run) -> Path:
+    state = run.state
+    return checkpoint.save_checkpoint(
+        run.output_dir, state.step, run.prepared, run.optimizer,
+        {k: getattr(state, k) for k in TrainState.__dataclass_fields__ if k != "step"},
+        keep_last=run.config.keep_last, accelerator=run.accelerator)
+
+
+# -- 4. finish -------------------------------------------------------------------------
+
+def finish(run: Run) -> TrainResult:
+    """Final eval, the trained model (or adapter) + tokenizer, and the loss curve."""
+    acc, config = run.accelerator, run.config
+    eval_loss = None
+    last = run.history[-1] if run.history else {}
+    if run.eval_units and last.get("step") == run.state.step and "eval_loss" in last:
+        eval_loss = last["eval_loss"]  # the loop just evaluated this very step
+    elif run.eval_units:
+        eval_loss = evaluate(run)
+        log(run, {"step": run.state.step, "eval_loss": round(eval_loss, 6)})
+    saved_to = None
+    if config.save_model:
+        acc.wait_for_everyone()
+        saved_to = run.output_dir / ("model" if run.prepared.kind == "full" else "adapter")
+        if acc.is_main_process:
+            with checkpoint.quiet_transformers():
+                run.prepared.save(saved_to)
+            run.tokenizer.save_pretrained(saved_to)
+        acc.wait_for_everyone()
+    if acc.is_main_process and config.plot:
+        run_files.plot_loss(run.output_dir, run.history)
+    losses = [row["loss"] for row in run.history if "loss" in row]
+    if saved_to is not None:
+        _print(acc, f"saved {saved_to}")
+    return TrainResult(run.output_dir, run.state.step, losses[-1] if losses else None,
+                       eval_loss, saved_to, run.history)

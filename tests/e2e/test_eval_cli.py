@@ -1,0 +1,31 @@
+"""Real CLI runs: `sftlab eval tiny --tasks gsm8k --limit 3` writes the three files."""
+import json
+import subprocess
+import sys
+
+
+def sftlab(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "sftlab", *args], capture_output=True, text=True,
+                          cwd=cwd, env={"OMP_NUM_THREADS": "1", "PATH": ""}, timeout=600)
+
+
+def test_eval_tiny_gsm8k_writes_results_samples_settings(tmp_path, shared_data):
+    out = tmp_path / "out"
+    run = sftlab("eval", "tiny", "--tasks", "gsm8k", "--limit", "3", "--data-dir", str(shared_data),
+                 "--max-new-tokens", "16", "-o", str(out))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "exact_match_strict" in run.stdout
+    results = json.loads((out / "results.json").read_text())
+    metric = results["tasks"]["gsm8k"]["metrics"]["exact_match_flexible"]
+    assert metric["n"] == 3 and metric["low"] <= metric["mean"] <= metric["high"]
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 3 and samples[0]["prompt"].startswith("Q: There are 15 trees")
+    assert samples[0]["output"] is not None and samples[0]["target"] == "18"
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["tasks"]["gsm8k"]["generation"]["max_new_tokens"] == 16
+    assert settings["config"]["seed"] == 1234
+
+
+def test_eval_missing_data_is_one_line_error(tmp_path):
+    run = sftlab("eval", "tiny", "--tasks", "gsm8k", "--limit", "1")
+    assert run.returncode == 2 and run.stderr.strip().startswith("error:") and "--data-dir" in run.stderr

@@ -1,0 +1,93 @@
+"""`sftlab generate` end to end on a saved tiny model: outputs, settings file, resume, errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from sftlab.cli import main
+from sftlab.infer.base import SamplingConfig
+from sftlab.infer.files import GenerateConfig, generate_file
+from sftlab.infer.hf import HFGenerator
+
+ROWS = [
+    {"id": "a", "prompt": "The a of"},
+    {"id": "b", "messages": [{"role": "user", "content": "Sort these numbers"}]},
+    {"prompt": "count the letters"},
+    {"id": "d", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]},
+    {"id": "e", "prompt": "x"},
+]
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_cli_generate_writes_rows_and_settings(tmp_path, tiny_model_dir, capsys):
+    _write(tmp_path / "in.jsonl", ROWS)
+    out = tmp_path / "out.jsonl"
+    code = main(["generate", str(tiny_model_dir), "--input", str(tmp_path / "in.jsonl"), "-o", str(out),
+                 "--max-new-tokens", "6", "--batch-size", "2", "--no-progress"])
+    assert code == 0
+    rows = _read(out)
+    assert [r["id"] for r in rows] == ["a", "b", "2", "d", "e"]
+    assert rows[1]["messages"] == ROWS[1]["messages"] and rows[0]["prompt"] == "The a of"
+    assert all(r["completion_tokens"] == 6 and r["finish_reason"] == "length" for r in rows)
+    settings = yaml.safe_load((tmp_path / "out.config.yaml").read_text())
+    assert settings["sampling"]["max_new_tokens"] == 6 and settings["batch_size"] == 2
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["generated"] == 5 and summary["completion_tokens"] == 30
+
+
+def test_resume_continues_without_duplicates(tmp_path, tiny_model, tiny_tokenizer):
+    _write(tmp_path / "in.jsonl", ROWS)
+    generator = HFGenerator(tiny_model, tiny_tokenizer, batch_size=2)
+    config = GenerateConfig(model="tiny", input=str(tmp_path / "in.jsonl"),
+                            output=str(tmp_path / "full.jsonl"), sampling=SamplingConfig(max_new_tokens=5))
+    generate_file(generator, config, progress=False)
+    full = (tmp_path / "full.jsonl").read_text()
+    # an interrupted run: two complete rows and half of the third
+    lines = full.splitlines(keepends=True)
+    (tmp_path / "part.jsonl").write_text(lines[0] + lines[1] + lines[2][:10])
+    config.output = str(tmp_path / "part.jsonl")
+    calls_before = len(generator.batch_sizes)
+    summary = generate_file(generator, config, progress=False)
+    assert summary["skipped_existing"] == 2 and summary["generated"] == 3
+    assert sum(generator.batch_sizes[calls_before:]) == 3  # only the missing rows ran
+    assert (tmp_path / "part.jsonl").read_text() == full
+    # a third run has nothing left to do
+    again = generate_file(generator, config, progress=False)
+    assert again["generated"] == 0 and (tmp_path / "part.jsonl").read_text() == full
+
+
+def test_resume_refuses_output_of_another_input(tmp_path, tiny_model, tiny_tokenizer):
+    from sftlab.errors import DataError
+
+    _write(tmp_path / "in.jsonl", ROWS)
+    (tmp_path / "out.jsonl").write_text(json.dumps({"id": "zzz", "output": "?"}) + "\n")
+    config = GenerateConfig(model="tiny", input=str(tmp_path / "in.jsonl"), output=str(tmp_path / "out.jsonl"),
+                            sampling=SamplingConfig(max_new_tokens=2))
+    with pytest.raises(DataError, match="zzz"):
+        generate_file(HFGenerator(tiny_model, tiny_tokenizer), config, progress=False)
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"id": 1}', "no prompt"),
+    ('{"messages": [{"role": "bot", "content": "x"}]}', "bad message"),
+    ("{oops", "not valid JSON"),
+])
+def test_malformed_input_is_one_line_error(tmp_path, line, message):
+    (tmp_path / "in.jsonl").write_text('{"prompt": "ok"}\n' + line + "\n")
+    result = subprocess.run([sys.executable, "-m", "sftlab", "generate", "tiny", "--input",
+                             str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "o.jsonl")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert f"in.jsonl:2" in result.stderr and message in result.stderr
+    assert "Traceback" not in result.stderr

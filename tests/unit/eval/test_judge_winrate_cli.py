@@ -1,0 +1,43 @@
+"""`sftlab judge winrate` on a crafted annotations file (in-process CLI)."""
+import json
+
+import pytest
+
+from sftlab.cli import main
+
+
+def write(path, preferences, *, model_len=10, generator="mine"):
+    rows = [{"instruction": f"q{i}", "output_1": "b" * 10, "output_2": "m" * (model_len + i % 7),
+             "generator_1": "base", "generator_2": generator, "preference": p}
+            for i, p in enumerate(preferences)]
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def test_winrate_json(tmp_path, capsys):
+    file = write(tmp_path / "annotations.json", [2, 2, 1, 1.5, 2, 1, 2, 1.75])
+    assert main(["judge", "winrate", str(file), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    expected = 100 * (1 + 1 + 0 + 0.5 + 1 + 0 + 1 + 0.75) / 8
+    assert result["win_rate"] == pytest.approx(expected)
+    assert result["n_total"] == 8 and result["n_draws"] == 1 and result["model"] == "mine"
+    assert result["standard_error"] > 0 and "length_controlled_winrate" in result
+    assert result["lc_standard_error"] >= 0
+
+
+def test_winrate_table_with_two_models_uses_difficulty(tmp_path, capsys):
+    a = write(tmp_path / "a.json", [2, 1, 2, 1, 2, 2, 1, 2], generator="model-a")
+    b = write(tmp_path / "b.json", [1, 1, 2, 1, 1, 2, 1, 1], generator="model-b", model_len=30)
+    assert main(["judge", "winrate", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "model-a" in out and "model-b" in out and "62.50" in out
+    assert main(["judge", "winrate", str(a), str(b), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result[str(a)]["uses_difficulty"] is True
+
+
+def test_winrate_bad_file_is_one_line_error(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"output_1": "x", "preference": 2}]))
+    assert main(["judge", "winrate", str(bad)]) == 2
+    assert "output_2" in capsys.readouterr().err
