@@ -327,11 +327,32 @@ def summarize(task, samples: list[Sample], config: EvalConfig) -> dict[str, Any]
         for metric in metrics:
             summary["extra"][f"{metric}_macro"] = mean(
                 [summary["subtasks"][t][metric]["mean"] for t in subtasks])
-    # metrics a task derives beyond per-sample means (e.g. IFEval's loose accuracy)
-    for key, value in task.aggregate(samples).items() if hasattr(task, "aggregate") else []:
+    # a task's own aggregate wins where it is not the plain mean (IFEval's instruction-level
+    # accuracy pools instructions over prompts); its interval is a bootstrap of that aggregate
+    aggregated = task.aggregate(samples) if hasattr(task, "aggregate") else {}
+    pooled = [k for k, v in aggregated.items() if k in metrics and abs(v - metrics[k]["mean"]) > 1e-9]
+    if pooled:
+        metrics.update(_bootstrap_aggregate(task, samples, pooled, aggregated, config))
+    for key, value in aggregated.items():
         if key not in metrics:
             summary["extra"][key] = value
     return summary
+
+
+def _bootstrap_aggregate(task, samples, keys, point, config: EvalConfig) -> dict[str, dict[str, float]]:
+    """Percentile bootstrap of ``task.aggregate`` itself over resampled items (seeded)."""
+    import numpy as np
+
+    rng = np.random.default_rng(config.seed)
+    draws = {key: [] for key in keys}
+    for _ in range(config.bootstrap_resamples):
+        picked = [samples[i] for i in rng.integers(0, len(samples), len(samples))]
+        values = task.aggregate(picked)
+        for key in keys:
+            draws[key].append(values[key])
+    return {key: {"mean": float(point[key]), "low": float(np.quantile(draws[key], 0.025)),
+                  "high": float(np.quantile(draws[key], 0.975)), "stderr": float(np.std(draws[key], ddof=1)),
+                  "n": len(samples), "aggregate": "task"} for key in keys}
 
 
 def _intervals(samples: list[Sample], config: EvalConfig) -> dict[str, dict[str, float]]:

@@ -246,7 +246,7 @@ class MultipleChoice(LoglikelihoodTask):
     (log-likelihood per character) matters here because choices differ in length."""
 
     name = "mc"
-    num_fewshot = 0
+    num_fewshot = None  # zero-shot; --num-fewshot does not apply
 
     def docs(self, data_path: str | None = None) -> list[dict[str, Any]]:
         return read_mc(_require(data_path, self.name, "a JSONL or CSV file"))

@@ -49,13 +49,28 @@ def html_page(runs: Sequence[Run], rows: Sequence[Row], charts: dict[str, bytes]
              f"<style>{_STYLE}</style></head><body><h1>sftlab evaluation report</h1>",
              "<p>Runs: " + ", ".join(f"<b>{html.escape(r.name)}</b> ({html.escape(str(r.path))}, "
                                      f"model {html.escape(str(r.results.get('model')))})" for r in runs) + "</p>",
-             _html_table(runs, rows)]
+             _html_table(runs, rows), _settings_table(runs)]
     for name, png in charts.items():
         encoded = base64.b64encode(png).decode("ascii")
         parts.append(f"<h2>{html.escape(name[:-4])}</h2><img alt='{name}' src='data:image/png;base64,{encoded}'>")
     parts.append("<p>Values in percent (MT-Bench: 1-10); brackets: bootstrap 95% interval "
                  "(win rates: ±1.96 standard errors).</p></body></html>")
     return "\n".join(parts)
+
+
+def _settings_table(runs: Sequence[Run]) -> str:
+    """What produced each run: model, adapter, few-shot counts, chat template, seed."""
+    lines = ["<h2>settings</h2><table><tr><th>run</th><th>model</th><th>adapter</th>"
+             "<th>few-shot</th><th>chat template</th><th>seed</th></tr>"]
+    for run in runs:
+        settings = run.results.get("settings", {})
+        config = settings.get("config", {})
+        shots = ", ".join(f"{task}: {entry.get('num_fewshot')}" for task, entry in settings.get("tasks", {}).items())
+        cells = [run.name, run.results.get("model"), run.results.get("adapter"), shots or None,
+                 config.get("chat_template"), config.get("seed")]
+        lines.append("<tr>" + "".join(f"<td>{html.escape(str(c if c is not None else '–'))}</td>"
+                                      for c in cells) + "</tr>")
+    return "".join(lines) + "</table>"
 
 
 def _html_table(runs: Sequence[Run], rows: Sequence[Row]) -> str:

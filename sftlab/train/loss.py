@@ -190,10 +190,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         grad_h, grad_w, grad_b = ctx.saved_tensors
-        scale = grad_output
-        out_h = grad_h * scale.to(grad_h.dtype) if grad_h is not None else None
-        out_w = (grad_w * scale).to(ctx.dtypes[0]) if grad_w is not None else None
-        out_b = (grad_b * scale).to(ctx.dtypes[1]) if grad_b is not None else None
+        # scaled in place: a second [V, H] buffer would raise peak memory by a vocab x hidden
+        # tensor (this backward runs once; the graph is not retained)
+        out_h = grad_h.mul_(grad_output.to(grad_h.dtype)) if grad_h is not None else None
+        out_w = grad_w.mul_(grad_output).to(ctx.dtypes[0]) if grad_w is not None else None
+        out_b = grad_b.mul_(grad_output).to(ctx.dtypes[1]) if grad_b is not None else None
         return out_h, out_w, out_b, None, None, None
 
 

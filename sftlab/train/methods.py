@@ -6,7 +6,8 @@ and how to save the result. The loop (``sftlab/train/sft.py``) never branches on
 name; it reads the ``Prepared`` fields instead::
 
     config = MethodConfig(name="lora")                      # or build_config(MethodConfig, ...)
-    check_method_supported(config, "cpu")                   # ConfigError if a backend is missing
+    check_method_supported(config, "cpu", grad_accumulation=1, num_processes=1,
+                           packed=False, mixed_precision="no")   # ConfigError: cannot run
     model = AutoModelForCausalLM.from_pretrained(path, **model_load_kwargs(config))
     prepared = prepare_model(model, config, tokenizer)
     optimizer = AdamW(prepared.parameters, lr=1e-4)         # unless prepared.fused_backward
@@ -22,7 +23,7 @@ lora      low-rank updates B·A on ``lora.target_modules`` (PEFT), B = 0 at star
 dora      LoRA with a learned magnitude per output column (PEFT ``use_dora``)
 qlora     LoRA on a base whose linear layers are 4-bit NF4 (bitsandbytes)
 prompt    ``prompt.num_virtual_tokens`` input embeddings prepended to every input (PEFT)
-prefix    per-layer key/value prefixes (PEFT prefix tuning)
+prefix    per-layer key/value prefixes (PEFT), started from real tokens' keys/values
 ia3       learned per-channel scales of keys, values and the MLP (PEFT IA3)
 adapter   Houlsby bottleneck adapters after attention and MLP, plus the norms (``adapters``)
 bitfit    bias terms only (zero biases are added when the model has none)
@@ -99,8 +100,13 @@ class PrefixSection:
     """Prefix tuning (Li & Liang 2021): trained key/value prefixes in every layer."""
 
     num_virtual_tokens: int = 20
+    init_text: str | None = None
+    """initialise the prefixes with the keys/values the model computes for this text (needs
+    the tokenizer); None uses random vocabulary tokens. Li & Liang found initialising from
+    real words' activations much more stable than random vectors."""
     projection: bool = False
-    """reparametrise the prefixes through a 2-layer MLP (the paper's stabiliser)."""
+    """reparametrise the prefixes through a 2-layer MLP (the paper's other stabiliser);
+    the MLP's output cannot be set, so it starts from PEFT's random init instead."""
     projection_hidden_size: int = 256
 
 
@@ -349,7 +355,7 @@ def prepare_freeze(model, config: MethodConfig, tokenizer=None) -> Prepared:
     ``model.embed_tokens``, ``model.layers.0.*``, ``model.norm`` and ``lm_head`` do not.
     """
     section = config.freeze
-    layers_name, layers = decoder_layers(model)
+    _, layers = decoder_layers(model)
     if not 0 <= section.last_layers <= len(layers):
         raise ConfigError(f"freeze.last_layers={section.last_layers}: the model has "
                           f"{len(layers)} decoder layers")
@@ -475,14 +481,27 @@ def prepare_prompt(model, config: MethodConfig, tokenizer=None) -> Prepared:
 
 @METHODS.register("prefix")
 def prepare_prefix(model, config: MethodConfig, tokenizer=None) -> Prepared:
-    """Prefix tuning (Li & Liang 2021): trained key/value prefixes in every layer (PEFT)."""
+    """Prefix tuning (Li & Liang 2021): trained key/value prefixes in every layer (PEFT).
+
+    Without ``projection`` the prefixes start as the keys/values of real tokens (the text
+    ``prefix.init_text``, else random vocabulary tokens), so the prepared model starts out
+    exactly as the base model reading those tokens before each input.
+    """
     from peft import PrefixTuningConfig
 
     section = config.prefix
+    if section.init_text is not None and tokenizer is None:
+        raise ConfigError("prefix.init_text needs the tokenizer: call prepare_model(model, "
+                          "config, tokenizer)")
     peft_config = PrefixTuningConfig(
         task_type="CAUSAL_LM", num_virtual_tokens=section.num_virtual_tokens,
         prefix_projection=section.projection, encoder_hidden_size=section.projection_hidden_size)
-    return _peft(model, peft_config, "prefix")
+    prepared = _peft(model, peft_config, "prefix")
+    if not section.projection:
+        ids = _init_token_ids(model, tokenizer, section.init_text, section.num_virtual_tokens,
+                              key="prefix.init_text")
+        _init_prefix_from_tokens(prepared.model, ids)
+    return prepared
 
 
 @METHODS.register("ia3")
@@ -525,19 +544,61 @@ def _peft(model, peft_config, method: str) -> Prepared:
     return Prepared(model=peft_model, parameters=params, kind="peft", method=method)
 
 
+def _init_token_ids(model, tokenizer, text: str | None, count: int, key: str):
+    """``count`` token ids: ``text``'s tokens repeated to fill, or random vocabulary ids."""
+    import torch
+
+    if text is None:
+        return torch.randint(0, model.get_input_embeddings().weight.shape[0], (count,))
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ConfigError(f"{key} encodes to no token")
+    return torch.tensor((ids * (count // len(ids) + 1))[:count])
+
+
 def _init_prompt_from_text(peft_model, tokenizer, text: str) -> None:
     """Copy the embeddings of ``text``'s tokens (repeated to fill) into the virtual tokens."""
     import torch
 
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise ConfigError("prompt.init_text encodes to no token")
     embedding = peft_model.prompt_encoder[peft_model.active_adapter].embedding
-    count = embedding.weight.shape[0]
-    ids = (ids * (count // len(ids) + 1))[:count]
+    ids = _init_token_ids(peft_model, tokenizer, text, embedding.weight.shape[0],
+                          key="prompt.init_text")
     words = peft_model.get_input_embeddings().weight
     with torch.no_grad():
-        embedding.weight.copy_(words[torch.tensor(ids, device=words.device)].to(embedding.weight))
+        embedding.weight.copy_(words[ids.to(words.device)].to(embedding.weight))
+
+
+def _init_prefix_from_tokens(peft_model, ids) -> None:
+    """Set the prefix table to the base model's keys/values for ``ids`` (n tokens).
+
+    PEFT stores the prefixes as an embedding of shape (n, layers·2·kv_heads·head_dim) that
+    it views as (batch, n, layers·2, kv_heads, head_dim) and permutes to per-layer
+    (key, value) pairs of shape (batch, kv_heads, n, head_dim): this is the inverse. The
+    keys are taken after rotary embedding at positions 0..n-1, and PEFT starts the real
+    tokens at position n, so the model then reads exactly "ids + input".
+    """
+    import torch
+
+    embedding = peft_model.prompt_encoder[peft_model.active_adapter].embedding
+    base = peft_model.get_base_model()
+    was_training = base.training
+    base.eval()  # no dropout; and gradient checkpointing would switch the cache off
+    with torch.no_grad():
+        cache = base(input_ids=ids[None].to(embedding.weight.device),
+                     use_cache=True).past_key_values
+    base.train(was_training)
+    if cache is None or not hasattr(cache, "layers"):
+        raise ConfigError(f"method 'prefix': {type(base).__name__} returned no key/value "
+                          f"cache to initialise the prefixes from; set prefix.projection=true")
+    per_layer = [t for layer in cache.layers for t in (layer.keys, layer.values)]
+    stacked = torch.stack(per_layer)  # (layers·2, 1, kv_heads, n, head_dim)
+    table = stacked.permute(1, 3, 0, 2, 4).reshape(len(ids), -1)
+    if table.shape != embedding.weight.shape:
+        raise ConfigError(f"method 'prefix': cannot initialise the prefixes of "
+                          f"{type(base).__name__} from its cache (shape {tuple(table.shape)} "
+                          f"vs {tuple(embedding.weight.shape)}); set prefix.projection=true")
+    with torch.no_grad():
+        embedding.weight.copy_(table.to(embedding.weight))
 
 
 # -- adapters and LOMO live in their own files ---------------------------------------------

@@ -21,6 +21,9 @@ def test_eval_tiny_gsm8k_writes_results_samples_settings(tmp_path, shared_data):
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 3 and samples[0]["prompt"].startswith("Q: There are 15 trees")
     assert samples[0]["output"] is not None and samples[0]["target"] == "18"
+    # 8 shots do not fit the tiny model's 1024 tokens: whole exemplars are dropped and recorded
+    assert 0 < samples[0]["meta"]["num_fewshot"] < 8
+    assert results["tasks"]["gsm8k"]["extra"]["items_with_fewer_shots"] == 3
     settings = json.loads((out / "settings.json").read_text())
     assert settings["tasks"]["gsm8k"]["generation"]["max_new_tokens"] == 16
     assert settings["config"]["seed"] == 1234

@@ -79,6 +79,20 @@ def test_bitfit_zero_biases_keep_the_base_model():
     assert torch.allclose(prepared_logits("bitfit", ids), base_logits(ids), atol=1e-6, rtol=0)
 
 
+def test_fresh_prefix_equals_the_base_model_reading_the_init_text(tiny_tokenizer):
+    """Prefixes initialised from real tokens' keys/values (Li & Liang's stable init) make
+    the prefixed model compute what the base computes on "init tokens + input"."""
+    text, ids = "sort the list", batch()
+    prepared = prepare_model(tiny_model(), config("prefix", f"prefix.init_text={text}"),
+                             tiny_tokenizer)
+    prefix = (tiny_tokenizer(text, add_special_tokens=False)["input_ids"] * 4)[:4]
+    with_text = torch.cat([torch.tensor([prefix] * len(ids)), ids], dim=1)
+    expected = base_logits(with_text)[:, len(prefix):]
+    with torch.no_grad():
+        got = prepared.model(input_ids=ids).logits
+    assert torch.allclose(got, expected, atol=1e-5, rtol=0)
+
+
 # -- only what a method trains changes ------------------------------------------------------
 
 def test_prompt_tuning_changes_only_the_virtual_tokens():
@@ -190,7 +204,7 @@ def test_lomo_step_equals_manual_sgd_with_value_clipped_gradients(tied):
         assert torch.equal(p, q)
 
 
-@pytest.mark.parametrize("name", ["lomo", "freeze", "lora"])
+@pytest.mark.parametrize("name", ["lomo", "freeze", "lora", "prefix"])
 def test_gradient_checkpointing_gives_the_same_step(name):
     """Recomputing activations in backward must not see weights LOMO already updated, and
     frozen early layers must not cut the gradient to later ones (non-reentrant checkpoints,

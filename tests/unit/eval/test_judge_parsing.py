@@ -85,3 +85,25 @@ def test_mt_bench_prompts_and_summary(shared_data):
     summary = mt_bench.summarize(rows)
     assert summary["categories"]["math"] == 4.0 and summary["n_parse_failures"] == 2
     assert summary["score"] == 4.0 and len(rows) == 4 and rows[0]["raw_completion"]
+
+
+def test_local_model_judge_batches_through_a_generator(tmp_path):
+    from sftlab.eval.judge.client import GeneratorChat
+    from sftlab.eval.judge.pairwise import generate_outputs
+    from sftlab.infer.base import Generation
+
+    class Scripted:
+        """Test-only generator: rates by prompt length parity, counts its batches."""
+        name = "scripted"
+        batches = []
+
+        def generate(self, prompts, sampling):
+            self.batches.append(len(prompts))
+            return [Generation(f"Rating: [[{len(p[-1].content) % 2 + 5}]]", 1, 1, "stop") for p in prompts]
+
+    generator = Scripted()
+    judge = CachedChat(GeneratorChat(generator), tmp_path)
+    texts = judge.complete_many([[{"role": "user", "content": "ab"}], [{"role": "user", "content": "abc"}]])
+    assert texts == ["Rating: [[5]]", "Rating: [[6]]"] and generator.batches == [2]
+    outputs = generate_outputs(generator, ["Write a poem", "Add 2 and 2"], name="mine")
+    assert outputs[1] == {"instruction": "Add 2 and 2", "output": "Rating: [[6]]", "generator": "mine"}

@@ -107,3 +107,34 @@ def test_mc_on_tiny_model(tmp_path, tiny_model, tiny_tokenizer):
     sample = json.loads((tmp_path / "out/samples.jsonl").read_text().splitlines()[0])
     logprobs = sample["meta"]["logprobs"]
     assert sample["extracted"] == logprobs.index(max(logprobs))
+
+
+class PooledTask:
+    """Test-only task whose aggregate is not the mean of per-sample scores (like IFEval's
+    instruction-level accuracy): 2 of 3 checks pass on item 0, 0 of 1 on item 1."""
+
+    name, num_fewshot, data_file = "pooled", None, ""
+    from sftlab.infer.base import SamplingConfig as _S
+    sampling = _S(max_new_tokens=4)
+
+    def docs(self, data_path=None):
+        return [{"id": "0", "passed": 2, "total": 3}, {"id": "1", "passed": 0, "total": 1}]
+
+    def prompt(self, doc):
+        return f"item {doc['id']}"
+
+    def score(self, doc, response):
+        return doc, {"fraction": doc["passed"] / doc["total"]}
+
+    def aggregate(self, samples):
+        return {"fraction": sum(s.extracted["passed"] for s in samples) / sum(s.extracted["total"] for s in samples)}
+
+
+def test_task_aggregate_overrides_plain_mean_with_its_own_interval(monkeypatch):
+    from sftlab.eval import runner
+
+    monkeypatch.setattr(runner, "build_task", lambda name, config: PooledTask())
+    result = evaluate(EvalConfig(tasks=["pooled"]), generator=ScriptedGenerator(), progress=False)
+    metric = result["tasks"]["pooled"]["metrics"]["fraction"]
+    assert metric["mean"] == pytest.approx(2 / 4)  # pooled, not (2/3 + 0) / 2
+    assert metric["aggregate"] == "task" and metric["low"] <= 0.5 <= metric["high"]

@@ -18,7 +18,8 @@ from sftlab.models.tiny import tiny_model
 from sftlab.train import methods
 from sftlab.train.adapters import AdaptedLinear, load_adapter
 from sftlab.train.methods import (METHODS, MethodConfig, check_method_supported,
-                                  model_load_kwargs, prepare_model, trainable_summary)
+                                  describe_methods, model_load_kwargs, prepare_model,
+                                  trainable_summary)
 
 ALL_METHODS = ["full", "freeze", "lora", "dora", "qlora", "prompt", "prefix", "ia3",
                "adapter", "bitfit", "lomo"]
@@ -69,6 +70,9 @@ def trainable_names(model) -> list[str]:
 def test_every_method_name_is_registered_and_allowed_in_the_config():
     assert sorted(METHODS.names()) == sorted(ALL_METHODS)
     assert build_config(MethodConfig, {"name": "dora"}, ["lora.rank=8"]).lora.rank == 8
+    help_lines = describe_methods().splitlines()
+    assert [line.split()[0] for line in help_lines] == METHODS.names()
+    assert all(len(line.split()) > 3 for line in help_lines)  # each has a description
 
 
 def test_config_typos_are_errors_with_suggestions():
@@ -137,6 +141,8 @@ def test_prompt_init_text_copies_the_text_embeddings(tiny_tokenizer):
     assert torch.equal(virtual, words[expected_ids])
     with pytest.raises(ConfigError, match="needs the tokenizer"):
         prepare_model(tiny_model(), config)
+    with pytest.raises(ConfigError, match="prefix.init_text needs the tokenizer"):
+        prepare_model(tiny_model(), small_config("prefix", **{"prefix.init_text": "sort"}))
 
 
 # -- freeze and bitfit ----------------------------------------------------------------------
