@@ -327,10 +327,12 @@ def _check_bitsandbytes(device: str, compute_dtype: str) -> None:
     except ImportError as exc:
         raise ConfigError(f"method 'qlora' needs bitsandbytes (pip install bitsandbytes): {exc}")
     try:  # a real 4-bit round trip: the cheapest reliable answer to "is this device supported"
-        layer = bnb.nn.Linear4bit(64, 64, bias=False, quant_type="nf4",
-                                  compute_dtype=getattr(torch, compute_dtype))
+        # fork_rng: the probe layer's random init must not shift the run's seeded RNG stream
+        with torch.random.fork_rng(devices=[]):
+            layer = bnb.nn.Linear4bit(64, 64, bias=False, quant_type="nf4",
+                                      compute_dtype=getattr(torch, compute_dtype))
         layer = layer.to(device)
-        x = torch.randn(2, 64, device=device, dtype=getattr(torch, compute_dtype))
+        x = torch.ones(2, 64, device=device, dtype=getattr(torch, compute_dtype))
         layer(x).sum().item()
     except Exception as exc:  # noqa: BLE001 - any failure means "not supported here"
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

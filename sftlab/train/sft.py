@@ -130,7 +130,7 @@ def setup(config: TrainConfig, model=None, tokenizer=None, train_examples=None,
     prepared = prepare_model(model, config.method, tokenizer)
     _print(accelerator, prepared.describe())
     optimizer = None if prepared.fused_backward else build_optimizer(prepared.parameters, config.optim)
-    loss_module = CausalLMLoss(prepared.model, chunk_size=config.loss_chunk_size)
+    loss_module = CausalLMLoss(prepared.model, chunk_size=config.loss_chunk_size).train()
     if config.optim.in_backward:
         _check_in_backward(config, accelerator, prepared)
         optimizer = InBackwardOptimizer(optimizer)  # steps itself: not handed to accelerate

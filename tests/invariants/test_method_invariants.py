@@ -204,7 +204,8 @@ def test_lomo_step_equals_manual_sgd_with_value_clipped_gradients(tied):
         assert torch.equal(p, q)
 
 
-@pytest.mark.parametrize("name", ["lomo", "freeze", "lora", "prefix"])
+@pytest.mark.parametrize("name", ["full", "freeze", "lora", "dora", "qlora", "prompt", "ia3",
+                                  "adapter", "bitfit", "lomo"])
 def test_gradient_checkpointing_gives_the_same_step(name):
     """Recomputing activations in backward must not see weights LOMO already updated, and
     frozen early layers must not cut the gradient to later ones (non-reentrant checkpoints,
@@ -216,7 +217,7 @@ def test_gradient_checkpointing_gives_the_same_step(name):
         if checkpointing:
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
-        torch.manual_seed(0)  # LoRA's A is random: the same in both runs
+        torch.manual_seed(0)  # LoRA's A, the prompt init are random: the same in both runs
         prepared = prepare_model(model, config(name))
         if prepared.fused_backward is not None:
             prepared.fused_backward(model(input_ids=ids, labels=ids).loss, 0.1)

@@ -125,6 +125,13 @@ def test_lora_target_that_matches_nothing_is_a_config_error():
         prepare_model(tiny_model(), small_config("lora", **{"lora.target_modules": "[qkv]"}))
 
 
+def test_prefix_tuning_with_gradient_checkpointing_is_a_config_error():
+    model = tiny_model()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    with pytest.raises(ConfigError, match="method 'prefix': .*gradient checkpointing"):
+        prepare_model(model, small_config("prefix"))
+
+
 def test_prompt_tuning_offsets_logits_by_the_virtual_tokens():
     prepared = prepare_model(tiny_model(), small_config("prompt"))
     out = logits(prepared.model, batch())
@@ -281,7 +288,10 @@ def test_qlora_from_pretrained_with_the_load_kwargs(tiny_model_dir):
 
 
 def test_check_method_supported_names_the_missing_backend(monkeypatch):
+    methods._check_bitsandbytes.cache_clear()
+    rng = torch.random.get_rng_state()
     check_method_supported(small_config("qlora"), "cpu")  # bitsandbytes runs 4-bit on CPU
+    assert torch.equal(torch.random.get_rng_state(), rng)  # the probe leaves the seed alone
     check_method_supported(small_config("full"), "meta")  # no backend needed
     with pytest.raises(ConfigError, match="bitsandbytes .* device 'meta'"):
         check_method_supported(small_config("qlora"), "meta")

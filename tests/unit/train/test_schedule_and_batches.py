@@ -10,13 +10,15 @@ from sftlab.types import Tokenized
 
 
 @pytest.mark.parametrize("schedule, expected", [
-    ("constant", [0.5, 1.0, 1.0, 1.0, 1.0]),
-    ("linear", [0.5, 1.0, 0.75, 0.5, 0.25]),
-    ("cosine", [0.5, 1.0, 0.8535533905932737, 0.5, 0.14644660940672627]),
+    ("constant", [0.5, 1.0, 1.0, 1.0, 1.0, 1.0]),
+    ("linear", [0.5, 1.0, 1.0, 0.75, 0.5, 0.25]),
+    ("cosine", [0.5, 1.0, 1.0, 0.8535533905932737, 0.5, 0.14644660940672627]),
 ])
 def test_warmup_then_schedule(schedule, expected):
+    # warm-up step s gets lr * (s + 1) / warmup (no wasted zero-lr step); the first step
+    # after warm-up gets the full lr
     optim = OptimSection(lr=1.0, warmup_steps=2, schedule=schedule)
-    assert [lr_at(step, 6, optim) for step in range(5)] == pytest.approx(expected)
+    assert [lr_at(step, 6, optim) for step in range(6)] == pytest.approx(expected)
 
 
 def test_warmup_ratio_rounds_up():
