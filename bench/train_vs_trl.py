@@ -14,7 +14,8 @@ sftlab's settings (all ordinary config keys): ``data.padding_free`` (each batch 
 row: the same 4 examples, no padding, attention isolated per example), the LM head only at
 labelled positions without a full logits tensor, fused AdamW, and for full fine-tuning
 ``optim.in_backward`` (each parameter is updated as soon as its gradient is complete, so
-the model's gradients never all exist at once; same AdamW math). A ``full_logits`` run of
+the model's gradients never all exist at once; same AdamW math), and ``release_memory``
+(``--release-memory 0`` turns it off: faster steps, higher peak RSS). A ``full_logits`` run of
 sftlab (the plain ``model(...).logits`` cross-entropy instead of the chunked head) shows
 what the chunked loss saves in peak memory.
 
@@ -46,6 +47,9 @@ def main() -> None:
                         help="worker: the LM-head loss implementation")
     parser.add_argument("--no-memory-demo", action="store_true",
                         help="skip the full-logits memory comparison run")
+    parser.add_argument("--release-memory", type=int, default=1, choices=[0, 1],
+                        help="sftlab's release_memory setting (1: freed activations go back to "
+                             "the OS at once: lower peak RSS, ~15%% slower steps on this CPU)")
     peer_args = argparse.ArgumentParser(add_help=False)
     _peer_model().add_common_args(peer_args)
     for action in peer_args._actions:
@@ -98,6 +102,7 @@ def run_sftlab(args) -> dict:
         "batch_size": args.batch_size, "max_steps": args.warmup + args.steps,
         "seed": peer.MODEL_SEED, "output_dir": f"/tmp/sftlab-bench-{os.getpid()}",
         "save_model": False, "plot": False, "progress": False, "log_every": 1,
+        "release_memory": bool(args.release_memory),
     }
     config = build_config(TrainConfig, settings)
     if args.loss == "full_logits":
@@ -110,6 +115,7 @@ def run_sftlab(args) -> dict:
         [(r["tokens"], r["padded_tokens"], r["labelled_tokens"]) for r in timed],
         [r["loss"] for r in timed], n_total, n_trainable, warmup=args.warmup,
         extra={"mode": args.mode, "loss_impl": args.loss, **peer.workload_info(args),
+               "release_memory": bool(args.release_memory),
                "setup_and_train_s": round(time.perf_counter() - started, 2),
                "torch_threads": torch.get_num_threads()})
     return summary
@@ -147,7 +153,8 @@ def compare(args) -> dict:
     for round_index in range(args.rounds):
         for mode in modes:
             trl = [sys.executable, str(PEER / "trl_sft.py"), "--mode", mode, "--json", *flags]
-            ours = [sys.executable, str(Path(__file__).resolve()), "--worker", "--mode", mode, *flags]
+            ours = [sys.executable, str(Path(__file__).resolve()), "--worker", "--mode", mode,
+                    "--release-memory", str(args.release_memory), *flags]
             order = [("trl", trl), ("sftlab", ours)]
             if round_index % 2:  # alternate who runs first: the machine's speed drifts
                 order.reverse()
@@ -157,10 +164,16 @@ def compare(args) -> dict:
             print(json.dumps({"progress": f"round {round_index + 1} {mode}",
                               **{k: _short(v) for k, v in pair.items() if k != "round"}}),
                   file=sys.stderr, flush=True)
-    report = {"benchmark": "train_vs_trl", "workload": {**vars(args), "peer_bench": str(PEER)},
+    workload = {k: getattr(args, k) for k in ("rounds", "modes", "steps", "warmup", "batch_size",
+                                              "min_len", "max_len", "attn", "release_memory")}
+    report = {"benchmark": "train_vs_trl", "workload": {**workload, "peer_bench": str(PEER)},
               "modes": {m: summarize_mode(runs[m]) for m in modes}}
     if not args.no_memory_demo:
-        report["chunked_vs_full_logits_peak_rss_mib"] = memory_demo(args, modes, flags)
+        demo = memory_demo(args, modes, flags)
+        for mode in modes:
+            chunked = report["modes"][mode].get("sftlab", {}).get("peak_rss_mib")
+            demo[mode]["chunked_median"] = statistics.median(chunked) if chunked else None
+        report["chunked_vs_full_logits_peak_rss_mib"] = demo
     return report
 
 
@@ -169,7 +182,8 @@ def memory_demo(args, modes, flags) -> dict:
     out = {}
     for mode in modes:
         full = _run_json([sys.executable, str(Path(__file__).resolve()), "--worker", "--mode", mode,
-                          "--loss", "full_logits", *flags], PEER)
+                          "--loss", "full_logits", "--release-memory", str(args.release_memory),
+                          *flags], PEER)
         out[mode] = {"full_logits": full.get("peak_rss_mib"),
                      "full_logits_final_loss": full.get("final_loss"), "error": full.get("error")}
     return out
@@ -195,6 +209,7 @@ def summarize_mode(pairs: list[dict]) -> dict:
             "peak_rss_mib": [r["peak_rss_mib"] for r in results],
             "padding_fraction": results[0]["padding_fraction"],
             "losses": results[0]["losses"],
+            # CPU share other processes took during the timed steps (TRL's runner measures it)
             "other_procs_cpu_frac": [r.get("other_procs_cpu_frac") for r in results],
         }
     speed = [p["sftlab"]["trained_tokens_per_s"] / p["trl"]["trained_tokens_per_s"] for p in ok]

@@ -33,7 +33,9 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("config", nargs="?", help="YAML config file (optional: all keys have defaults)")
-    parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. optim.lr=1.0e-4")
+    # REMAINDER: flags may come after the overrides too (``cfg.yaml lr=... --resume``)
+    parser.add_argument("overrides", nargs=argparse.REMAINDER,
+                        help="section.key=value overrides, e.g. optim.lr=1.0e-4")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest checkpoint in output_dir (same as resume=true)")
     parser.add_argument("--dry-run", action="store_true",
@@ -55,7 +57,9 @@ def run(args) -> int:
     from sftlab.train.config import TrainConfig
 
     config_path = args.config
-    overrides = list(args.overrides)
+    overrides = [o for o in args.overrides if o not in ("--resume", "--dry-run")]
+    args.resume = args.resume or "--resume" in args.overrides
+    args.dry_run = args.dry_run or "--dry-run" in args.overrides
     if config_path is not None and "=" in config_path:  # only overrides were given
         overrides.insert(0, config_path)
         config_path = None

@@ -34,6 +34,10 @@ class Cell:
     high: float | None = None
     n: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.value is not None and self.value != self.value:  # NaN: nothing was measured
+            self.value = None
+
     def text(self) -> str:
         if self.value is None:
             return "–"

@@ -108,6 +108,10 @@ class TrainConfig:
     """Autocast compute; ``no`` trains in the weights' dtype."""
     threads: int = 0
     """``torch.set_num_threads``; 0 keeps PyTorch's default (all cores)."""
+    release_memory: bool = False
+    """CPU, Linux/glibc: serve allocations of 256 KiB and more with mmap, so activations
+    freed in backward go back to the OS at once instead of staying in malloc's heap
+    (measured: -230 MiB peak RSS on the SmolLM2-135M LoRA benchmark). Costs page faults."""
     loss_chunk_size: int = 1024
     """Labelled positions projected through the LM head at once (memory vs speed)."""
     log_every: int = 1

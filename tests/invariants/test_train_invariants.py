@@ -53,7 +53,6 @@ def run_training(tmp_path, examples, overrides: dict):
 
 def assert_same_parameters(a: dict, b: dict, rtol: float) -> None:
     assert a.keys() == b.keys()
-    moved = 0
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=rtol * 1e-3, msg=name)
     # the comparison is only meaningful if training changed the weights

@@ -63,3 +63,22 @@ def test_padding_free_batch_is_one_row_without_padding():
     assert batch.tensors["input_ids"].tolist() == [[1, 5, 6, 2, 1, 7, 2]]
     assert batch.tensors["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2]]
     assert batch.tokens == batch.padded == 7
+
+
+def test_early_stopping_stops_after_patience_evals_without_improvement(tmp_path, tiny_tokenizer):
+    """lr 0: the eval loss never improves after the first eval, so patience 2 stops at step 3."""
+    from sftlab.config import build_config
+    from sftlab.models.tiny import tiny_model
+    from sftlab.train.config import TrainConfig
+    from sftlab.train.sft import train
+
+    examples = [Tokenized([1] + [5 + i, 9, 11 + i] * 3 + [2], [-100] * 5 + [9, 11 + i] + [5, 9, 11 + i, 2])
+                for i in range(8)]
+    config = build_config(TrainConfig, {
+        "output_dir": str(tmp_path), "batch_size": 2, "max_steps": 20, "eval_every": 1,
+        "early_stopping_patience": 2, "optim": {"lr": 0.0}, "save_model": False,
+        "plot": False, "progress": False})
+    result = train(config, model=tiny_model(), tokenizer=tiny_tokenizer,
+                   train_examples=examples[:6], eval_examples=examples[6:])
+    assert result.steps == 3
+    assert [r["step"] for r in result.history if "eval_loss" in r] == [1, 2, 3]
