@@ -79,7 +79,10 @@ def test_safetensors_reload_gives_the_gguf_logits(monkeypatch, tmp_path):
     from sftlab.models import load_model, load_tokenizer
 
     gguf_model, gguf_tokenizer = default_module.load_from_gguf()
+    # the conversion saves these same objects (one slow GGUF dequantization, not two)
+    monkeypatch.setattr(default_module, "load_from_gguf", lambda: (gguf_model, gguf_tokenizer))
     reloaded, tokenizer = load_model("default"), load_tokenizer("default")
+    assert reloaded is not gguf_model
     text = tokenizer.apply_chat_template([{"role": "user", "content": "Name three colours."}],
                                          tokenize=False, add_generation_prompt=True)
     assert text.startswith("<|im_start|>") and text.endswith("<|im_start|>assistant\n")
