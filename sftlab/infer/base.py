@@ -22,6 +22,8 @@ class SamplingConfig:
     top_p: float = 1.0
     top_k: int = 0
     seed: int = 0
+    """Sampling seed: the same prompts, settings and seed give the same text; -1 draws fresh
+    randomness (the server's default for requests without a seed, as OpenAI's API does)."""
     stop: list[str] = field(default_factory=list)
 
 

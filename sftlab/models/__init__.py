@@ -55,14 +55,41 @@ def resolve_model(name_or_path: str | Path) -> str:
     return name  # a hub id such as HuggingFaceTB/SmolLM2-135M-Instruct (needs the network)
 
 
+# the file that marks an adapter directory -> the key naming its base model
+_ADAPTER_MARKERS = {"adapter_config.json": "base_model_name_or_path",  # PEFT
+                    "sftlab_adapter.json": "base_model"}              # sftlab bottleneck adapters
+
+
 def resolve_adapter(adapter: str | Path) -> Path:
-    """A PEFT adapter directory, or a run directory whose ``adapter/`` holds one."""
+    """A PEFT or sftlab adapter directory, or a run directory whose ``adapter/`` holds one."""
     path = Path(adapter).expanduser()
     for candidate in (path, path / "adapter"):
-        if (candidate / "adapter_config.json").is_file():
+        if any((candidate / marker).is_file() for marker in _ADAPTER_MARKERS):
             return candidate
-    raise ModelNotFoundError(f"{path} holds no adapter_config.json (nor adapter/adapter_config.json): "
-                             f"not a PEFT adapter or training run directory")
+    raise ModelNotFoundError(f"{path} holds no adapter_config.json or sftlab_adapter.json (nor in adapter/): "
+                             f"not an adapter or training run directory")
+
+
+def adapter_base(adapter_dir: Path) -> str | None:
+    """The base model an adapter directory names (``default``, ``tiny``, a path), if any."""
+    import json
+
+    for marker, key in _ADAPTER_MARKERS.items():
+        if (adapter_dir / marker).is_file():
+            return json.loads((adapter_dir / marker).read_text()).get(key)
+    return None
+
+
+def apply_adapter(model, adapter: str | Path):
+    """Put a PEFT adapter (-> ``PeftModel``) or an sftlab adapter (in place) on ``model``."""
+    adapter_dir = resolve_adapter(adapter)
+    if (adapter_dir / "sftlab_adapter.json").is_file():
+        from sftlab.train.adapters import load_adapter
+
+        return load_adapter(model, adapter_dir)
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter_dir))
 
 
 def split_adapter_run(name_or_path: str | Path) -> tuple[str, Path] | None:
@@ -78,11 +105,9 @@ def split_adapter_run(name_or_path: str | Path) -> tuple[str, Path] | None:
         adapter_dir = resolve_adapter(path)
     except ModelNotFoundError:
         return None
-    import json
-
-    base = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    base = adapter_base(adapter_dir)
     if not base:
-        raise ModelNotFoundError(f"{adapter_dir}/adapter_config.json does not name its base model; "
+        raise ModelNotFoundError(f"{adapter_dir} does not name its base model; "
                                  f"pass the base model and --adapter {adapter_dir}")
     return base, adapter_dir
 
@@ -139,9 +164,7 @@ def load_model(name_or_path: str, *, adapter: str | Path | None = None, dtype: s
             resolve_model(name_or_path), dtype=torch_dtype, use_safetensors=True,
             trust_remote_code=trust_remote_code)
     if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(resolve_adapter(adapter)))
+        model = apply_adapter(model, adapter)
     return model.to(device).eval()
 
 

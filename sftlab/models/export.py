@@ -22,9 +22,11 @@ import tempfile
 from pathlib import Path
 
 from sftlab.errors import ConfigError
-from sftlab.models import ModelNotFoundError, _auto_tokenizer, load_model, load_tokenizer, resolve_adapter
+from sftlab.models import (ModelNotFoundError, _auto_tokenizer, adapter_base, load_model, load_tokenizer,
+                           resolve_adapter)
 
-_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin",
+                  "sftlab_adapter.json", "sftlab_adapter.safetensors")
 
 
 def find_source(source: str | Path) -> tuple[str, Path]:
@@ -32,7 +34,8 @@ def find_source(source: str | Path) -> tuple[str, Path]:
     path = Path(source).expanduser()
     if not path.is_dir():
         raise ModelNotFoundError(f"{path} is not a directory")
-    if (path / "adapter_config.json").is_file() or (path / "adapter" / "adapter_config.json").is_file():
+    if any((d / m).is_file() for d in (path, path / "adapter")
+           for m in ("adapter_config.json", "sftlab_adapter.json")):
         return "adapter", resolve_adapter(path)
     for candidate in (path, path / "model"):
         if (candidate / "config.json").is_file():
@@ -45,10 +48,9 @@ def base_model_of(adapter_dir: Path, base: str | None = None) -> str:
     """The base model name or path an adapter was trained on (``base`` wins)."""
     if base:
         return base
-    config = json.loads((adapter_dir / "adapter_config.json").read_text())
-    name = config.get("base_model_name_or_path")
+    name = adapter_base(adapter_dir)
     if not name:
-        raise ConfigError(f"{adapter_dir}/adapter_config.json does not name its base model; "
+        raise ConfigError(f"{adapter_dir} does not name its base model; "
                           f"pass it with --base (e.g. --base default)")
     return name
 
@@ -60,6 +62,9 @@ def export_model(source: str | Path, output: str | Path, *, merge: bool = False,
     ``merge`` applies only to adapters; a full model is re-saved as safetensors either way.
     """
     kind, where = find_source(source)
+    if merge and kind == "adapter" and (where / "sftlab_adapter.json").is_file():
+        raise ConfigError(f"{where} holds bottleneck adapters, which add layers and cannot be merged "
+                          f"into the base weights; export without --merge to copy the adapter")
     output = Path(output)
     if output.exists() and any(output.iterdir()):
         raise ConfigError(f"output directory {output} is not empty; choose a new one")

@@ -123,6 +123,8 @@ def tiny_model(seed: int = 0, vocab_size: int = 512, **overrides):
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
+    # adapters record their base by this name, so `load_model(adapter_dir)` finds it again
+    model.config._name_or_path = "tiny"
     return model.float()
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from sftlab.cli import main
@@ -72,3 +73,28 @@ def test_export_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["export", str(tmp_path / "empty"), "-o", str(tmp_path / "x")]) == 2
     assert "adapter_config.json" in capsys.readouterr().err
+
+
+def test_bottleneck_adapter_loads_by_directory_and_refuses_merge(tmp_path):
+    """An sftlab adapter saved from the tiny model reloads through load_model(adapter_dir)."""
+    import torch
+
+    from sftlab.errors import ConfigError
+    from sftlab.models import load_model
+    from sftlab.models.export import export_model
+    from sftlab.models.tiny import tiny_model
+    from sftlab.train.methods import MethodConfig, prepare_model
+
+    prepared = prepare_model(tiny_model(), MethodConfig(name="adapter"))
+    with torch.no_grad():  # make the adapters do something
+        for name, parameter in prepared.model.named_parameters():
+            if ".adapter." in name:
+                parameter.normal_(std=0.1)
+    prepared.save(tmp_path / "adapter")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    expected = prepared.model(ids).logits
+    loaded = load_model(str(tmp_path / "adapter"))  # base found from the adapter's own file
+    assert torch.allclose(loaded(ids).logits, expected, atol=1e-6)
+    assert not torch.allclose(load_model("tiny")(ids).logits, expected, atol=1e-3)
+    with pytest.raises(ConfigError, match="cannot be merged"):
+        export_model(tmp_path / "adapter", tmp_path / "out", merge=True)
