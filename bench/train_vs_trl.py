@@ -47,7 +47,7 @@ def main() -> None:
                         help="worker: the LM-head loss implementation")
     parser.add_argument("--no-memory-demo", action="store_true",
                         help="skip the full-logits memory comparison run")
-    parser.add_argument("--release-memory", type=int, default=1, choices=[0, 1],
+    parser.add_argument("--release-memory", type=int, default=0, choices=[0, 1],
                         help="sftlab's release_memory setting (1: freed activations go back to "
                              "the OS at once: lower peak RSS, ~15%% slower steps on this CPU)")
     peer_args = argparse.ArgumentParser(add_help=False)
