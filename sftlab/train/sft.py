@@ -114,7 +114,10 @@ def setup(config: TrainConfig, model=None, tokenizer=None, train_examples=None,
     accelerator = Accelerator(mixed_precision=config.mixed_precision,
                               cpu=not torch.cuda.is_available())
     check_method_supported(config.method, accelerator.device.type,
-                           grad_accumulation=config.grad_accumulation)
+                           grad_accumulation=config.grad_accumulation,
+                           num_processes=accelerator.num_processes,
+                           packed=config.data.packing or config.data.padding_free,
+                           mixed_precision=config.mixed_precision)
     if tokenizer is None:
         tokenizer = _load_tokenizer(config.model.name)
     if model is None:

@@ -104,3 +104,10 @@ def test_list_of_sections_is_built_and_checked():
     assert config.sources == [SourceSection("a.json"), SourceSection("b.json", 2.0)]
     with pytest.raises(ConfigError, match=r"unknown key 'sources\[1\].wieght'; did you mean 'sources\[1\].weight'"):
         build_config(MixSection, {"sources": [{"path": "a"}, {"path": "b", "wieght": 2}]})
+
+
+def test_float_written_without_a_dot_is_a_float():
+    # YAML 1.1 reads `1e-3` as a string; the config still means a float
+    assert build_config(OptimSection, {}, ["lr=1e-3"]).lr == 1e-3
+    with pytest.raises(ConfigError, match="'lr' must be float"):
+        build_config(OptimSection, {"lr": "fast"})
