@@ -36,12 +36,15 @@ class QuickstartData:
 
 
 def build(seed: int = 0, train_per_task: int = 48, eval_per_task: int = 12) -> QuickstartData:
-    """Instances are drawn once per task and split, so train and eval never share one."""
-    rng = random.Random(seed)
+    """Instances are drawn once per task and split, so train and eval never share one.
+    Each task has its own random stream and its eval instances are drawn first, so the eval
+    set depends only on (seed, eval_per_task): runs with more or less training data are
+    compared on the same items."""
     train: list[Conversation] = []
     evaluation: list[EvalItem] = []
     for name, task in TASKS.items():
         unseen = name in UNSEEN_TASKS
+        rng = random.Random(f"{seed}:{name}")
         instances = _distinct_instances(task, rng, (0 if unseen else train_per_task) + eval_per_task)
         eval_instances, train_instances = instances[:eval_per_task], instances[eval_per_task:]
         eval_templates = list(range(len(task.templates))) if unseen else task.eval_templates()
@@ -55,7 +58,7 @@ def build(seed: int = 0, train_per_task: int = 48, eval_per_task: int = 12) -> Q
             train.append(Conversation(
                 [Message("user", task.render(template, fields)), Message("assistant", answer)],
                 id=f"{name}-train-{k}", source="quickstart", meta={"task": name, "template": template}))
-    rng.shuffle(train)
+    random.Random(seed).shuffle(train)
     return QuickstartData(train, evaluation)
 
 

@@ -33,12 +33,13 @@ class QuickstartConfig:
     output_dir: str = ""
     """Run directory; empty: ``runs/quickstart-<date>-<time>``."""
     seed: int = 0
-    train_per_task: int = 48
+    train_per_task: int = 64
     """Training instances per seen task (12 seen tasks)."""
     eval_per_task: int = 12
     """Held-out instances per task for evaluation."""
     epochs: int = 1
-    batch_size: int = 8
+    batch_size: int = 4
+    """Packed rows of ``max_length`` tokens per optimizer step."""
     lr: float = 1e-3
     lora_rank: int = 16
     max_length: int = 256

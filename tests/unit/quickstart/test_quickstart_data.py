@@ -9,6 +9,8 @@ def test_build_is_deterministic():
     assert [c.to_dict() for c in a.train] == [c.to_dict() for c in b.train]
     assert a.eval == b.eval
     assert qdata.build(seed=4).eval != a.eval
+    # more training data leaves the evaluation items unchanged
+    assert qdata.build(seed=3, train_per_task=96).eval == a.eval
 
 
 def test_train_and_eval_share_no_instance_and_no_held_out_template():
