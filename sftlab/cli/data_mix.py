@@ -83,16 +83,9 @@ def run_mix(args: argparse.Namespace) -> int:
 
 
 def run_apply_template(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from sftlab.data.io import read_rows, write_conversations
 
-    from sftlab.data.io import iter_records, write_conversations
-    from sftlab.errors import DataError
-
-    rows = []
-    for record in iter_records(Path(args.data)):
-        if isinstance(record.value, DataError):
-            raise record.value
-        rows.append(record.value)
+    rows = read_rows(args.data)
     if args.promptsource:
         from sftlab.data.promptsource import apply_promptsource, load_templates
 

@@ -139,6 +139,16 @@ def iter_records(path: Path) -> Iterator[Record]:
     return _json_records(text, path)
 
 
+def read_rows(path: str | Path) -> list[dict]:
+    """Every parsed row of a JSON/JSONL(.gz) file; the first bad line raises its ``DataError``."""
+    rows = []
+    for record in iter_records(Path(path)):
+        if isinstance(record.value, DataError):
+            raise record.value
+        rows.append(record.value)
+    return rows
+
+
 def _read_text(path: Path) -> str:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as handle:

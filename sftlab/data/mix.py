@@ -46,7 +46,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from sftlab.config import build_config, dump_config
+from sftlab.config import dump_config
 from sftlab.errors import ConfigError, DataError
 from sftlab.types import Conversation
 
@@ -233,13 +233,9 @@ def _read_source(source: SourceConfig, on_error: str) -> tuple[list[Conversation
 
 def _render_source(source: SourceConfig) -> list[Conversation]:
     """Labelled rows (any JSON/JSONL file) -> instructions through task or PromptSource templates."""
-    from sftlab.data.io import iter_records
+    from sftlab.data.io import read_rows
 
-    rows = []
-    for record in iter_records(Path(source.path)):
-        if isinstance(record.value, DataError):
-            raise record.value
-        rows.append(record.value)
+    rows = read_rows(source.path)
     if source.promptsource:
         from sftlab.data.promptsource import apply_promptsource, load_templates
 

@@ -146,8 +146,6 @@ def load_model(name_or_path: str, *, adapter: str | Path | None = None, dtype: s
     ``dtype``: ``float32`` (default), ``bfloat16`` or ``float16``. ``name_or_path`` may also
     be an adapter (or adapter-only run) directory: its base model is loaded under it.
     """
-    import torch
-
     split = split_adapter_run(name_or_path) if adapter is None else None
     if split is not None:
         name_or_path, adapter = split
