@@ -38,7 +38,8 @@ def write_report(run_dir: Path, built: QuickstartData, before: list[dict], after
                  summary: dict, model_path: str) -> Path:
     chart = _bar_chart(summary)
     (run_dir / "before_after.png").write_bytes(chart)
-    loss_png = _loss_curve(run_dir / "train" / "metrics.jsonl")
+    loss_path = run_dir / "train" / "loss.png"  # written by `sftlab train` itself
+    loss_png = loss_path.read_bytes() if loss_path.exists() else None
     sections = [
         _header(summary),
         _groups_table(summary),
@@ -164,26 +165,6 @@ def _bar_chart(summary: dict) -> bytes:
     ax.set_ylim(0, 105)
     ax.set_title("Held-out exact match per task (* = task never trained on), 95% intervals")
     ax.legend()
-    fig.tight_layout()
-    return _png(fig)
-
-
-def _loss_curve(metrics_path: Path) -> bytes | None:
-    if not metrics_path.exists():
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "loss" in r and "step" in r]
-    if not rows:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 3))
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
-    ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
     fig.tight_layout()
     return _png(fig)
 

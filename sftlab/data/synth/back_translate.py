@@ -220,20 +220,22 @@ def seed_pairs(config: BackTranslateConfig) -> list[Conversation]:
 
 
 def read_texts(path: str | Path, limit: int | None = None) -> list[dict]:
-    """Unlabelled texts: JSONL rows ``{"text": ..., "id"?: ...}`` -> ``[{"id", "text"}]``."""
+    """Unlabelled texts: rows ``{"text": ..., "id"?: ...}`` (JSONL, or a JSON list) ->
+    ``[{"id", "text"}]``; ids default to ``<file stem>-<0-based line>``."""
+    from sftlab.data.io import iter_records
+
     path = Path(path)
     texts = []
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"not JSON ({exc.msg})", file=str(path), line=line_number) from None
+    for record in iter_records(path):
+        row = record.value
+        if isinstance(row, DataError):
+            raise row
         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise DataError("no 'text' string in this row", file=str(path), line=line_number, field="text",
+            raise DataError("no 'text' string in this row", file=str(path), line=record.line,
+                            index=record.index, field="text",
                             hint="write one JSON object per line with a 'text' field")
-        texts.append({"id": str(row.get("id", f"{path.stem}-{line_number - 1}")), "text": row["text"]})
+        position = record.line - 1 if record.line is not None else record.index
+        texts.append({"id": str(row.get("id", f"{path.stem}-{position}")), "text": row["text"]})
     return texts[:limit]
 
 
