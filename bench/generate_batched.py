@@ -1,18 +1,19 @@
-"""Batched vs one-prompt-at-a-time generation with the default model (SmolLM2-135M-Instruct).
+"""Batched generation (sftlab's continuous batching) vs one prompt at a time with HF generate.
 
-Both runs use the same HFGenerator code, the same 16 user-oriented instructions (from
-../shared/data/self_instruct/user_oriented_instructions.jsonl, read now), greedy decoding
-and the same max_new_tokens; only batch_size differs. Prints one JSON object:
+The default model (SmolLM2-135M-Instruct, float32), the same 16 user-oriented instructions
+(from ../shared/data/self_instruct/user_oriented_instructions.jsonl, read now), greedy
+decoding, the same max_new_tokens. The baseline is what a user writes without sftlab: one
+``model.generate`` call per prompt (KV cache on). sftlab runs ``HFGenerator`` with
+``batch_size`` sequences in flight. The two runs alternate for ``--rounds`` rounds (the
+machine's speed drifts); prints one JSON object with each round's figures, the paired
+speed-ups, their median, and whether the outputs are identical token for token.
 
-    {"prompts": 16, "max_new_tokens": 64, "batch_size": 8,
-     "sequential": {"seconds": .., "completion_tokens": .., "tokens_per_second": ..},
-     "batched":    {...}, "speedup": .., "decode_speedup": .., "identical_outputs": true}
-
-Run: OMP_NUM_THREADS=1 .venv/bin/python bench/generate_batched.py [--prompts 16] [--batch-size 8]
+Run: .venv/bin/python bench/generate_batched.py [--threads 1] [--prompts 16] [--batch-size 8] [--rounds 2]
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import json
 import sys
 import time
@@ -33,18 +34,27 @@ def load_prompts(count: int):
     return prompts
 
 
-def timed(label: str, generator, prompts, sampling) -> tuple[list, dict]:
-    """Wall and CPU seconds of one generate call; CPU time is the steadier number when the
-    machine is shared (wall time then depends on what else runs)."""
+def hf_one_at_a_time(model, tokenizer, prompts, max_new_tokens: int) -> list[list[int]]:
+    """The baseline: ``model.generate`` for each prompt alone; returns completion token ids."""
+    import torch
+
+    from sftlab.infer.hf import prompt_to_ids
+
+    eos = tokenizer.eos_token_id
+    completions = []
+    with torch.inference_mode():
+        for prompt in prompts:
+            ids = torch.tensor([prompt_to_ids(tokenizer, prompt)])
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                 max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=eos)
+            completions.append(out[0, ids.shape[1]:].tolist())
+    return completions
+
+
+def timed(function):
     start, cpu_start = time.perf_counter(), time.process_time()
-    results = generator.generate(prompts, sampling)
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    tokens = sum(r.completion_tokens for r in results)
-    stats = {"seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "completion_tokens": tokens,
-             "tokens_per_second": round(tokens / seconds, 2),
-             "tokens_per_cpu_second": round(tokens / cpu, 2)}
-    print(f"{label}: {json.dumps(stats)}", file=sys.stderr, flush=True)
-    return results, stats
+    result = function()
+    return result, time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def main() -> None:
@@ -52,38 +62,47 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for both sides")
     args = parser.parse_args()
 
     import torch
 
+    torch.set_num_threads(args.threads)
     from sftlab.infer.base import SamplingConfig
     from sftlab.infer.hf import HFGenerator
     from sftlab.models import load_model, load_tokenizer
 
     model, tokenizer = load_model("default"), load_tokenizer("default")
     prompts = load_prompts(args.prompts)
+    generator = HFGenerator(model, tokenizer, batch_size=args.batch_size)
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens)
-    HFGenerator(model, tokenizer, batch_size=2).generate(prompts[:2], SamplingConfig(max_new_tokens=4))  # warm-up
-    one, many = HFGenerator(model, tokenizer, batch_size=1), HFGenerator(model, tokenizer, batch_size=args.batch_size)
-    sequential, seq_stats = timed("sequential", one, prompts, sampling)
-    batched, batch_stats = timed("batched", many, prompts, sampling)
-    # prefill (reading the prompts) costs the same compute either way; time it alone (one new
-    # token) to also report the speed-up of the decoding phase that batching is for
-    first_token = SamplingConfig(max_new_tokens=1)
-    for stats, generator in ((seq_stats, one), (batch_stats, many)):
-        _, prefill = timed("prefill", generator, prompts, first_token)
-        decode_tokens = stats["completion_tokens"] - prefill["completion_tokens"]
-        decode_seconds = stats["seconds"] - prefill["seconds"]
-        stats.update(prefill_seconds=prefill["seconds"],
-                     decode_tokens_per_second=round(decode_tokens / decode_seconds, 2))
+    generator.generate(prompts[:2], SamplingConfig(max_new_tokens=4))  # warm-up
+    hf_one_at_a_time(model, tokenizer, prompts[:1], 4)
+    rounds = []
+    for round_index in range(args.rounds):
+        baseline, base_s, base_cpu = timed(lambda: hf_one_at_a_time(model, tokenizer, prompts, args.max_new_tokens))
+        ours, ours_s, ours_cpu = timed(lambda: generator.generate(prompts, sampling))
+        base_tokens = sum(len(c) for c in baseline)
+        our_tokens = sum(g.completion_tokens for g in ours)
+        # the baseline's ids end with the EOS token it stopped on; sftlab counts it too
+        identical = [tokenizer.decode(c, skip_special_tokens=True) for c in baseline] == [g.text for g in ours]
+        row = {"round": round_index,
+               "hf_one_at_a_time": {"seconds": round(base_s, 2), "completion_tokens": base_tokens,
+                                    "tokens_per_second": round(base_tokens / base_s, 2)},
+               "sftlab_batched": {"seconds": round(ours_s, 2), "completion_tokens": our_tokens,
+                                  "tokens_per_second": round(our_tokens / ours_s, 2)},
+               "speedup": round((our_tokens / ours_s) / (base_tokens / base_s), 2),
+               "speedup_cpu_time": round((our_tokens / ours_cpu) / (base_tokens / base_cpu), 2),
+               "identical_outputs": identical}
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        rounds.append(row)
+    speedups = sorted(r["speedup"] for r in rounds)
     print(json.dumps({
         "model": "default (SmolLM2-135M-Instruct, float32, CPU)", "threads": torch.get_num_threads(),
         "prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
-        "sequential": seq_stats, "batched": batch_stats,
-        "speedup": round(batch_stats["tokens_per_second"] / seq_stats["tokens_per_second"], 2),
-        "speedup_cpu_time": round(batch_stats["tokens_per_cpu_second"] / seq_stats["tokens_per_cpu_second"], 2),
-        "decode_speedup": round(batch_stats["decode_tokens_per_second"] / seq_stats["decode_tokens_per_second"], 2),
-        "identical_outputs": [r.text for r in sequential] == [r.text for r in batched],
+        "rounds": rounds, "speedups": speedups, "median_speedup": round(statistics.median(speedups), 2),
+        "identical_outputs": all(r["identical_outputs"] for r in rounds),
     }, indent=2))
 
 

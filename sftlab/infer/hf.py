@@ -13,15 +13,20 @@ How a call runs:
 
 1. every prompt becomes token ids: a message list through the tokenizer's chat template
    (with the assistant generation prompt), a raw string as is;
-2. prompts are sorted by length (longest first) and cut into batches of ``batch_size``, so
-   each batch pads little; rows are LEFT padded so all rows generate at the same position;
-3. ``model.generate`` runs each batch with the KV cache; a per-row tracker (a stopping
-   criterion called after every token) decodes each row, detects end-of-sequence and stop
-   strings, stops finished rows and, when asked, streams new text to a callback;
+2. ``sftlab.infer.continuous`` decodes them with continuous batching: up to ``batch_size``
+   sequences in flight, each prompt prefilled alone and unpadded, a finished sequence
+   replaced at once by the next prompt (see that module);
+3. after every token, a per-row tracker decodes the row, detects end-of-sequence and stop
+   strings, finishes the row and, when asked, streams new text to a callback;
 4. results go back in input order.
 
-Greedy decoding of a batch gives the same tokens as one prompt at a time (left padding is
-masked and position ids follow the mask); ``tests/unit/infer/test_hf.py`` checks it.
+Greedy decoding of a batch gives the same tokens as one prompt at a time (padding is
+masked and position ids are per row); ``tests/unit/infer/test_hf.py`` checks it. Sampling
+draws every row from its own generator seeded by ``(seed, prompt index)``, so a seeded
+call returns the same text whatever the batch size.
+
+Models the continuous engine cannot drive (a PEFT prompt-learning adapter, a sliding-window
+or linear-attention cache) run through ``model.generate`` in fixed left-padded batches.
 """
 from __future__ import annotations
 
@@ -68,15 +73,16 @@ class _Row:
 
 
 class _RowTracker:
-    """A stopping criterion that watches every row of a batch after each new token.
-
-    It decodes each unfinished row, marks it done on an end-of-sequence token or a stop
-    string (text is cut before the stop string), and streams the text that can no longer
-    change. Returns a (batch,) bool tensor, as transformers' StoppingCriteriaList expects.
+    """Watches every row after each new token: decodes it, marks it done on an
+    end-of-sequence token or a stop string (text is cut before the stop string), and streams
+    the text that can no longer change. ``on_token`` serves the continuous engine;
+    ``__call__`` is a stopping criterion for ``model.generate`` (returns a (batch,) bool
+    tensor, as transformers' StoppingCriteriaList expects).
     """
 
     def __init__(self, tokenizer, rows: list[_Row], prompt_len: int, eos_ids: set[int],
                  stop: list[str], on_text: TextCallback | None) -> None:
+        # prompt_len: the padded prompt width of a ``model.generate`` batch (0 otherwise)
         self.tokenizer, self.rows, self.prompt_len = tokenizer, rows, prompt_len
         self.eos_ids, self.stop, self.on_text = eos_ids, [s for s in stop if s], on_text
         # a stop string may start in text we have not seen yet: hold back that many chars
@@ -91,6 +97,14 @@ class _RowTracker:
                 self._update(row, ids)
             done.append(row.finish_reason is not None)
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    def on_token(self, row: _Row, ids: list[int], max_new_tokens: int) -> bool:
+        """After ``ids`` (the row's completion so far) grew by one token: True when the row is done."""
+        self._update(row, ids)
+        if row.finish_reason is None and len(ids) >= max_new_tokens:
+            row.finish_reason = "length"
+            self._emit(row)
+        return row.finish_reason is not None
 
     def _update(self, row: _Row, ids: list[int]) -> None:
         row.completion_tokens = len(ids)
@@ -145,8 +159,9 @@ class HFGenerator:
         self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
         self.pad_id = self._pad_id()
         self.eos_ids = self._eos_ids()
-        # batch sizes of every model.generate call, for the server's batching statistics
-        self.batch_sizes: list[int] = []
+        # counters: prompts completed, and batched decode steps of the continuous engine
+        self.prompts_generated = 0
+        self.decode_steps = 0
         # one call at a time: calls share the model and seed torch's global generator
         self._lock = threading.Lock()
 
@@ -170,14 +185,45 @@ class HFGenerator:
         """
         import torch
 
+        from sftlab.infer.continuous import supports_continuous
+
         sampling = sampling or SamplingConfig()
         encoded = [prompt_to_ids(self.tokenizer, p) for p in prompts]
         self._check_context(encoded, sampling.max_new_tokens)
+        with self._lock, torch.inference_mode():
+            if supports_continuous(self.model):
+                rows = self._generate_continuously(encoded, sampling, on_text)
+            else:
+                rows = self._generate_with_hf(encoded, sampling, on_text)
+        self.prompts_generated += len(encoded)
+        return [Generation(r.text, r.prompt_tokens, r.completion_tokens, r.finish_reason) for r in rows]
+
+    def _generate_continuously(self, encoded: list[list[int]], sampling: SamplingConfig,
+                               on_text: TextCallback | None) -> list[_Row]:
+        from sftlab.infer.continuous import generate_continuously
+
+        rows = [_Row(index=i, prompt_tokens=len(ids)) for i, ids in enumerate(encoded)]
+        tracker = _RowTracker(self.tokenizer, rows, 0, self.eos_ids, sampling.stop, on_text)
+        completions: list[list[int]] = [[] for _ in encoded]
+
+        def on_token(index: int, token: int) -> bool:
+            completions[index].append(token)
+            return tracker.on_token(rows[index], completions[index], sampling.max_new_tokens)
+
+        pick = _greedy if sampling.temperature <= 0 else _Sampler(sampling, len(encoded), self.model.device)
+        self.decode_steps += generate_continuously(self.model, encoded, self.batch_size, pick, on_token)
+        return rows
+
+    def _generate_with_hf(self, encoded: list[list[int]], sampling: SamplingConfig,
+                          on_text: TextCallback | None) -> list[_Row]:
+        """``model.generate`` in fixed left-padded batches, longest prompts first."""
+        import torch
+
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         rows: dict[int, _Row] = {}
         rng = torch.random.fork_rng(devices=_rng_devices(self.model)) if sampling.temperature > 0 \
             else contextlib.nullcontext()
-        with self._lock, rng, torch.inference_mode():
+        with rng:
             if sampling.temperature > 0:
                 # seed < 0 asks for fresh randomness (the server's requests without a seed)
                 torch.manual_seed(sampling.seed) if sampling.seed >= 0 else torch.seed()
@@ -185,8 +231,7 @@ class HFGenerator:
                 batch = order[start:start + self.batch_size]
                 for row in self._generate_batch([encoded[i] for i in batch], batch, sampling, on_text):
                     rows[row.index] = row
-        return [Generation(r.text, r.prompt_tokens, r.completion_tokens, r.finish_reason)
-                for r in (rows[i] for i in range(len(encoded)))]
+        return [rows[i] for i in range(len(encoded))]
 
     def _generate_batch(self, batch_ids: list[list[int]], indices: list[int], sampling: SamplingConfig,
                         on_text: TextCallback | None) -> list[_Row]:
@@ -201,7 +246,6 @@ class HFGenerator:
         rows = [_Row(index=i, prompt_tokens=len(ids)) for i, ids in zip(indices, batch_ids)]
         tracker = _RowTracker(self.tokenizer, rows, width, self.eos_ids, sampling.stop, on_text)
         device = self.model.device
-        self.batch_sizes.append(len(batch_ids))
         output = self.model.generate(
             input_ids=input_ids.to(device), attention_mask=attention.to(device),
             generation_config=self._generation_config(sampling),
@@ -227,11 +271,13 @@ class HFGenerator:
         )
 
     def _check_context(self, encoded: list[list[int]], max_new_tokens: int) -> None:
+        from sftlab.errors import ConfigError
+
         limit = getattr(self.model.config, "max_position_embeddings", None)
         for i, ids in enumerate(encoded):
+            if not ids:
+                raise ConfigError(f"prompt {i} is empty (no tokens): give every prompt some text")
             if limit and len(ids) + max_new_tokens > limit:
-                from sftlab.errors import ConfigError
-
                 raise ConfigError(f"prompt {i} has {len(ids)} tokens; with max_new_tokens={max_new_tokens} "
                                   f"it exceeds the model's context of {limit} tokens")
 
@@ -249,6 +295,51 @@ class HFGenerator:
             if value is not None:
                 return int(value)
         return 0
+
+
+def _greedy(logits, indices: list[int]) -> list[int]:
+    return logits.argmax(-1).tolist()
+
+
+class _Sampler:
+    """Temperature, top-k and top-p (nucleus) sampling, in that order (as transformers does),
+    one ``torch.Generator`` per prompt: seeded by ``(seed, prompt index)``, so a row's draws
+    do not depend on which rows share its batch. ``seed < 0``: fresh randomness."""
+
+    def __init__(self, sampling: SamplingConfig, count: int, device) -> None:
+        import secrets
+
+        import torch
+
+        self.sampling = sampling
+        base = sampling.seed if sampling.seed >= 0 else secrets.randbits(62)
+        self.generators = [torch.Generator(device=device).manual_seed(hash((base, i)) & (2 ** 62 - 1))
+                           for i in range(count)]
+
+    def __call__(self, logits, indices: list[int]) -> list[int]:
+        import torch
+
+        probs = filter_logits(logits.float() / self.sampling.temperature,
+                              self.sampling.top_k, self.sampling.top_p).softmax(-1)
+        return [int(torch.multinomial(row, 1, generator=self.generators[i]))
+                for row, i in zip(probs, indices)]
+
+
+def filter_logits(logits, top_k: int = 0, top_p: float = 1.0):
+    """``logits [B, vocab]`` with everything outside the top ``k`` and outside the smallest set
+    whose probability reaches ``top_p`` set to ``-inf`` (the most likely token always stays)."""
+    import torch
+
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        # drop a token when the tokens ranked above it already reach top_p
+        drop = (cumulative - sorted_logits.softmax(-1)) >= top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
 
 
 def _criteria(tracker: _RowTracker):

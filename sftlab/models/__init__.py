@@ -206,3 +206,27 @@ def _dtype(name: str):
         from sftlab.errors import ConfigError
 
         raise ConfigError(f"unknown dtype {name!r}: use float32, bfloat16 or float16") from None
+
+
+def split_model(model) -> tuple:
+    """``(body, head)`` of a causal LM, through PEFT wrappers; body ``None`` if not splittable.
+
+    ``body(input_ids=...)`` returns ``last_hidden_state [B, T, H]``; ``head`` is the output
+    ``nn.Linear`` (its weight may be tied to the input embedding: autograd then adds both
+    gradients into the one tensor).
+    """
+    import torch
+
+    inner = model
+    if hasattr(model, "peft_config"):  # PeftModel: LoRA layers are injected in place
+        config = model.peft_config[model.active_adapter]
+        if getattr(config, "is_prompt_learning", False):
+            return None, model.get_output_embeddings()
+        inner = model.get_base_model()
+    head = inner.get_output_embeddings()
+    body = getattr(inner, inner.base_model_prefix, None) or inner.get_decoder()
+    special = [k for k in ("final_logit_softcapping", "logit_scale")
+               if getattr(inner.config, k, None)]
+    if special or not isinstance(head, torch.nn.Linear):  # logits are post-processed: use forward
+        return None, head
+    return body, head

@@ -14,12 +14,19 @@ YAML layout (every key optional; unknown keys are errors with a suggestion)::
     batch_size: 8
     max_steps: 200
     output_dir: runs/alpaca-lora
+
+The SPIN objective trains on pair records (``sftlab synth spin`` writes them) instead::
+
+    objective: spin
+    spin: {beta: 0.1}
+    data: {paths: [runs/spin/pairs.jsonl], max_length: 512}
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
+from sftlab.errors import ConfigError
 from sftlab.train.methods import MethodConfig  # the methods module owns its section
 
 
@@ -89,14 +96,41 @@ class OptimSection:
             raise ValueError(f"optim.betas needs two numbers, got {self.betas}")
 
 
+Objective = Literal["sft", "spin"]
+OBJECTIVES = get_args(Objective)
+
+
+@dataclass
+class SpinSection:
+    """Settings of ``objective: spin`` (``sftlab.train.pairwise``)."""
+
+    beta: float = 0.1
+    """Inverse temperature of SPIN's logistic loss ``softplus(-beta * margin)`` (the paper's
+    λ^-1; it uses 0.1): larger values push the real/generated margin harder."""
+
+    def __post_init__(self) -> None:
+        if self.beta <= 0:
+            raise ValueError(f"beta must be above 0, got {self.beta}")
+
+
 @dataclass
 class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimSection = field(default_factory=OptimSection)
+    objective: Objective = "sft"
+    """``sft``: token cross-entropy on the labelled tokens of ``data.paths`` conversations.
+    ``spin``: SPIN's pairwise loss (Chen et al. 2024) on pair records of ``data.paths``
+    (JSONL with ``prompt``, ``chosen`` = real, ``rejected`` = generated, optional
+    ``meta.ref_logp_chosen/ref_logp_rejected``; missing reference log-probs are computed
+    once with the initial model); normalised per pair; only the final response is
+    labelled (``data.mask`` and ``data.format`` do not apply); no packing, no padding-free;
+    ``batch_size`` counts pairs. See ``sftlab.train.pairwise``."""
+    spin: SpinSection = field(default_factory=SpinSection)
+    """Settings of ``objective: spin`` (``beta``)."""
     batch_size: int = 8
-    """Examples (or packed rows) per micro-batch per process."""
+    """Examples (or packed rows, or pairs) per micro-batch per process."""
     grad_accumulation: int = 1
     """Micro-batches per optimizer step. Global batch = batch_size x this x processes."""
     max_steps: int = 0
@@ -140,3 +174,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_steps < 0:
             raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
+        if self.objective not in OBJECTIVES:  # build_config checks it too; Python callers too
+            raise ConfigError(f"objective={self.objective!r} (allowed: {', '.join(OBJECTIVES)})")
+        if self.objective == "spin" and (self.data.packing or self.data.padding_free):
+            # a pair's two sides are separate rows compared with each other; one packed row
+            # would mix pairs (and the sequence log-probs assume one example per row)
+            raise ConfigError("objective=spin trains pairs as padded rows; set data.packing=false "
+                              "and data.padding_free=false")

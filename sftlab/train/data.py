@@ -12,6 +12,9 @@ Three stages, each a function:
    collated by ``sftlab.data.collate`` (padded, packed rows, or padding-free: the
    micro-batch concatenated into one row with attention isolated per example).
 
+``objective: spin`` swaps stage 1 for ``load_pairs`` (pair records -> ``Pair``s); the
+order and batching are the same, a unit being a pair collated by ``collate_pairs``.
+
 Global batch of one optimizer step = ``batch_size x grad_accumulation x processes``
 units; process ``r`` takes micro-batches ``r * grad_accumulation ...`` of the step.
 """
@@ -19,11 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections import Counter
 from dataclasses import dataclass
 
 from sftlab.data.collate import collate_packed, collate_padded
 from sftlab.data.packing import PackedRow, pack
 from sftlab.errors import DataError
+from sftlab.train.pairwise import Pair, collate_pairs, read_pairs
 from sftlab.types import Tokenized
 
 
@@ -78,7 +83,34 @@ def _tokenize_files(paths, section, tokenizer, progress: bool):
     return result.examples, result.dropped
 
 
-def split_eval(examples: list[Tokenized], fraction: float, seed: int):
+def load_pairs(section, tokenizer, seed: int = 0):
+    """``objective: spin``: pair records (``pairwise.read_pairs``) -> ``(train, eval,
+    summary_line)``, lists of ``Pair``. ``data.limit`` keeps the first N pairs; the eval
+    split and ``eval_path`` work as for examples."""
+    if not section.paths:
+        raise DataError("no training data: set data.paths", hint="data.paths=[pairs.jsonl]")
+    train, dropped = [], Counter()
+    for path in section.paths:
+        pairs, left_out = read_pairs(path, tokenizer, section.max_length, section.on_error)
+        train += pairs
+        dropped += left_out
+    train = train[:section.limit] if section.limit is not None else train
+    if not train:
+        reasons = ", ".join(f"{r}: {n}" for r, n in dropped.most_common()) or "no records"
+        raise DataError(f"no trainable pair in the data set (dropped: {reasons})",
+                        file=", ".join(section.paths), hint="check data.max_length")
+    evaluation: list[Pair] = []
+    if section.eval_path:
+        evaluation, _ = read_pairs(section.eval_path, tokenizer, section.max_length,
+                                   section.on_error)
+    elif section.eval_split > 0:
+        train, evaluation = split_eval(train, section.eval_split, seed)
+    left_out = f" ({sum(dropped.values())} dropped: {dict(dropped)})" if dropped else ""
+    summary = f"data: {len(train)} train pairs{left_out}; {len(evaluation)} eval pairs"
+    return train, evaluation, summary
+
+
+def split_eval(examples: list, fraction: float, seed: int):
     """Hold out ``fraction`` of the examples (at least one), chosen by ``seed``."""
     n_eval = max(1, round(len(examples) * fraction))
     if n_eval >= len(examples):
@@ -88,16 +120,23 @@ def split_eval(examples: list[Tokenized], fraction: float, seed: int):
     return train, [e for i, e in enumerate(examples) if i in held]
 
 
-def make_units(examples: list[Tokenized], section) -> list:
-    """What a batch is made of: the examples, or rows of ``max_length`` with ``packing``."""
+def make_units(examples: list, section) -> list:
+    """What a batch is made of: the examples (or pairs), or rows of ``max_length`` with
+    ``packing``."""
     return pack(examples, section.max_length) if section.packing else list(examples)
 
 
-def fingerprint(examples: list[Tokenized]) -> str:
-    """sha256 of the tokenized data (ids and labels, in order): equal data, equal hash."""
+def fingerprint(examples: list) -> str:
+    """sha256 of the tokenized data (ids and labels, in order; a pair's both sides and
+    reference log-probs): equal data, equal hash."""
     digest = hashlib.sha256()
     for example in examples:
-        digest.update(repr((example.input_ids, example.labels)).encode())
+        if isinstance(example, Pair):
+            sides = [(s.input_ids, s.labels) for s in (example.real, example.generated)]
+            key = sides + [example.ref_real, example.ref_generated]
+        else:
+            key = (example.input_ids, example.labels)
+        digest.update(repr(key).encode())
     return digest.hexdigest()
 
 
@@ -150,7 +189,11 @@ def step_batches(units: list, order: list[int], step_in_epoch: int, *, batch_siz
 
 
 def collate(items: list, pad_id: int, padding_free: bool = False) -> Batch:
-    """Examples or packed rows -> a ``Batch``; ``padding_free`` makes the batch one row."""
+    """Examples, packed rows or pairs -> a ``Batch``; ``padding_free`` makes the batch one
+    row (not for pairs: ``TrainConfig`` refuses that setting)."""
+    if isinstance(items[0], Pair):
+        tensors = collate_pairs(items, pad_id)
+        return Batch(tensors, int(tensors["attention_mask"].sum()), tensors["input_ids"].numel())
     if padding_free:
         row = PackedRow()
         for item in items:

@@ -17,7 +17,9 @@ Three decisions live here, each tested in ``tests/unit/train/test_loss.py`` and
    step**, across gradient-accumulation micro-batches and processes
    (``step_token_count``), so batch 8 x accumulation 1 equals batch 1 x accumulation 8 and
    two processes equal one. Each micro-batch returns the *sum* of its token losses;
-   ``normalise`` divides by the step's count once.
+   ``normaliser`` divides by the step's count once. Another objective counts other units
+   through the same code: ``objective: spin`` passes ``count=count_pairs``
+   (``sftlab.train.pairwise``), so its loss is the mean over the step's pairs.
 
 Example::
 
@@ -31,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sftlab.models import split_model
 from sftlab.types import IGNORE_INDEX
 
 
@@ -56,13 +59,20 @@ def count_labelled(labels: torch.Tensor, position_ids: torch.Tensor | None = Non
     return int((next_token_targets(labels, position_ids) != IGNORE_INDEX).sum())
 
 
-def step_token_count(micro_batches: list[dict], accelerator=None) -> int:
+def batch_tokens(batch: dict) -> int:
+    """Labelled tokens of one collated micro-batch (the token loss's unit)."""
+    return count_labelled(batch["labels"], batch.get("position_ids"))
+
+
+def step_token_count(micro_batches: list[dict], accelerator=None, count=batch_tokens) -> int:
     """Labelled tokens in one optimizer step: over all its micro-batches and all processes.
 
     The count is all-reduced *before* any backward pass, so every process divides by the
     same global number and the step's gradient is the mean over every labelled token.
+    ``count(batch) -> int`` is the loss's unit per micro-batch: ``batch_tokens`` (default),
+    or ``pairwise.count_pairs`` for the SPIN loss (the step's mean over pairs).
     """
-    local = sum(count_labelled(b["labels"], b.get("position_ids")) for b in micro_batches)
+    local = sum(count(b) for b in micro_batches)
     if accelerator is None or accelerator.num_processes == 1:
         return local
     count = torch.tensor([local], dtype=torch.long, device=accelerator.device)
@@ -107,28 +117,6 @@ class CausalLMLoss(nn.Module):
         loss = linear_cross_entropy(hidden[keep], self.head.weight, targets[keep],
                                     bias=self.head.bias, chunk_size=self.chunk_size)
         return loss, keep.sum()
-
-
-def split_model(model: nn.Module) -> tuple[nn.Module | None, nn.Module]:
-    """``(body, head)`` of a causal LM, through PEFT wrappers; body ``None`` if not splittable.
-
-    ``body(input_ids=...)`` returns ``last_hidden_state [B, T, H]``; ``head`` is the output
-    ``nn.Linear`` (its weight may be tied to the input embedding: autograd then adds both
-    gradients into the one tensor).
-    """
-    inner = model
-    if hasattr(model, "peft_config"):  # PeftModel: LoRA layers are injected in place
-        config = model.peft_config[model.active_adapter]
-        if getattr(config, "is_prompt_learning", False):
-            return None, model.get_output_embeddings()
-        inner = model.get_base_model()
-    head = inner.get_output_embeddings()
-    body = getattr(inner, inner.base_model_prefix, None) or inner.get_decoder()
-    special = [k for k in ("final_logit_softcapping", "logit_scale")
-               if getattr(inner.config, k, None)]
-    if special or not isinstance(head, nn.Linear):  # logits are post-processed: use forward
-        return None, head
-    return body, head
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,

@@ -1,4 +1,4 @@
-"""Pairwise objectives: sequence log-probabilities, the SPIN loss and a small pair trainer.
+"""The pairwise (SPIN) objective: sequence log-probabilities, the loss, pair records.
 
 SPIN (Chen et al. 2024, "Self-Play Fine-Tuning Converts Weak Language Models to Strong
 Language Models") trains a model ``p_θ`` to tell a human response ``y`` (real) from the
@@ -16,29 +16,28 @@ The pieces, each usable alone::
     logps = sequence_logps(model, batch)                  # Tensor[B]: sum of label log-probs
     loss, metrics = spin_loss(pr, pg, rr, rg, beta=0.1)   # scalar, dict of floats
     loss_sum, n_pairs = PairLoss(model, beta=0.1)(**collate_pairs(pairs, pad_id))
-    prepared, history = train_pairs(model, tokenizer, pairs, PairTrainConfig(beta=0.1))
+    pairs, dropped = read_pairs("pairs.jsonl", tokenizer, max_length=1024)
 
-``train_pairs`` is deliberately small: sftlab's one training loop (``sftlab/train/sft.py``)
-does not have a pairwise objective yet, so this function reuses its building blocks
-(``prepare_model`` from ``methods``, ``build_optimizer`` and ``lr_at`` from ``sft``) and
-adds only the pair batching and the loss. It runs on one device, without gradient
-accumulation, checkpoints or distributed training; folding it into the main loop needs
-one hook: an ``objective: sft | spin`` field that swaps ``CausalLMLoss`` for ``PairLoss``
-(same ``(loss_sum, count)`` contract, counted in pairs) and ``collate`` for
-``collate_pairs`` (pair units, no packing).
+How it is wired: there is no separate trainer. sftlab's one training loop
+(``sftlab/train/sft.py``) trains it when ``objective: spin`` (``TrainConfig``): the
+training units are ``Pair``s (``read_pairs`` of ``data.paths``, or passed in-process),
+collated by ``collate_pairs`` (no packing), the loss module is ``PairLoss`` (the same
+``(loss_sum, count)`` contract as ``CausalLMLoss``, counted in pairs: ``count_pairs``),
+and the loop normalises by the pairs of the whole optimizer step exactly as it does by
+tokens (``sftlab.train.loss.step_token_count``). Missing reference log-probs are filled
+once at setup by ``reference_logps`` with the initial model. ``sftlab synth spin``
+(``sftlab/data/synth/spin.py``) runs that loop once per iteration.
 """
 from __future__ import annotations
 
-import math
-import random
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from sftlab.errors import ConfigError
-from sftlab.train.config import OptimSection
-from sftlab.train.methods import MethodConfig
+from sftlab.errors import DataError
 from sftlab.types import IGNORE_INDEX, Tokenized
 
 
@@ -48,9 +47,9 @@ def sequence_logps(model, batch: dict, logit_offset: int = 0) -> torch.Tensor:
     """Sum of ``log p(labels[t] | tokens < t)`` over labelled positions, per row.
 
     ``batch``: ``input_ids``, ``labels`` (unshifted, HF convention, ``IGNORE_INDEX`` = -100)
-    and ``attention_mask``, each ``LongTensor[B, T]``. Returns ``Tensor[B]`` (float32, with
-    grad when the model has it). ``logit_offset`` drops positions a method prepends
-    (prompt tuning's virtual tokens) so logits line up with labels.
+    and ``attention_mask``, each ``LongTensor[B, T]``. Returns ``Tensor[B]`` (float32, float64
+    for a float64 model; with grad when the model has it). ``logit_offset`` drops positions
+    a method prepends (prompt tuning's virtual tokens) so logits line up with labels.
 
     >>> batch = collate_padded([Tokenized([1, 5, 6], [-100, 5, 6])], pad_id=0)
     >>> sequence_logps(model, batch).shape      # row 0: log p(5 | 1) + log p(6 | 1 5)
@@ -59,8 +58,10 @@ def sequence_logps(model, batch: dict, logit_offset: int = 0) -> torch.Tensor:
     labels = batch["labels"]
     logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
                    use_cache=False).logits[:, logit_offset:]
-    # position t predicts labels[t + 1]
-    logits, targets = logits[:, :-1].float(), labels[:, 1:]
+    # position t predicts labels[t + 1]; float32 at least, float64 stays float64 (the
+    # exact normalisation tests compare float64 runs)
+    logits = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32))
+    targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
     # gather - logsumexp: no second [B, T, vocab] tensor as log_softmax would build
     picked = torch.gather(logits, 2, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
@@ -99,32 +100,46 @@ def spin_loss(policy_real: torch.Tensor, policy_generated: torch.Tensor, ref_rea
 class Pair:
     """One training pair: the same prompt with the human (``real``) and the model's
     (``generated``) response, tokenized with only the response labelled, and the
-    reference model's sequence log-probs of both (``ref_*``, floats)."""
+    reference model's sequence log-probs of both (``ref_*``, floats; ``None`` until
+    ``reference_logps`` fills them). ``len(pair)`` is the tokens of both sides."""
 
     real: Tokenized
     generated: Tokenized
-    ref_real: float = 0.0
-    ref_generated: float = 0.0
+    ref_real: float | None = None
+    ref_generated: float | None = None
     id: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.real) + len(self.generated)
 
 
 def collate_pairs(pairs: list[Pair], pad_id: int) -> dict:
     """Pairs -> one flat batch: ``input_ids``/``labels``/``attention_mask`` ``LongTensor[2B, T]``
     (the B real rows first, then the B generated rows, right-padded) and ``ref_real``/
-    ``ref_generated`` ``Tensor[B]``. One forward pass covers both sides; the dict goes
-    straight to ``PairLoss(**batch)``, as a token batch goes to ``CausalLMLoss``."""
+    ``ref_generated`` ``Tensor[B]`` (float32, which every device has; ``PairLoss`` casts
+    them to the log-prob dtype; zeros while unset: ``reference_logps`` reads none). One
+    forward pass covers both sides; the dict goes straight to ``PairLoss(**batch)``, as a
+    token batch goes to ``CausalLMLoss``."""
     from sftlab.data.collate import collate_padded
 
     batch = collate_padded([p.real for p in pairs] + [p.generated for p in pairs], pad_id)
-    batch["ref_real"] = torch.tensor([p.ref_real for p in pairs], dtype=torch.float32)
-    batch["ref_generated"] = torch.tensor([p.ref_generated for p in pairs], dtype=torch.float32)
+    for key in ("ref_real", "ref_generated"):
+        values = [getattr(p, key) for p in pairs]
+        batch[key] = torch.tensor([0.0 if v is None else v for v in values], dtype=torch.float32)
     return batch
+
+
+def count_pairs(batch: dict) -> int:
+    """Pairs in a ``collate_pairs`` batch: the unit the loop normalises the SPIN loss by
+    (``sftlab.train.loss.step_token_count(batches, count=count_pairs)``)."""
+    return int(batch["ref_real"].shape[0])
 
 
 class PairLoss(torch.nn.Module):
     """The SPIN loss as a module with ``CausalLMLoss``'s contract: ``forward(**batch) ->
     (loss_sum, count)`` where ``loss_sum`` is the SUM of per-pair losses and ``count`` the
     number of pairs, so the loop normalises once per step (by pairs, not tokens).
+    ``metrics`` holds the last call's ``spin_loss`` metrics (means over its pairs).
 
     >>> loss_module = PairLoss(model, beta=0.1)
     >>> loss_sum, n = loss_module(**collate_pairs(pairs, pad_id))
@@ -140,15 +155,16 @@ class PairLoss(torch.nn.Module):
         logps = sequence_logps(self.model, {"input_ids": input_ids, "labels": labels,
                                             "attention_mask": attention_mask}, self.logit_offset)
         half = logps.shape[0] // 2
-        loss, self.metrics = spin_loss(logps[:half], logps[half:], ref_real.to(logps.device),
-                                       ref_generated.to(logps.device), self.beta)
+        loss, self.metrics = spin_loss(logps[:half], logps[half:], ref_real.to(logps),
+                                       ref_generated.to(logps), self.beta)
         return loss * half, torch.tensor(half, device=logps.device)
 
 
 @torch.no_grad()
 def reference_logps(model, pairs: list[Pair], pad_id: int, batch_size: int = 8) -> None:
     """Fill ``ref_real``/``ref_generated`` of every pair with ``model``'s log-probs (frozen:
-    eval mode, no grad). Called once per SPIN iteration, before training."""
+    eval mode, no grad). Called once per SPIN iteration, before training; the loop calls
+    it at setup for pairs whose record had none."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -161,80 +177,118 @@ def reference_logps(model, pairs: list[Pair], pad_id: int, batch_size: int = 8) 
     model.train(was_training)
 
 
-# -- the trainer --------------------------------------------------------------------------
-
-@dataclass
-class PairTrainConfig:
-    """Settings of ``train_pairs`` (the ``train`` section of a SPIN config)."""
-
-    beta: float = 0.1
-    """Inverse temperature of the logistic loss (SPIN's λ^-1; the paper uses 0.1)."""
-    method: MethodConfig = field(default_factory=MethodConfig)
-    """``full`` or a PEFT method (``lora``, ...); LOMO is not supported here."""
-    optim: OptimSection = field(default_factory=lambda: OptimSection(lr=5e-7, schedule="linear",
-                                                                     warmup_ratio=0.1))
-    """The SPIN paper trains at lr 5e-7 (RMSProp) with a linear schedule and 10% warm-up;
-    sftlab's optimizers are AdamW or SGD, so tune ``lr`` for yours."""
-    epochs: int = 2
-    batch_size: int = 8
-    """Pairs per optimizer step."""
-    max_length: int = 1024
-    """Prompt + response tokens; longer examples are truncated (a pair losing all of a
-    response's labels is dropped)."""
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("train.epochs and train.batch_size must be at least 1")
 
 
-def train_pairs(model, tokenizer, pairs: list[Pair], config: PairTrainConfig,
-                progress: bool = False):
-    """Train ``model`` on ``pairs`` with the SPIN loss against their stored ``ref_*`` log-probs.
+# -- pair records (what ``sftlab synth spin`` writes, what ``objective: spin`` reads) ----------
 
-    Uses the main loop's parts: ``prepare_model`` (the method), ``build_optimizer`` and
-    ``lr_at`` (schedule). Each optimizer step takes ``batch_size`` pairs (seeded shuffle per
-    epoch; a last partial batch is kept); gradient norm clipped at ``optim.max_grad_norm``.
-    Returns ``(prepared, history)``: the ``Prepared`` model (``.model`` trained in place) and
-    one dict of ``spin_loss`` metrics + ``step``, ``lr``, ``grad_norm`` per step.
+def read_pairs(path: str | Path, tokenizer, max_length: int, on_error: str = "fail"):
+    """A JSONL file of pair records -> ``(pairs, dropped)``: tokenized ``Pair``s and a
+    ``Counter`` of reasons for records left out (too long, or bad with ``on_error="skip"``).
+
+    One record per line, the layout ``sftlab synth spin`` writes (``meta`` optional;
+    without reference log-probs the loop computes them with the initial model)::
+
+        {"id": "9c0f", "prompt": [{"role": "user", "content": "Describe ..."}],
+         "chosen": [{"role": "assistant", "content": "human answer"}],
+         "rejected": [{"role": "assistant", "content": "model answer"}],
+         "meta": {"ref_logp_chosen": -812.4, "ref_logp_rejected": -95.1}}
+
+    ``prompt`` may also be a string (one user turn) and ``chosen``/``rejected`` strings.
+    A malformed record raises ``DataError`` naming file, line and field (or is counted
+    and skipped with ``on_error="skip"``).
     """
-    from tqdm.auto import tqdm
+    from collections import Counter
 
-    from sftlab.train.methods import prepare_model
-    from sftlab.train.sft import build_optimizer, lr_at
+    pairs, dropped = [], Counter()
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = _parse_record(line)
+                pair, reason = pair_from_record(record, tokenizer, max_length)
+            except DataError as exc:
+                if on_error != "skip":  # the same error, now with its place
+                    raise DataError(exc.message, file=str(path), line=number, field=exc.field,
+                                    hint=exc.hint, reason=exc.reason) from None
+                dropped[f"bad record: {exc.reason}"] += 1
+                continue
+            if pair is None:
+                dropped[reason] += 1
+            else:
+                pairs.append(pair)
+    return pairs, dropped
 
-    if not pairs:
-        raise ConfigError("no training pair: nothing to train on")
-    torch.manual_seed(config.seed)
-    prepared = prepare_model(model, config.method, tokenizer)
-    if prepared.fused_backward is not None:
-        raise ConfigError(f"method '{config.method.name}' updates weights inside backward; "
-                          "pairwise training needs an optimizer method (full, lora, ...)")
-    optimizer = build_optimizer(prepared.parameters, config.optim)
-    loss_module = PairLoss(prepared.model, config.beta, prepared.logit_offset)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(prepared.model.parameters()).device
-    steps_per_epoch = math.ceil(len(pairs) / config.batch_size)
-    total = steps_per_epoch * config.epochs
-    history: list[dict] = []
-    prepared.model.train()
-    for step in tqdm(range(total), desc="spin", unit="step", disable=not progress):
-        epoch, index = divmod(step, steps_per_epoch)
-        if index == 0:
-            order = list(range(len(pairs)))
-            random.Random(f"{config.seed}:{epoch}").shuffle(order)
-        chunk = [pairs[i] for i in order[index * config.batch_size:(index + 1) * config.batch_size]]
-        lr = lr_at(step, total, config.optim)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = {k: v.to(device) for k, v in collate_pairs(chunk, pad_id).items()}
-        loss_sum, count = loss_module(**batch)
-        (loss_sum / count).backward()
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        max_norm = config.optim.max_grad_norm if config.optim.max_grad_norm > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        history.append({"step": step + 1, "epoch": epoch, "lr": lr, "grad_norm": grad_norm,
-                        **loss_module.metrics})
-    return prepared, history
+
+def pair_from_record(record: dict, tokenizer, max_length: int) -> tuple[Pair | None, str | None]:
+    """One pair record -> ``(Pair, None)``, or ``(None, reason)`` when a side trains nothing
+    after truncation to ``max_length``. Both sides are the prompt + that response, with
+    only the response labelled; ``meta.ref_logp_*`` become ``ref_real``/``ref_generated``."""
+    from sftlab.data.chat import tokenize_conversations
+    from sftlab.types import Conversation, Message
+
+    prompt = _messages(record, "prompt")
+    sides = [Conversation(prompt + [Message("assistant", _response(record, key))])
+             for key in ("chosen", "rejected")]
+    result = tokenize_conversations(sides, tokenizer, max_length=max_length,
+                                    strategy="last_assistant")
+    if len(result.examples) != 2:  # one reason per pair: the first dropped side's
+        return None, f"pair dropped: {result.dropped_ids[0][1]}"
+    ref_real, ref_generated = _reference(record)
+    return Pair(result.examples[0], result.examples[1], ref_real, ref_generated,
+                id=record.get("id")), None
+
+
+def _parse_record(line: str) -> dict:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"not valid JSON ({exc.msg})", reason="invalid JSON",
+                        hint="pair records are JSONL: one JSON object per line") from None
+    if not isinstance(record, dict):
+        raise DataError("a pair record must be a JSON object", reason="not an object")
+    return record
+
+
+def _messages(record: dict, key: str) -> list:
+    from sftlab.types import Message
+
+    value = record.get(key)
+    if isinstance(value, str) and value:
+        return [Message("user", value)]
+    ok = isinstance(value, list) and value and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in value)
+    if not ok:
+        raise DataError("missing or malformed" if value is None else "malformed", field=key,
+                        hint=f"'{key}': a string or a list of {{role, content}} messages",
+                        reason=f"bad {key}")
+    return [Message(m["role"], m["content"]) for m in value]
+
+
+def _response(record: dict, key: str) -> str:
+    """``chosen``/``rejected``: a string, or messages whose last one is the assistant's."""
+    value = record.get(key)
+    if isinstance(value, str):
+        return value
+    last = _messages(record, key)[-1]
+    if last.role != "assistant":
+        raise DataError(f"the last message is {last.role!r}, not 'assistant'", field=key,
+                        reason=f"bad {key}")
+    return last.content
+
+
+def _reference(record: dict) -> tuple[float | None, float | None]:
+    """``meta.ref_logp_chosen`` / ``meta.ref_logp_rejected``: both numbers, or both absent."""
+    meta = record.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise DataError("must be an object", field="meta", reason="bad meta")
+    keys = ("ref_logp_chosen", "ref_logp_rejected")
+    values = [meta.get(k) for k in keys]
+    if values == [None, None]:
+        return None, None
+    for key, value in zip(keys, values):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DataError(f"must be a number (got {value!r}); give both reference log-probs "
+                            "or neither", field=f"meta.{key}", reason=f"bad meta.{key}")
+    return float(values[0]), float(values[1])

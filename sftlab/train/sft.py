@@ -20,6 +20,13 @@ Python API (the CLI ``sftlab train CONFIG.yaml key=value ...`` builds the same c
 
 Distributed: ``accelerate launch -m sftlab train cfg.yaml`` or ``torchrun`` run this same
 code; the loss normalisation (``sftlab.train.loss``) makes N processes equal one.
+
+Objectives (``config.objective``): ``sft`` trains token cross-entropy (``CausalLMLoss``) on
+examples; ``spin`` trains SPIN's pairwise loss (``pairwise.PairLoss``) on ``Pair`` units.
+Only three things differ, all chosen in ``setup``: the data (``data.load_pairs``; missing
+reference log-probs computed with the initial model), the loss module, and the unit the
+step's loss is normalised by (``count_pairs`` instead of ``batch_tokens``, through the same
+``step_token_count``/``normaliser`` path). Batching, resume, logging and saving are shared.
 """
 from __future__ import annotations
 
@@ -37,7 +44,12 @@ from sftlab.errors import ConfigError
 from sftlab.train import checkpoint, data
 from sftlab.train import run as run_files
 from sftlab.train.config import TrainConfig
-from sftlab.train.loss import CausalLMLoss, normaliser, step_token_count
+from sftlab.train.loss import CausalLMLoss, batch_tokens, normaliser, step_token_count
+from sftlab.train.pairwise import Pair, PairLoss, count_pairs, reference_logps
+from sftlab.types import Tokenized
+
+# logged per pair with objective=spin (means over the log window), besides the loss
+PAIR_METRICS = ("margin", "accuracy", "reward_real", "reward_generated")
 
 
 @dataclass
@@ -61,15 +73,16 @@ class Run:
     accelerator: Any
     tokenizer: Any
     prepared: Any  # sftlab.train.methods.Prepared
-    loss_module: Any  # CausalLMLoss, wrapped by accelerate (DDP/FSDP) when distributed
+    loss_module: Any  # CausalLMLoss or PairLoss, wrapped by accelerate (DDP/FSDP) when distributed
     optimizer: Any
-    train_examples: list
-    units: list  # examples, or packed rows
+    train_examples: list  # Tokenized, or Pair with objective=spin
+    units: list  # examples, packed rows, or pairs
     eval_units: list
     pad_id: int
     total_steps: int
     steps_per_epoch: int
     output_dir: Path
+    count: Any = batch_tokens  # the loss's unit in a micro-batch: tokens, or count_pairs
     state: TrainState = field(default_factory=TrainState)
     history: list[dict] = field(default_factory=list)
 
@@ -82,12 +95,15 @@ class TrainResult:
     eval_loss: float | None
     saved_to: Path | None
     history: list[dict]
+    prepared: Any = None
+    """The trained ``methods.Prepared`` (``.model`` is trained in place; PEFT can merge it)."""
 
 
 def train(config: TrainConfig, *, model=None, tokenizer=None, train_examples=None,
           eval_examples=None) -> TrainResult:
     """Train as ``config`` says. ``model``/``tokenizer``/``*_examples`` (lists of
-    ``Tokenized``) replace loading them from ``config.model``/``config.data`` (tests, bench)."""
+    ``Tokenized``, or of ``Pair`` with ``objective=spin``) replace loading them from
+    ``config.model``/``config.data`` (tests, bench, ``sftlab synth spin``)."""
     run = setup(config, model, tokenizer, train_examples, eval_examples)
     if config.resume:
         resume(run)
@@ -118,24 +134,40 @@ def setup(config: TrainConfig, model=None, tokenizer=None, train_examples=None,
                            num_processes=accelerator.num_processes,
                            packed=config.data.packing or config.data.padding_free,
                            mixed_precision=config.mixed_precision)
+    spin = config.objective == "spin"
+    if spin and config.method.name == "lomo":
+        raise ConfigError("objective=spin needs an optimizer method (full, lora, ...): 'lomo' "
+                          "updates the weights inside backward")
     if tokenizer is None:
         tokenizer = _load_tokenizer(config.model.name)
     if model is None:
         model = _load_model(config)
     _check_lengths(config, model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if train_examples is None:
-        train_examples, eval_examples, summary = data.load_examples(
-            config.data, tokenizer, config.seed, progress=accelerator.is_main_process)
+        if spin:
+            train_examples, eval_examples, summary = data.load_pairs(config.data, tokenizer,
+                                                                     config.seed)
+        else:
+            train_examples, eval_examples, summary = data.load_examples(
+                config.data, tokenizer, config.seed, progress=accelerator.is_main_process)
         _print(accelerator, summary)
-    if not any(e.num_trained for e in train_examples):
-        raise ConfigError("no trainable example: every example has all labels masked")
+    _check_units(config, train_examples, eval_examples)
+    # before the method changes the model: the reference is the initial model (on resume
+    # too: the checkpoint's weights are loaded after setup)
+    if spin:
+        _fill_reference(accelerator, model, train_examples + list(eval_examples or []), pad_id,
+                        config.batch_size)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     prepared = prepare_model(model, config.method, tokenizer)
     _print(accelerator, prepared.describe())
     optimizer = None if prepared.fused_backward else build_optimizer(prepared.parameters, config.optim)
-    loss_module = CausalLMLoss(prepared.model, chunk_size=config.loss_chunk_size).train()
+    if spin:
+        loss_module = PairLoss(prepared.model, config.spin.beta, prepared.logit_offset).train()
+    else:
+        loss_module = CausalLMLoss(prepared.model, chunk_size=config.loss_chunk_size).train()
     if config.optim.in_backward:
         _check_in_backward(config, accelerator, prepared)
         optimizer = InBackwardOptimizer(optimizer)  # steps itself: not handed to accelerate
@@ -152,14 +184,43 @@ def setup(config: TrainConfig, model=None, tokenizer=None, train_examples=None,
         raise ConfigError(f"{len(units)} training units cannot fill one global batch of "
                           f"{global_batch} (batch_size x grad_accumulation x processes)")
     total = config.max_steps or per_epoch * config.epochs
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     run = Run(config, accelerator, tokenizer, prepared, loss_module, optimizer, train_examples,
-              units, eval_units, pad_id, total, per_epoch, Path(config.output_dir))
+              units, eval_units, pad_id, total, per_epoch, Path(config.output_dir),
+              count=count_pairs if spin else batch_tokens)
     if accelerator.is_main_process:
         run_files.write_run_json(run)
+        first = train_examples[0].real if spin else train_examples[0]
         _print(accelerator, "mask preview (trained tokens in [[...]]):\n"
-               + run_files.mask_preview(train_examples[0], tokenizer))
+               + run_files.mask_preview(first, tokenizer))
     return run
+
+
+def _check_units(config: TrainConfig, train_examples: list, eval_examples) -> None:
+    """Examples for ``sft``, pairs for ``spin``; something to train either way."""
+    want = Pair if config.objective == "spin" else Tokenized
+    for name, items in (("train_examples", train_examples), ("eval_examples", eval_examples or [])):
+        wrong = next((type(x).__name__ for x in items if not isinstance(x, want)), None)
+        if wrong is not None:
+            raise ConfigError(f"objective={config.objective} trains {want.__name__} units; "
+                              f"{name} holds a {wrong}")
+    if not train_examples:
+        raise ConfigError("no training unit: nothing to train on")
+    if want is Tokenized and not any(e.num_trained for e in train_examples):
+        raise ConfigError("no trainable example: every example has all labels masked")
+
+
+def _fill_reference(accelerator, model, pairs: list, pad_id: int, batch_size: int) -> None:
+    """Reference log-probs for the pairs that lack them, from ``model`` as it is now
+    (frozen, under the run's autocast so step 1's margin is 0). Every process scores the
+    same pairs (same numbers everywhere; nothing to gather)."""
+    missing = [p for p in pairs if p.ref_real is None or p.ref_generated is None]
+    if not missing:
+        return
+    if getattr(model, "hf_quantizer", None) is None:  # 4-bit weights are placed at load
+        model.to(accelerator.device)
+    _print(accelerator, f"spin: reference log-probs of {len(missing)} pairs with the initial model")
+    with accelerator.autocast():
+        reference_logps(model, missing, pad_id, batch_size)
 
 
 def build_optimizer(parameters, optim) -> torch.optim.Optimizer:
@@ -341,6 +402,7 @@ def loop(run: Run) -> None:
     bar = tqdm(total=run.total_steps, initial=state.step, unit="step", dynamic_ncols=True,
                disable=not (config.progress and acc.is_main_process))
     window = run_files.Window()
+    pair_sums = dict.fromkeys(PAIR_METRICS, 0.0)
     while state.step < run.total_steps:
         started = time.perf_counter()  # batch building counts: it is part of a step's cost
         batches = next_step_batches(run)
@@ -351,8 +413,14 @@ def loop(run: Run) -> None:
         state.trained_tokens += stats["tokens"]
         bar.update(1)
         bar.set_postfix(loss=f"{stats['loss']:.4f}", tok_s=f"{window.tokens_per_s():.0f}")
+        for key, value in stats.get("pair_sums", {}).items():
+            pair_sums[key] += value
         if state.step % config.log_every == 0 or state.step == run.total_steps:
-            log(run, window.flush(state.step, stats))
+            row = window.flush(state.step, stats)
+            if config.objective == "spin":
+                row = _pair_row(row, pair_sums)
+                pair_sums = dict.fromkeys(PAIR_METRICS, 0.0)
+            log(run, row)
         if config.eval_every and run.eval_units and state.step % config.eval_every == 0:
             if evaluate_and_check(run):
                 _print(acc, f"early stopping at step {state.step}: eval loss did not improve "
@@ -361,6 +429,15 @@ def loop(run: Run) -> None:
         if config.save_every and state.step % config.save_every == 0:
             save(run)
     bar.close()
+
+
+def _pair_row(row: dict, pair_sums: dict) -> dict:
+    """objective=spin: the window's "labelled" count is pairs; add the SPIN metrics (means
+    over the window's pairs) to the log row."""
+    pairs = row.pop("labelled_tokens")
+    row["pairs"] = pairs
+    row.update({k: round(v / max(pairs, 1), 6) for k, v in pair_sums.items()})
+    return row
 
 
 def next_step_batches(run: Run) -> list:
@@ -385,17 +462,20 @@ def train_step(run: Run, batches: list) -> dict:
 
     Loss = (sum of token losses over the step's micro-batches on all processes) /
     (labelled tokens of the whole step): counted first, so each micro-batch's backward
-    already has its final weight (``sftlab.train.loss``).
+    already has its final weight (``sftlab.train.loss``). With ``objective=spin`` the same
+    with pairs in place of tokens (``run.count``); ``stats["pair_sums"]`` then holds the
+    step's SPIN metrics summed over its pairs (all processes).
     """
     acc, config, prepared = run.accelerator, run.config, run.prepared
     device = acc.device
-    step_tokens = step_token_count([b.tensors for b in batches], acc)
+    step_tokens = step_token_count([b.tensors for b in batches], acc, count=run.count)
     scale = normaliser(step_tokens, acc.num_processes)
     lr = lr_at(run.state.step, run.total_steps, config.optim)
     if run.optimizer is not None:
         for group in run.optimizer.param_groups:
             group["lr"] = lr
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    pair_sums = torch.zeros(len(PAIR_METRICS), dtype=torch.float64, device=device)
     for index, batch in enumerate(batches):
         last = index == len(batches) - 1
         sync = contextlib.nullcontext() if last else acc.no_sync(run.loss_module)
@@ -408,6 +488,10 @@ def train_step(run: Run, batches: list) -> dict:
             else:
                 acc.backward(loss)
         loss_sum += token_loss_sum.detach().double()
+        if config.objective == "spin":  # the micro-batch's means, weighted by its pairs
+            metrics = acc.unwrap_model(run.loss_module).metrics
+            pair_sums += torch.tensor([metrics[k] for k in PAIR_METRICS], dtype=torch.float64,
+                                      device=device) * run.count(batch.tensors)
     grad_norm = _clip_and_step(run)
     total_loss = acc.reduce(loss_sum, reduction="sum") if acc.num_processes > 1 else loss_sum
     tokens = sum(b.tokens for b in batches)
@@ -415,8 +499,13 @@ def train_step(run: Run, batches: list) -> dict:
     if acc.num_processes > 1:
         counts = acc.reduce(torch.tensor([tokens, padded], device=device), reduction="sum")
         tokens, padded = (int(x) for x in counts.tolist())
-    return {"loss": float(total_loss) / max(step_tokens, 1), "lr": lr, "grad_norm": grad_norm,
-            "tokens": tokens, "padded": padded, "labelled": step_tokens}
+    stats = {"loss": float(total_loss) / max(step_tokens, 1), "lr": lr, "grad_norm": grad_norm,
+             "tokens": tokens, "padded": padded, "labelled": step_tokens}
+    if config.objective == "spin":
+        if acc.num_processes > 1:
+            pair_sums = acc.reduce(pair_sums, reduction="sum")
+        stats["pair_sums"] = dict(zip(PAIR_METRICS, pair_sums.tolist()))
+    return stats
 
 
 def _clip_and_step(run: Run) -> float | None:
@@ -438,7 +527,8 @@ def log(run: Run, row: dict) -> None:
 
 
 def evaluate(run: Run) -> float:
-    """Held-out loss: sum of token losses / labelled tokens over the whole eval set."""
+    """Held-out loss: sum of token losses / labelled tokens over the whole eval set (with
+    ``objective=spin``: sum of pair losses / pairs)."""
     acc, config = run.accelerator, run.config
     run.loss_module.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=acc.device)
@@ -504,4 +594,4 @@ def finish(run: Run) -> TrainResult:
     if saved_to is not None:
         _print(acc, f"saved {saved_to}")
     return TrainResult(run.output_dir, run.state.step, losses[-1] if losses else None,
-                       eval_loss, saved_to, run.history)
+                       eval_loss, saved_to, run.history, run.prepared)

@@ -57,10 +57,10 @@ def test_resume_continues_without_duplicates(tmp_path, tiny_model, tiny_tokenize
     lines = full.splitlines(keepends=True)
     (tmp_path / "part.jsonl").write_text(lines[0] + lines[1] + lines[2][:10])
     config.output = str(tmp_path / "part.jsonl")
-    calls_before = len(generator.batch_sizes)
+    done_before = generator.prompts_generated
     summary = generate_file(generator, config, progress=False)
     assert summary["skipped_existing"] == 2 and summary["generated"] == 3
-    assert sum(generator.batch_sizes[calls_before:]) == 3  # only the missing rows ran
+    assert generator.prompts_generated - done_before == 3  # only the missing rows ran
     assert (tmp_path / "part.jsonl").read_text() == full
     # a third run has nothing left to do
     again = generate_file(generator, config, progress=False)

@@ -6,10 +6,12 @@ For ``t = 0 .. iterations-1``, starting from the SFT model ``θ_0`` (``model``):
 2. **pair**: real = the human (SFT) response, generated = ``θ_t``'s response; both are
    tokenized with only the response labelled, and ``θ_t``'s sequence log-probs of both
    are computed once (frozen, no grad): ``θ_t`` is the reference of this iteration;
-3. **train** ``θ_{t+1}`` from ``θ_t`` with the SPIN loss (``sftlab.train.pairwise``) for
-   ``train.epochs`` epochs, and save it to ``output_dir/iter_{t+1}`` (a full Hugging Face
-   model directory; LoRA/DoRA/IA3 adapters are merged first so the next iteration starts
-   from a plain model).
+3. **train** ``θ_{t+1}`` from ``θ_t`` with the SPIN loss for ``train.epochs`` epochs, with
+   sftlab's one training loop (``sftlab.train.sft.train``, ``objective: spin``; the
+   ``train`` section below becomes its ``TrainConfig``), and save it to
+   ``output_dir/iter_{t+1}`` (a full Hugging Face model directory beside the loop's
+   ``run.json``, ``metrics.jsonl`` and ``loss.png``; LoRA/DoRA/IA3 adapters are merged
+   first so the next iteration starts from a plain model).
 
 Pairs are written to ``output`` (append-only JSONL, one line per pair and iteration) in
 the conversational preference layout (``prompt`` messages, ``chosen`` = real,
@@ -20,6 +22,9 @@ the conversational preference layout (``prompt`` messages, ``chosen`` = real,
      "rejected": [{"role": "assistant", "content": "Crepes are ..."}],
      "meta": {"iteration": 0, "example_id": "alpaca_en_demo-0", "ref_logp_chosen": -812.4,
               "ref_logp_rejected": -95.1, "provenance": {"pipeline": "spin", ...}}}
+
+The same file trains with ``sftlab train objective=spin data.paths=[runs/spin/pairs.jsonl]``
+(one iteration's records at a time: its reference is that iteration's model).
 
 Rerunning resumes: a finished iteration (``iter_{t+1}/spin_iteration.json``) is skipped,
 and pairs already in ``output`` are not generated again. Raising ``iterations`` and
@@ -37,8 +42,10 @@ from pathlib import Path
 from sftlab.data.synth.base import SynthReport, pipeline
 from sftlab.data.synth.store import RecordStore, stable_id
 from sftlab.errors import ConfigError
-from sftlab.train.pairwise import Pair, PairTrainConfig
-from sftlab.types import Conversation, Message
+from sftlab.train.config import OptimSection
+from sftlab.train.methods import MethodConfig
+from sftlab.train.pairwise import Pair, pair_from_record
+from sftlab.types import Message
 
 TEMPLATE_VERSION = "spin/v1"
 MARKER = "spin_iteration.json"
@@ -56,6 +63,34 @@ class SpinGeneration:
 
 
 @dataclass
+class SpinTrain:
+    """The ``train`` section: what each iteration's ``TrainConfig`` (``objective: spin``) gets."""
+
+    beta: float = 0.1
+    """Inverse temperature of the logistic loss (SPIN's λ^-1; the paper uses 0.1)."""
+    method: MethodConfig = field(default_factory=MethodConfig)
+    """``full``, ``freeze``, or a PEFT method merged after training (``lora``, ``dora``, ``ia3``)."""
+    optim: OptimSection = field(default_factory=lambda: OptimSection(lr=5e-7, schedule="linear",
+                                                                     warmup_ratio=0.1))
+    """The SPIN paper trains at lr 5e-7 (RMSProp) with a linear schedule and 10% warm-up;
+    sftlab's optimizers are AdamW or SGD, so tune ``lr`` for yours."""
+    epochs: int = 2
+    batch_size: int = 8
+    """Pairs per micro-batch."""
+    grad_accumulation: int = 1
+    """Micro-batches per optimizer step (pairs per step = batch_size x this)."""
+    max_length: int = 1024
+    """Prompt + response tokens; longer examples are truncated (a pair losing all of a
+    response's labels is dropped)."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.grad_accumulation < 1:
+            raise ValueError("train.epochs, train.batch_size and train.grad_accumulation must be "
+                             "at least 1")
+
+
+@dataclass
 class SpinConfig:
     model: str = "default"
     """θ_0: the SFT model (``tiny``, ``default``, a model or run directory)."""
@@ -68,9 +103,11 @@ class SpinConfig:
     """Models of each iteration: ``iter_1`` ... ``iter_T``."""
     iterations: int = 1
     generation: SpinGeneration = field(default_factory=SpinGeneration)
-    train: PairTrainConfig = field(default_factory=PairTrainConfig)
+    train: SpinTrain = field(default_factory=SpinTrain)
     device: str = "cpu"
-    """Where generation and training run (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
+    """Where generation and the reference log-probs run (``cpu``, ``cuda``, ``cuda:1``,
+    ``mps``). Training runs where the training loop's accelerate puts it (the GPU when
+    there is one)."""
     seed: int = 0
     progress: bool = True
 
@@ -156,37 +193,53 @@ def iteration_pairs(config: SpinConfig, t: int, source: str, tokenizer, examples
                 record["meta"].update(ref_logp_chosen=pair.ref_real, ref_logp_rejected=pair.ref_generated)
                 report.written += store.write(record)
         del generator, model
-    pairs = []
-    for record in store:
-        if record["meta"]["iteration"] == t:
-            pair = _pair(record, tokenizer, config.train.max_length, None)
-            if pair is not None:
-                pair.ref_real = record["meta"]["ref_logp_chosen"]
-                pair.ref_generated = record["meta"]["ref_logp_rejected"]
-                pairs.append(pair)
-    return pairs
+    # reference log-probs come from each record's meta (pair_from_record reads them)
+    pairs = [_pair(r, tokenizer, config.train.max_length, None) for r in store
+             if r["meta"]["iteration"] == t]
+    return [p for p in pairs if p is not None]
 
 
 def train_iteration(config: SpinConfig, t: int, source: str, tokenizer, pairs: list[Pair],
                     saved: Path) -> dict:
-    """θ_{t+1} = θ_t trained with the SPIN loss on ``pairs``; saved as a full model + tokenizer."""
+    """θ_{t+1} = θ_t trained with the SPIN loss on ``pairs`` by the main training loop;
+    saved as a full model + tokenizer in ``saved`` (with the loop's run files)."""
     from sftlab.models import load_model
-    from sftlab.train.pairwise import train_pairs
+    from sftlab.train.checkpoint import quiet_transformers
+    from sftlab.train.sft import train
 
+    if not pairs:
+        raise ConfigError(f"iteration {t}: no training pair (every pair was dropped; "
+                          "raise train.max_length?)")
+    (saved / "metrics.jsonl").unlink(missing_ok=True)  # an unfinished try's rows: redone
     model = load_model(source, device=config.device)
-    prepared, history = train_pairs(model, tokenizer, pairs, config.train, progress=config.progress)
+    result = train(iteration_train_config(config, source, saved), model=model,
+                   tokenizer=tokenizer, train_examples=pairs)
+    prepared, history = result.prepared, result.history
     trained = prepared.model.merge_and_unload() if prepared.kind == "peft" else prepared.model
-    saved.mkdir(parents=True, exist_ok=True)
-    trained.save_pretrained(str(saved))
+    with quiet_transformers():  # no "Writing model shards" bar
+        trained.save_pretrained(str(saved))
     tokenizer.save_pretrained(str(saved))
-    with (saved / "metrics.jsonl").open("w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in history)
     summary = {"iteration": t, "reference": source, "saved": str(saved), "pairs": len(pairs),
                "steps": len(history), "first_loss": history[0]["loss"], "last_loss": history[-1]["loss"],
                "last_margin": history[-1]["margin"], "last_accuracy": history[-1]["accuracy"]}
     # written last: its presence means the iteration is complete
     (saved / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def iteration_train_config(config: SpinConfig, source: str, saved: Path):
+    """The ``TrainConfig`` of one iteration: ``objective: spin`` with the ``train`` section's
+    settings, one log row per step, run files in ``saved`` (the model is saved merged by
+    ``train_iteration``, not by the loop)."""
+    from sftlab.train.config import DataSection, ModelSection, SpinSection, TrainConfig
+
+    section = config.train
+    return TrainConfig(
+        model=ModelSection(name=source), data=DataSection(max_length=section.max_length),
+        method=section.method, optim=section.optim, objective="spin",
+        spin=SpinSection(beta=section.beta), batch_size=section.batch_size,
+        grad_accumulation=section.grad_accumulation, epochs=section.epochs, seed=section.seed,
+        log_every=1, output_dir=str(saved), save_model=False, progress=config.progress)
 
 
 def _record_id(config: SpinConfig, t: int, example) -> str:
@@ -206,16 +259,10 @@ def _record(config: SpinConfig, t: int, source: str, example, generated: str) ->
 
 
 def _pair(record: dict, tokenizer, max_length: int, report: SynthReport | None) -> Pair | None:
-    """Tokenize both sides with only the final response labelled; None (counted) if either
-    side would train nothing (e.g. truncated away)."""
-    from sftlab.data.chat import tokenize_conversations
-
-    prompt = [Message(m["role"], m["content"]) for m in record["prompt"]]
-    sides = [Conversation(prompt + [Message("assistant", record[k][0]["content"])])
-             for k in ("chosen", "rejected")]
-    result = tokenize_conversations(sides, tokenizer, max_length=max_length, strategy="last_assistant")
-    if len(result.examples) != 2:
-        if report is not None:  # one count per pair, under the first side's reason
-            report.rejected[f"pair dropped: {result.dropped_ids[0][1]}"] += 1
-        return None
-    return Pair(result.examples[0], result.examples[1], id=record["id"])
+    """Tokenize both sides with only the final response labelled (``pair_from_record``, as
+    ``sftlab train objective=spin`` reads the file); None (counted) if either side would
+    train nothing (e.g. truncated away)."""
+    pair, reason = pair_from_record(record, tokenizer, max_length)
+    if pair is None and report is not None:
+        report.rejected[reason] += 1
+    return pair

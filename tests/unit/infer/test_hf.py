@@ -31,8 +31,10 @@ def test_greedy_batched_equals_one_at_a_time(generator):
     batched = generator.generate(PROMPTS, sampling)
     single = HFGenerator(generator.model, generator.tokenizer, batch_size=1).generate(PROMPTS, sampling)
     assert batched == single
-    assert generator.batch_sizes == [4, 2]  # 6 prompts in batches of 4
     assert all(g.completion_tokens == 16 and g.finish_reason == "length" for g in batched)
+    # 6 prompts, 4 in flight: the first 4 decode 15 steps together (the prefill makes each
+    # first token), then the last 2 take their places: 15 + 15 steps, not 6 x 15
+    assert generator.decode_steps == 30
 
 
 def test_results_in_input_order(generator):

@@ -31,7 +31,8 @@ def _logps(model, tokenizer, records):
     return logps[:len(pairs)], logps[len(pairs):]
 
 
-def test_spin_iteration_widens_margin_against_frozen_reference_and_resumes(tmp_path, shared_data):
+def test_spin_iteration_widens_margin_against_frozen_reference_and_resumes(tmp_path, shared_data,
+                                                                           capsys):
     config = _config(tmp_path, shared_data)
     report = spin.run(config)
     records = [json.loads(line) for line in open(config.output)]
@@ -63,6 +64,26 @@ def test_spin_iteration_widens_margin_against_frozen_reference_and_resumes(tmp_p
     real1, gen1 = _logps(theta1, tokenizer, records)
     assert float(((real1 - gen1) - (real0 - gen0)).mean()) > 0.5
     assert summary["last_loss"] < math.log(2)
+
+    # trained by sftlab's one loop: its run files sit beside the iteration's model
+    rows = [json.loads(line) for line in open(tmp_path / "spin" / "iter_1" / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == list(range(1, 7)) and rows[-1]["pairs"] == 4
+    assert rows[-1]["margin"] == summary["last_margin"] > 0
+    run_info = json.loads((tmp_path / "spin" / "iter_1" / "run.json").read_text())
+    assert run_info["config"]["objective"] == "spin" and run_info["train_examples"] == 8
+
+    # `sftlab train` trains on the pairs file as written: its stored reference is θ_0's,
+    # so the first step's loss against it is log 2
+    from sftlab.cli import main
+
+    out = tmp_path / "cli"
+    capsys.readouterr()
+    assert main(["train", "objective=spin", "model.name=tiny", f"data.paths=[{config.output}]",
+                 "data.max_length=96", "batch_size=4", "max_steps=2", "optim.lr=0.001",
+                 "save_model=false", "plot=false", "progress=false", f"output_dir={out}"]) == 0
+    assert "reference log-probs of" not in capsys.readouterr().out  # read from meta
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-5) and first["pairs"] == 4
 
     # rerun: nothing generated or trained again
     weights = (tmp_path / "spin" / "iter_1" / "model.safetensors").stat().st_mtime_ns

@@ -1,4 +1,5 @@
-"""The SPIN objective: sequence log-probs, the loss against hand computations, the pair trainer."""
+"""The SPIN objective's math: sequence log-probs and the loss against hand computations.
+(Training through the main loop: test_spin_objective.py.)"""
 from __future__ import annotations
 
 import math
@@ -8,9 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from sftlab.data.collate import collate_padded
-from sftlab.train.config import OptimSection
-from sftlab.train.pairwise import (Pair, PairLoss, PairTrainConfig, collate_pairs, reference_logps,
-                                   sequence_logps, spin_loss, train_pairs)
+from sftlab.train.pairwise import Pair, PairLoss, collate_pairs, sequence_logps, spin_loss
 from sftlab.types import IGNORE_INDEX, Tokenized
 
 
@@ -78,13 +77,6 @@ def _pairs(tokenizer, n=8):
     return pairs
 
 
-def _margins(model, pairs, pad_id):
-    with torch.no_grad():
-        logps = sequence_logps(model.eval(), collate_pairs(pairs, pad_id))
-    n = len(pairs)
-    return logps[:n] - logps[n:]
-
-
 def test_pair_loss_module_sums_per_pair_losses(tiny_model, tiny_tokenizer):
     """PairLoss has CausalLMLoss's (sum, count) contract, counted in pairs."""
     pairs = _pairs(tiny_tokenizer, n=3)
@@ -97,21 +89,3 @@ def test_pair_loss_module_sums_per_pair_losses(tiny_model, tiny_tokenizer):
         logps = sequence_logps(tiny_model, batch)
     expected, _ = spin_loss(logps[:3], logps[3:], batch["ref_real"], batch["ref_generated"], 0.2)
     assert int(count) == 3 and float(loss_sum) == pytest.approx(3 * float(expected), rel=1e-5)
-
-
-def test_train_pairs_starts_at_log2_and_widens_the_margin(tiny_model, tiny_tokenizer):
-    pairs = _pairs(tiny_tokenizer)
-    pad = tiny_tokenizer.pad_token_id
-    reference_logps(tiny_model, pairs, pad)
-    frozen = [(p.ref_real, p.ref_generated) for p in pairs]
-    before = _margins(tiny_model, pairs, pad)
-    config = PairTrainConfig(beta=0.1, epochs=3, batch_size=4,
-                             optim=OptimSection(lr=1e-3, schedule="constant"))
-    prepared, history = train_pairs(tiny_model, tiny_tokenizer, pairs, config)
-    assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference
-    assert len(history) == 6
-    after = _margins(prepared.model, pairs, pad)
-    assert float((after - before).mean()) > 1.0
-    assert history[-1]["loss"] < math.log(2)
-    # the reference log-probs were read, never written
-    assert [(p.ref_real, p.ref_generated) for p in pairs] == frozen
