@@ -112,3 +112,17 @@ def test_filter_logits_keeps_top_k_and_the_nucleus():
     assert torch.isinf(filter_logits(logits, top_p=0.81)).tolist() == [[False, False, False, True]]
     assert torch.isinf(filter_logits(logits, top_p=0.1)).tolist() == [[False, True, True, True]]
 
+
+
+def test_few_rows_linear_equals_f_linear():
+    from sftlab.infer.continuous import _FewRowsLinear
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(24, 40)
+    for shape in [(3, 1, 24), (8, 24), (2, 30, 24)]:   # the last one has too many rows: passed through
+        x = torch.randn(shape)
+        with _FewRowsLinear():
+            out = layer(x)
+        torch.testing.assert_close(out, torch.nn.functional.linear(x, layer.weight, layer.bias),
+                                   rtol=1e-5, atol=1e-6)
+        assert out.shape == (*shape[:-1], 40)
