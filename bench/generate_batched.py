@@ -8,7 +8,7 @@ decoding, the same max_new_tokens. The baseline is what a user writes without sf
 machine's speed drifts); prints one JSON object with each round's figures, the paired
 speed-ups, their median, and whether the outputs are identical token for token.
 
-Run: .venv/bin/python bench/generate_batched.py [--threads 1] [--prompts 16] [--batch-size 8] [--rounds 2]
+Run: .venv/bin/python bench/generate_batched.py [--threads 2] [--prompts 16] [--batch-size 8] [--rounds 2]
 """
 from __future__ import annotations
 
@@ -63,12 +63,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for both sides")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads for both sides (0: PyTorch's default, all cores)")
     args = parser.parse_args()
 
     import torch
 
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from sftlab.infer.base import SamplingConfig
     from sftlab.infer.hf import HFGenerator
     from sftlab.models import load_model, load_tokenizer
