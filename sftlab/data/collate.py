@@ -34,6 +34,8 @@ pad_id`` (with SmolLM2, pad == eos and the eos must stay trained).
 """
 from __future__ import annotations
 
+import itertools
+
 from typing import Literal, Sequence
 
 from sftlab.data.packing import PackedRow
@@ -125,3 +127,20 @@ def collate_packed(rows: Sequence[PackedRow], pad_id: int, pad_to_multiple_of: i
         causal = torch.ones((length, length), dtype=torch.bool).tril()
         batch["attention_mask"] = (same_example & causal)[:, None, :, :]
     return batch
+
+
+def segment_bounds(rows: Sequence[PackedRow], length: int):
+    """``LongTensor[B, S + 1]``: each packed row's block boundaries, from 0 to ``length`` (the
+    row as ``collate_packed`` padded it); the padding at a row's end is a block of its own,
+    as in the mask. Rows with fewer blocks repeat their last boundary. What
+    ``sftlab.train.attention`` needs to attend block by block.
+
+    >>> segment_bounds([row_of_lengths_3_2, row_of_length_4], 6)
+    tensor([[0, 3, 5, 6], [0, 4, 6, 6]])
+    """
+    import torch
+
+    bounds = [[0, *itertools.accumulate(r.seq_lengths)] for r in rows]
+    bounds = [b + [length] if b[-1] < length else b for b in bounds]
+    width = max(len(b) for b in bounds)
+    return torch.tensor([b + b[-1:] * (width - len(b)) for b in bounds], dtype=torch.long)

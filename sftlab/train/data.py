@@ -25,7 +25,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
-from sftlab.data.collate import collate_packed, collate_padded
+from sftlab.data.collate import collate_packed, collate_padded, segment_bounds
 from sftlab.data.packing import PackedRow, pack
 from sftlab.errors import DataError
 from sftlab.train.pairwise import Pair, collate_pairs, read_pairs
@@ -202,6 +202,7 @@ def collate(items: list, pad_id: int, padding_free: bool = False) -> Batch:
         items = [row]
     if isinstance(items[0], PackedRow):
         tensors = collate_packed(items, pad_id)
+        tensors["segments"] = segment_bounds(items, tensors["input_ids"].shape[1])
         tokens = sum(len(row) for row in items)
     else:
         tensors = collate_padded(items, pad_id)

@@ -103,7 +103,9 @@ class CausalLMLoss(nn.Module):
         self.chunk_size = chunk_size
         self.body, self.head = split_model(model)
 
-    def forward(self, input_ids, labels, attention_mask=None, position_ids=None):
+    def forward(self, input_ids, labels, attention_mask=None, position_ids=None, segments=None):
+        """``segments``: packed rows' block boundaries, for ``sftlab.train.attention``
+        (ignored by other attention implementations, which use the mask)."""
         targets = next_token_targets(labels, position_ids)
         keep = targets != IGNORE_INDEX
         if self.body is None:  # a model whose head cannot be split off (prompt tuning)
@@ -112,8 +114,9 @@ class CausalLMLoss(nn.Module):
             logits = logits[:, -targets.shape[1]:]  # drop virtual-token positions
             loss = F.cross_entropy(logits[keep].float(), targets[keep], reduction="sum")
             return loss, keep.sum()
+        extra = {} if segments is None else {"segments": segments}
         hidden = self.body(input_ids=input_ids, attention_mask=attention_mask,
-                           position_ids=position_ids, use_cache=False).last_hidden_state
+                           position_ids=position_ids, use_cache=False, **extra).last_hidden_state
         loss = linear_cross_entropy(hidden[keep], self.head.weight, targets[keep],
                                     bias=self.head.bias, chunk_size=self.chunk_size)
         return loss, keep.sum()

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from sftlab.errors import ConfigError
-from sftlab.train import checkpoint, data
+from sftlab.train import attention, checkpoint, data
 from sftlab.train import run as run_files
 from sftlab.train.config import TrainConfig
 from sftlab.train.loss import CausalLMLoss, batch_tokens, normaliser, step_token_count
@@ -168,6 +168,8 @@ def setup(config: TrainConfig, model=None, tokenizer=None, train_examples=None,
         loss_module = PairLoss(prepared.model, config.spin.beta, prepared.logit_offset).train()
     else:
         loss_module = CausalLMLoss(prepared.model, chunk_size=config.loss_chunk_size).train()
+    if config.data.packing or config.data.padding_free:  # attend within each example only
+        attention.enable(prepared.model)
     if config.optim.in_backward:
         _check_in_backward(config, accelerator, prepared)
         optimizer = InBackwardOptimizer(optimizer)  # steps itself: not handed to accelerate
@@ -579,6 +581,7 @@ def finish(run: Run) -> TrainResult:
     elif run.eval_units:
         eval_loss = evaluate(run)
         log(run, {"step": run.state.step, "eval_loss": round(eval_loss, 6)})
+    attention.disable(run.prepared.model)  # the saved config names transformers' own sdpa
     saved_to = None
     if config.save_model:
         acc.wait_for_everyone()
