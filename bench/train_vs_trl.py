@@ -14,8 +14,9 @@ sftlab's settings (all ordinary config keys): ``data.padding_free`` (each batch 
 row: the same 4 examples, no padding, attention isolated per example), the LM head only at
 labelled positions without a full logits tensor, fused AdamW, and for full fine-tuning
 ``optim.in_backward`` (each parameter is updated as soon as its gradient is complete, so
-the model's gradients never all exist at once; same AdamW math), and ``release_memory``
-(``--release-memory 0`` turns it off: faster steps, higher peak RSS). A ``full_logits`` run of
+the model's gradients never all exist at once; same AdamW math), per-example attention in
+the padding-free row, and ``release_memory`` (on by default; ``--release-memory 0`` turns
+it off: slightly faster steps, higher peak RSS). A ``full_logits`` run of
 sftlab (the plain ``model(...).logits`` cross-entropy instead of the chunked head) shows
 what the chunked loss saves in peak memory.
 
@@ -47,9 +48,9 @@ def main() -> None:
                         help="worker: the LM-head loss implementation")
     parser.add_argument("--no-memory-demo", action="store_true",
                         help="skip the full-logits memory comparison run")
-    parser.add_argument("--release-memory", type=int, default=0, choices=[0, 1],
-                        help="sftlab's release_memory setting (1: freed activations go back to "
-                             "the OS at once: lower peak RSS, ~15%% slower steps on this CPU)")
+    parser.add_argument("--release-memory", type=int, default=1, choices=[0, 1],
+                        help="sftlab's release_memory setting (default 1, as in sftlab: memory "
+                             "freed in the forward pass goes back to the OS every 5 layers)")
     peer_args = argparse.ArgumentParser(add_help=False)
     _peer_model().add_common_args(peer_args)
     for action in peer_args._actions:

@@ -45,6 +45,7 @@ from sftlab.train import attention, checkpoint, data
 from sftlab.train import run as run_files
 from sftlab.train.config import TrainConfig
 from sftlab.train.loss import CausalLMLoss, batch_tokens, normaliser, step_token_count
+from sftlab.train.memory import trim_during_forward
 from sftlab.train.pairwise import Pair, PairLoss, count_pairs, reference_logps
 from sftlab.types import Tokenized
 
@@ -123,8 +124,6 @@ def setup(config: TrainConfig, model=None, tokenizer=None, train_examples=None,
 
     if config.threads:
         torch.set_num_threads(config.threads)
-    if config.release_memory:
-        _release_freed_memory()
     set_seed(config.seed)
     # cpu=True when there is no GPU: accelerate only sets up multi-process CPU (gloo) then
     accelerator = Accelerator(mixed_precision=config.mixed_precision,
@@ -170,6 +169,8 @@ def setup(config: TrainConfig, model=None, tokenizer=None, train_examples=None,
         loss_module = CausalLMLoss(prepared.model, chunk_size=config.loss_chunk_size).train()
     if config.data.packing or config.data.padding_free:  # attend within each example only
         attention.enable(prepared.model)
+    if config.release_memory and accelerator.device.type == "cpu":
+        trim_during_forward(prepared.model)
     if config.optim.in_backward:
         _check_in_backward(config, accelerator, prepared)
         optimizer = InBackwardOptimizer(optimizer)  # steps itself: not handed to accelerate
@@ -352,23 +353,6 @@ def _check_lengths(config: TrainConfig, model) -> None:
     if limit is not None and config.data.max_length > limit:
         raise ConfigError(f"data.max_length={config.data.max_length} is above the model's "
                           f"max_position_embeddings={limit}; set data.max_length<={limit}")
-
-
-def _release_freed_memory(threshold: int = 256 * 1024) -> bool:
-    """glibc ``mallopt(M_MMAP_THRESHOLD, 256 KiB)``: big blocks are mmapped, so ``free``
-    returns them to the OS (glibc otherwise raises the threshold as blocks are freed and
-    keeps activation-sized blocks in its heap). False where glibc is not there."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        return bool(libc.mallopt(-3, threshold))  # -3 = M_MMAP_THRESHOLD (malloc.h)
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
-        return False
 
 
 def _print(accelerator, text: str) -> None:
