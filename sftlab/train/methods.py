@@ -432,8 +432,13 @@ def _plain(model, method: str) -> Prepared:
 
 @METHODS.register("lora")
 def prepare_lora(model, config: MethodConfig, tokenizer=None) -> Prepared:
-    """LoRA (Hu et al. 2021, PEFT) on lora.target_modules; B = 0, so it starts as the base."""
-    return _peft(model, _lora_config(config, use_dora=False), "lora")
+    """LoRA (Hu et al. 2021, PEFT) on lora.target_modules; B = 0, so it starts as the base.
+    Plain LoRA layers get a leaner forward (``sftlab.train.fused``: same math)."""
+    from sftlab.train.fused import fuse_lora
+
+    prepared = _peft(model, _lora_config(config, use_dora=False), "lora")
+    fuse_lora(prepared.model)
+    return prepared
 
 
 @METHODS.register("dora")

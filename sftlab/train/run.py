@@ -168,8 +168,9 @@ def rewrite_metrics(output_dir: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
-def plot_loss(output_dir: Path, history: list[dict]) -> Path | None:
-    """``loss.png``: training loss per logged step, eval loss as points."""
+def plot_loss(output_dir: Path, history: list[dict], unit: str = "labelled token") -> Path | None:
+    """``loss.png``: training loss per logged step, eval loss as points; ``unit`` is what the
+    loss is a mean over (``pair`` for SPIN)."""
     train = [(r["step"], r["loss"]) for r in history if "loss" in r]
     evals = [(r["step"], r["eval_loss"]) for r in history if "eval_loss" in r]
     if not train and not evals:
@@ -185,7 +186,7 @@ def plot_loss(output_dir: Path, history: list[dict]) -> Path | None:
     if evals:
         ax.plot(*zip(*evals), "o-", label="eval loss")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (mean per labelled token)")
+    ax.set_ylabel(f"loss (mean per {unit})")
     ax.grid(alpha=0.3)
     ax.legend()
     path = Path(output_dir) / "loss.png"

@@ -44,6 +44,7 @@ from sftlab.errors import ConfigError
 from sftlab.train import attention, checkpoint, data
 from sftlab.train import run as run_files
 from sftlab.train.config import TrainConfig
+from sftlab.train.fused import fuse_swiglu
 from sftlab.train.loss import CausalLMLoss, batch_tokens, normaliser, step_token_count
 from sftlab.train.memory import trim_during_forward
 from sftlab.train.pairwise import Pair, PairLoss, count_pairs, reference_logps
@@ -161,6 +162,7 @@ def setup(config: TrainConfig, model=None, tokenizer=None, train_examples=None,
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     prepared = prepare_model(model, config.method, tokenizer)
+    fuse_swiglu(prepared.model)  # one [tokens, intermediate] activation fewer per layer
     _print(accelerator, prepared.describe())
     optimizer = None if prepared.fused_backward else build_optimizer(prepared.parameters, config.optim)
     if spin:
@@ -576,7 +578,8 @@ def finish(run: Run) -> TrainResult:
             run.tokenizer.save_pretrained(saved_to)
         acc.wait_for_everyone()
     if acc.is_main_process and config.plot:
-        run_files.plot_loss(run.output_dir, run.history)
+        run_files.plot_loss(run.output_dir, run.history,
+                            "pair" if config.objective == "spin" else "labelled token")
     losses = [row["loss"] for row in run.history if "loss" in row]
     if saved_to is not None:
         _print(acc, f"saved {saved_to}")
