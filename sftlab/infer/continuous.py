@@ -98,6 +98,7 @@ class KVBatch:
     def __init__(self) -> None:
         self.layers: list[_Layer] = []
         self.lengths: list[int] = []
+        self._split = None  # (body, head) of the model being stepped, found on the first step
 
     @property
     def width(self) -> int:
@@ -137,8 +138,12 @@ class KVBatch:
                       attention_mask=(columns[None, :] >= (width - lengths)[:, None]).long(),
                       past_key_values=self._cache(), use_cache=True)
         self.lengths = [n + 1 for n in self.lengths]
+        if self._split is None:
+            from sftlab.models import split_model
+
+            self._split = split_model(model)
         with _FewRowsLinear() if _few_rows_helps(device) else contextlib.nullcontext():
-            return next_token_logits(model, inputs)
+            return next_token_logits(model, inputs, self._split)
 
     def _cache(self):
         from transformers import DynamicCache
@@ -148,14 +153,15 @@ class KVBatch:
         return cache
 
 
-def next_token_logits(model, inputs: dict) -> torch.Tensor:
+def next_token_logits(model, inputs: dict, split=None) -> torch.Tensor:
     """Logits ``[B, vocab]`` at the last position. With a plain linear head the decoder runs
     without it and the head is applied as ``weight @ hidden.T`` (vocab rows times a few
     columns), which MKL runs about 1.6x faster on this CPU than ``F.linear``'s
-    ``hidden @ weight.T`` for a handful of rows: the head is a fifth of a decode step."""
+    ``hidden @ weight.T`` for a handful of rows: the head is a fifth of a decode step.
+    ``split``: ``sftlab.models.split_model(model)``, when the caller has it already."""
     from sftlab.models import split_model
 
-    body, head = split_model(model)
+    body, head = split or split_model(model)
     if body is None or head.bias is not None:
         return model(**inputs).logits[:, -1]
     hidden = body(**inputs).last_hidden_state[:, -1]

@@ -147,9 +147,9 @@ class _RowTracker:
 class HFGenerator:
     """``sftlab.infer.base.Generator`` over a transformers model (optionally PEFT-wrapped).
 
-    ``batch_size`` prompts run per ``model.generate`` call. Sampling is reproducible: a
-    call with the same prompts, settings and ``seed`` returns the same text (``seed=-1``:
-    fresh randomness every call).
+    ``batch_size``: sequences decoded together (in flight at once). Sampling is
+    reproducible: a call with the same prompts, settings and ``seed`` returns the same text
+    whatever the batch size (``seed=-1``: fresh randomness every call).
     """
 
     def __init__(self, model, tokenizer, batch_size: int = 8, name: str | None = None) -> None:
