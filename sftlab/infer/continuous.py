@@ -98,7 +98,6 @@ class KVBatch:
     def __init__(self) -> None:
         self.layers: list[_Layer] = []
         self.lengths: list[int] = []
-        self._split = None  # (body, head) of the model being stepped, found on the first step
 
     @property
     def width(self) -> int:
@@ -127,9 +126,9 @@ class KVBatch:
         self.layers = [_Layer(layer.keys[index, :, start:], layer.values[index, :, start:])
                        for layer in self.layers]
 
-    def step(self, model, tokens: list[int]) -> torch.Tensor:
+    def step(self, model, split, tokens: list[int]) -> torch.Tensor:
         """Feed one token per row; returns next-token logits ``[B, vocab]``; the cache grows
-        by one column."""
+        by one column. ``split``: ``sftlab.models.split_model(model)``."""
         device = self.layers[0].key_buffer.device
         width = self.width
         lengths = torch.tensor(self.lengths, device=device)
@@ -138,12 +137,8 @@ class KVBatch:
                       attention_mask=(columns[None, :] >= (width - lengths)[:, None]).long(),
                       past_key_values=self._cache(), use_cache=True)
         self.lengths = [n + 1 for n in self.lengths]
-        if self._split is None:
-            from sftlab.models import split_model
-
-            self._split = split_model(model)
         with _FewRowsLinear() if _few_rows_helps(device) else contextlib.nullcontext():
-            return next_token_logits(model, inputs, self._split)
+            return next_token_logits(model, split, inputs)
 
     def _cache(self):
         from transformers import DynamicCache
@@ -153,15 +148,13 @@ class KVBatch:
         return cache
 
 
-def next_token_logits(model, inputs: dict, split=None) -> torch.Tensor:
+def next_token_logits(model, split, inputs: dict) -> torch.Tensor:
     """Logits ``[B, vocab]`` at the last position. With a plain linear head the decoder runs
     without it and the head is applied as ``weight @ hidden.T`` (vocab rows times a few
     columns), which MKL runs about 1.6x faster on this CPU than ``F.linear``'s
     ``hidden @ weight.T`` for a handful of rows: the head is a fifth of a decode step.
-    ``split``: ``sftlab.models.split_model(model)``, when the caller has it already."""
-    from sftlab.models import split_model
-
-    body, head = split or split_model(model)
+    ``split``: ``(body, head)`` from ``sftlab.models.split_model(model)``."""
+    body, head = split
     if body is None or head.bias is not None:
         return model(**inputs).logits[:, -1]
     hidden = body(**inputs).last_hidden_state[:, -1]
@@ -234,6 +227,9 @@ def generate_continuously(model, prompts: Sequence[Sequence[int]], batch_size: i
     """Decode every prompt until ``on_token`` says it is finished; returns the number of
     batched decode steps. Prompts are admitted in the order given (index = position in
     ``prompts``). Call under ``torch.inference_mode()``."""
+    from sftlab.models import split_model
+
+    split = split_model(model)   # once per call, not per step
     prefix = shared_prefix(model, prompts)
     waiting = deque(range(len(prompts)))
     batch, active, pending = KVBatch(), [], []   # row r of the cache is sequence active[r]
@@ -249,7 +245,7 @@ def generate_continuously(model, prompts: Sequence[Sequence[int]], batch_size: i
                 pending.append(token)
         if not active:
             continue
-        logits = batch.step(model, pending)
+        logits = batch.step(model, split, pending)
         steps += 1
         chosen = pick(logits, active)
         stay = [r for r, (index, token) in enumerate(zip(active, chosen)) if not on_token(index, token)]

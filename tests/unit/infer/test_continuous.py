@@ -7,6 +7,7 @@ import torch
 from sftlab.infer.base import SamplingConfig
 from sftlab.infer.continuous import KVBatch, generate_continuously, prefill, shared_prefix, supports_continuous
 from sftlab.infer.hf import HFGenerator, filter_logits
+from sftlab.models import split_model
 
 # different lengths; prompts 0-2 share a 20-token prefix
 PREFIX = list(range(10, 30))
@@ -46,7 +47,7 @@ def test_cache_keeps_only_columns_a_row_uses(tiny_model):
         for prompt in ([1, 2, 3, 4, 5, 6], [7, 8]):
             batch.add(prefill(tiny_model, prompt)[1])
         assert batch.lengths == [6, 2] and batch.width == 6
-        batch.step(tiny_model, [3, 4])
+        batch.step(tiny_model, split_model(tiny_model), [3, 4])
         assert batch.lengths == [7, 3] and batch.width == 7
         batch.keep([1])                        # the long row leaves: 4 padding columns go
         assert batch.lengths == [3] and batch.width == 3
@@ -61,12 +62,12 @@ def test_a_padded_row_steps_to_the_logits_it_has_alone(tiny_model):
         for prompt in prompts:
             together.add(prefill(tiny_model, prompt)[1])
         for _ in range(2):
-            batched = together.step(tiny_model, tokens)
+            batched = together.step(tiny_model, split_model(tiny_model), tokens)
         for row, prompt in enumerate(prompts):
             alone = KVBatch()
             alone.add(prefill(tiny_model, prompt)[1])
             for _ in range(2):
-                single = alone.step(tiny_model, tokens[row:row + 1])
+                single = alone.step(tiny_model, split_model(tiny_model), tokens[row:row + 1])
             torch.testing.assert_close(batched[row:row + 1], single, rtol=1e-5, atol=1e-5)
 
 
