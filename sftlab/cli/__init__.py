@@ -1,8 +1,8 @@
 """``sftlab <command>``: thin adapters from argv to the config dataclasses of the API.
 
-Each command group lives in its own module with a ``register(subparsers)`` function; the
-modules import heavy libraries (torch, transformers) inside their handlers so that
-``sftlab --help`` answers at once.
+Each command group lives in its own module with a ``register(subparsers)`` function that
+builds its options from the command's config dataclass (``sftlab.cli.options``). Only the
+module of the command being run is imported, so ``sftlab --help`` answers at once.
 """
 from __future__ import annotations
 
@@ -10,27 +10,55 @@ import argparse
 import importlib
 import sys
 
+from sftlab.cli.options import split_overrides
 from sftlab.errors import SftlabError
 
-# command-group modules, in the order `sftlab --help` lists them
-COMMAND_MODULES = ["quickstart", "data", "synth", "train", "models", "eval"]
+# command -> (the module that registers it, its line in `sftlab --help`), in listing order.
+# `sftlab --help` imports none of the modules (they import the configs, and those torch);
+# `sftlab CMD ...` imports only CMD's module. tests/unit/cli/test_help.py checks that these
+# lines are the ones the modules register.
+COMMANDS = {
+    "quickstart": ("quickstart", "the main job: build data, evaluate, LoRA-tune, evaluate, report"),
+    "data": ("data", "convert, inspect, mask-preview and mix instruction data"),
+    "synth": ("synth", "synthesise instruction data with a teacher (distill, self-instruct, evol, ...)"),
+    "train": ("train", "fine-tune a model on instruction data (full, LoRA, QLoRA, ...)"),
+    "models": ("models", "list the models available locally"),
+    "generate": ("models", "complete a file of prompts (resumable)"),
+    "chat": ("models", "chat with a model in the terminal"),
+    "serve": ("models", "serve a model over an OpenAI-compatible HTTP API"),
+    "export": ("models", "export a trained model or adapter (optionally merged)"),
+    "eval": ("eval", "evaluate a model on close-ended tasks (GSM8K, MATH, BBH, MC, ...)"),
+    "judge": ("eval", "LLM-as-a-judge: win rates (AlpacaEval, LC) and MT-Bench"),
+    "report": ("eval", "compare result directories: HTML page + Markdown summary"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None, *, everything: bool = False) -> argparse.ArgumentParser:
+    """The parser for ``argv``: the full parser of the command it names, a one-line entry
+    for every other command; ``everything=True`` registers every command in full."""
     parser = argparse.ArgumentParser(
         prog="sftlab",
         description="Instruction tuning end to end: build data, train, generate, serve, evaluate.",
     )
     parser.add_argument("--version", action="version", version=f"sftlab {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"sftlab.cli.{name}").register(subparsers)
+    wanted = next((word for word in argv or [] if not word.startswith("-")), None)
+    to_load = {module for module, _ in COMMANDS.values()} if everything else \
+        {COMMANDS[wanted][0]} if wanted in COMMANDS else set()
+    loaded: set[str] = set()
+    for name, (module, help) in COMMANDS.items():
+        if module not in to_load:
+            subparsers.add_parser(name, help=help)
+        elif module not in loaded:  # registers all of the module's commands at once
+            importlib.import_module(f"sftlab.cli.{module}").register(subparsers)
+            loaded.add(module)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
+    args = split_overrides(parser, argv)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0

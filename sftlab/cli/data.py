@@ -11,7 +11,9 @@ SUBCOMMAND_MODULES = ["data_io", "data_mask", "data_mix"]
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("data", help="convert, inspect, mask-preview and mix instruction data")
+    parser = subparsers.add_parser("data", help="convert, inspect, mask-preview and mix instruction data",
+                                   description="Instruction data: convert between formats, count and plot "
+                                               "lengths, show which tokens train, mix sources, apply templates.")
     group = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     parser.set_defaults(handler=lambda args: parser.print_help())
     for name in SUBCOMMAND_MODULES:

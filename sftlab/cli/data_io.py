@@ -16,8 +16,8 @@ oasst, canonical, ...; detected from the first rows unless --format is given), v
 every record and write it in another format.
 
 example:
-  sftlab data convert alpaca_en_demo.json -o data/alpaca.jsonl
-  sftlab data convert trees.jsonl --format oasst --oasst-best-path --to sharegpt -o out.json --on-error skip
+  sftlab data convert ../shared/data/formats/alpaca_en_demo.json -o data/alpaca.jsonl
+  sftlab data convert ../shared/data/formats/oasst_en_100_tree.jsonl --format oasst --oasst-best-path --to sharegpt -o data/oasst.json --on-error skip
 """
 
 STATS_HELP = """\
@@ -25,8 +25,8 @@ Count records, conversations, turns, roles, empty messages and characters per me
 with --tokenizer also tokens per conversation (mean, p50, p90, p99, max) and a histogram PNG.
 
 example:
-  sftlab data stats alpaca_en_demo.json --tokenizer tiny --plot lengths.png
-  sftlab data stats data/train.jsonl --json
+  sftlab data stats ../shared/data/formats/alpaca_en_demo.json --tokenizer tiny --plot data/lengths.png
+  sftlab data stats data/alpaca.jsonl --json
 """
 
 

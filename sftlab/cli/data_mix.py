@@ -4,12 +4,15 @@ from __future__ import annotations
 import argparse
 import textwrap
 
+from sftlab.config import format_field_docs, load_config
+from sftlab.data.mix import MixConfig, build_mixture, mix_summary, write_mixture
+
 MIX_EXAMPLE = textwrap.dedent("""\
     example:
-      sftlab data mix mix.yaml -o data/mix.jsonl
-      sftlab data mix mix.yaml -o data/mix.jsonl --set total=5000 --set dedup.threshold=0.7
+      sftlab data mix examples/mix_demo.yaml -o data/mix.jsonl
+      sftlab data mix examples/mix_demo.yaml -o data/mix-600.jsonl --set total=600 dedup.threshold=0.7
 
-    mix.yaml:
+    a mix.yaml with every kind of source (paths relative to where you run):
       sources:
         - {path: alpaca_en_demo.json, weight: 1.0}
         - {path: seed_tasks.jsonl, format: self_instruct, max_examples: 100}
@@ -32,9 +35,9 @@ MIX_EXAMPLE = textwrap.dedent("""\
 TEMPLATE_EXAMPLE = textwrap.dedent("""\
     examples:
       # PromptSource (P3) templates: one record per row x template
-      sftlab data apply-template HumanEval.jsonl.gz --promptsource openai_humaneval/templates.yaml -o he.jsonl
+      sftlab data apply-template ../shared/data/humaneval/HumanEval.jsonl.gz --promptsource ../shared/data/promptsource/openai_humaneval/templates.yaml -o data/he.jsonl
       # a built-in Flan-style task, 2-shot, held-out templates only (for evaluation)
-      sftlab data apply-template sst2.jsonl --task sentiment --few-shot 2 --templates held_out -o eval.jsonl""")
+      sftlab data apply-template ../shared/data/gsm8k/test.jsonl --task gsm8k --few-shot 2 --templates held_out -o data/gsm8k-eval.jsonl""")
 
 
 def register(subparsers) -> None:
@@ -43,11 +46,13 @@ def register(subparsers) -> None:
         description="Mix several instruction-data sources into one file: exact and near-duplicate "
                     "removal, n-gram decontamination against evaluation sets, per-source caps and "
                     "weights. Deterministic for a given seed.",
-        epilog=MIX_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=MIX_EXAMPLE + "\n\n" + format_field_docs(MixConfig),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     mix.add_argument("config", help="mix config YAML (see the example below)")
     mix.add_argument("-o", "--output", required=True, help="output JSONL (canonical conversations)")
     mix.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a config key (repeatable), e.g. --set total=5000 --set dedup.threshold=0.7")
+                     help="override a config key (repeatable), e.g. --set total=5000 --set dedup.threshold=0.7; "
+                          "a bare KEY=VALUE after the options does the same")
     mix.set_defaults(handler=run_mix)
 
     apply = subparsers.add_parser(
@@ -66,14 +71,11 @@ def register(subparsers) -> None:
     apply.add_argument("--no-options", action="store_true", help="do not list the label options")
     apply.add_argument("--per-row", choices=["one", "all"], default="one",
                        help="one random template per row (Flan) or every template (P3)")
-    apply.add_argument("--seed", type=int, default=0)
+    apply.add_argument("--seed", type=int, default=0, help="seed of the template and exemplar choice (default 0)")
     apply.set_defaults(handler=run_apply_template)
 
 
 def run_mix(args: argparse.Namespace) -> int:
-    from sftlab.config import load_config
-    from sftlab.data.mix import MixConfig, build_mixture, mix_summary, write_mixture
-
     config = load_config(MixConfig, args.config, args.overrides)
     result = build_mixture(config, progress=True)
     paths = write_mixture(result, config, args.output)

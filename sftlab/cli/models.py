@@ -1,13 +1,107 @@
-"""``sftlab models | generate | chat | serve | export``: using a model once it exists."""
+"""``sftlab models | generate | chat | serve | export``: using a model once it exists.
+
+``generate`` runs on ``sftlab.infer.files.GenerateConfig``; ``chat``, ``serve`` and ``export``
+on the configs below (their code takes plain arguments). Every command's options come from
+its config through ``sftlab.cli.options``: flags, ``--config FILE.yaml`` and ``KEY=VALUE``.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass, field
+from typing import Literal
 
-MODEL_HELP = ("'default' (SmolLM2-135M-Instruct, embedded), 'tiny' (random, for tests), a model "
-              "directory, a training run directory, an adapter directory or a hub id")
+from sftlab.cli.options import Flag, add_config_arguments, config_from_args
+from sftlab.infer.base import SamplingConfig
+from sftlab.infer.files import GenerateConfig
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class ChatConfig:
+    """``sftlab chat``: an interactive conversation with one model."""
+
+    model: str = "default"
+    """`default` (SmolLM2-135M-Instruct, embedded), `tiny` (random, for tests), a model
+    directory, a training run directory, an adapter directory or a hub id."""
+    adapter: str | None = None
+    """A PEFT adapter directory (or run directory with adapter/) to apply to the model."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Model weights' dtype."""
+    device: str = "cpu"
+    """Where the model runs: cpu, cuda, cuda:1, mps."""
+    trust_remote_code: bool = False
+    """Allow model code from the model directory or hub to run (off by default)."""
+    system: str | None = None
+    """System message that opens the conversation (`/system TEXT` changes it)."""
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=512, temperature=0.7))
+    """Decoding settings of each reply."""
+
+
+@dataclass
+class ServeConfig:
+    """``sftlab serve``: one model behind an OpenAI-compatible HTTP API."""
+
+    model: str = "default"
+    """`default` (SmolLM2-135M-Instruct, embedded), `tiny` (random, for tests), a model
+    directory, a training run directory, an adapter directory or a hub id."""
+    adapter: str | None = None
+    """A PEFT adapter directory (or run directory with adapter/) to apply to the model."""
+    batch_size: int = 8
+    """Most prompts generated together; concurrent requests fill the batch."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Model weights' dtype."""
+    device: str = "cpu"
+    """Where the model runs: cpu, cuda, cuda:1, mps."""
+    trust_remote_code: bool = False
+    """Allow model code from the model directory or hub to run (off by default)."""
+    host: str = "127.0.0.1"
+    """Address to bind; anything but loopback without an API key is open to anyone who can
+    reach it."""
+    port: int = 8000
+    """TCP port to listen on."""
+    api_key: str | None = None
+    """Require `Authorization: Bearer KEY` on every request; none: $SFTLAB_API_KEY if set,
+    else no key."""
+    batch_window_ms: float = 10.0
+    """How long to collect concurrent requests into one batch, in milliseconds."""
+    max_tokens: int = 256
+    """Completion length of a request that does not set max_tokens."""
+
+
+@dataclass
+class ExportConfig:
+    """``sftlab export``: a standalone model directory from a run, adapter or model."""
+
+    source: str = ""
+    """A run directory (with adapter/ or model/), an adapter directory or a model directory."""
+    output: str = ""
+    """The new directory to write (safetensors, tokenizer, chat template, sftlab_export.json)."""
+    merge: bool = False
+    """Fold a LoRA adapter into the base weights, so the result loads without PEFT."""
+    base: str | None = None
+    """Base model of the adapter; none: the one its adapter_config.json names."""
+
+
+# the options every model-loading command shares
+MODEL_FLAGS = {
+    "model": Flag("model", nargs="?", metavar="MODEL", required=True),
+    "adapter": "--adapter",
+    "dtype": Flag("--dtype", choices=DTYPES),
+    "device": "--device",
+}
+
+SAMPLING_FLAGS = {
+    "sampling.max_new_tokens": "--max-new-tokens",
+    "sampling.temperature": "--temperature",
+    "sampling.top_p": "--top-p",
+    "sampling.top_k": "--top-k",
+    "sampling.seed": "--seed",
+    "sampling.stop": Flag("--stop", append=True, metavar="TEXT"),
+}
 
 
 def register(subparsers) -> None:
@@ -18,51 +112,26 @@ def register(subparsers) -> None:
     _register_export(subparsers)
 
 
-def _parser(subparsers, name: str, help: str, description: str, example: str):
-    return subparsers.add_parser(name, help=help, description=f"{description}\n\nexample:\n  {example}",
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parser(subparsers, name: str, help: str, description: str):
+    return subparsers.add_parser(name, help=help, description=description)
 
 
-def _model_arguments(parser, batch_size: int = 8) -> None:
-    parser.add_argument("model", metavar="MODEL", help=MODEL_HELP)
-    parser.add_argument("--adapter", help="a PEFT adapter directory (or run dir with adapter/) to apply")
-    parser.add_argument("--batch-size", type=int, default=batch_size, help=f"prompts per forward batch "
-                        f"(default {batch_size})")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default cpu)")
+def _trust_remote_code_flag(parser) -> None:
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow model code from the model directory or hub to run (off by default)")
 
 
-def _sampling_arguments(parser, max_new_tokens: int, temperature: float) -> None:
-    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
-                        help=f"completion length limit (default {max_new_tokens})")
-    parser.add_argument("--temperature", type=float, default=temperature,
-                        help=f"0 = greedy (default {temperature})")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0)")
-    parser.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest (0 = off)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    parser.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                        help="stop string (repeatable); the output ends before it")
+def _generator(config, *, backend: str = "hf", trust_remote_code: bool = False):
+    """An ``HFGenerator`` (or ``VLLMGenerator``) for the model the config names."""
+    if backend == "vllm":
+        from sftlab.infer.vllm import VLLMGenerator  # lazy: vllm is optional and needs a GPU
 
+        return VLLMGenerator(config.model, adapter=config.adapter, trust_remote_code=trust_remote_code)
+    from sftlab.infer.hf import HFGenerator  # lazy: loads torch and transformers
 
-def _sampling(args):
-    from sftlab.infer.base import SamplingConfig
-
-    return SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                          top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=list(args.stop))
-
-
-def _generator(args):
-    if getattr(args, "backend", "hf") == "vllm":
-        from sftlab.infer.vllm import VLLMGenerator
-
-        return VLLMGenerator(args.model, adapter=args.adapter, trust_remote_code=args.trust_remote_code)
-    from sftlab.infer.hf import HFGenerator
-
-    return HFGenerator.from_name(args.model, adapter=args.adapter, batch_size=args.batch_size,
-                                 dtype=args.dtype, device=args.device,
-                                 trust_remote_code=args.trust_remote_code)
+    return HFGenerator.from_name(config.model, adapter=config.adapter, batch_size=getattr(config, "batch_size", 1),
+                                 dtype=config.dtype, device=config.device,
+                                 trust_remote_code=trust_remote_code)
 
 
 # -- models -----------------------------------------------------------------------------------
@@ -71,14 +140,15 @@ def _generator(args):
 def _register_models(subparsers) -> None:
     parser = _parser(subparsers, "models", "list the models available locally",
                      "List the models sftlab can load without a network: the embedded default "
-                     "model (converted to the cache or not yet), tiny, and cached models.",
-                     "sftlab models")
+                     "model (converted to the cache or not yet), tiny, and cached models.")
+    parser.epilog = "example:\n  sftlab models"
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     parser.set_defaults(handler=_models)
 
 
 def _models(args) -> int:
-    from sftlab.models import available_models
+    from sftlab.models import available_models  # lazy: loads torch and transformers
 
     rows = available_models()
     if args.json:
@@ -95,16 +165,19 @@ def _models(args) -> int:
 
 def _register_generate(subparsers) -> None:
     parser = _parser(
-        subparsers, "generate", "complete a JSONL file of prompts (resumable)",
-        "Generate a completion for every row of a JSONL file. Rows hold 'prompt' (raw text) or "
-        "'messages' (chat; the chat template is applied) and an optional 'id'. Output rows keep "
-        "the id and prompt and add 'output', 'finish_reason' and token counts. Rerunning with the "
-        "same -o continues after the last complete row. Settings go to OUT.config.yaml.",
-        "sftlab generate default --input prompts.jsonl -o out.jsonl --max-new-tokens 128")
-    _model_arguments(parser)
-    parser.add_argument("--input", "-i", required=True, help="JSONL prompts")
-    parser.add_argument("--output", "-o", required=True, help="JSONL completions (appended on resume)")
-    _sampling_arguments(parser, max_new_tokens=256, temperature=0.0)
+        subparsers, "generate", "complete a file of prompts (resumable)",
+        "Generate a completion for every row of a prompt file. Rows hold 'prompt' (raw text), "
+        "'messages' (chat; the chat template is applied) or an instruction format, and an optional "
+        "'id'. Output rows keep the id and prompt and add 'output', 'finish_reason' and token "
+        "counts. Rerunning with the same -o continues after the last complete row. Settings go "
+        "to OUT.config.yaml.")
+    add_config_arguments(parser, GenerateConfig, flags={
+        **MODEL_FLAGS, "batch_size": "--batch-size",
+        "input": Flag("--input", "-i", required=True), "output": Flag("--output", "-o", required=True),
+        **SAMPLING_FLAGS},
+        epilog="example:\n  sftlab generate default --input ../shared/data/self_instruct/"
+               "user_oriented_instructions.jsonl -o out/answers.jsonl --max-new-tokens 128")
+    _trust_remote_code_flag(parser)
     parser.add_argument("--backend", choices=["hf", "vllm"], default="hf",
                         help="hf: batched transformers (default); vllm: needs the vllm package and a GPU")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -112,13 +185,14 @@ def _register_generate(subparsers) -> None:
 
 
 def _generate(args) -> int:
-    from sftlab.infer.files import GenerateConfig, generate_file, read_prompts
+    # lazy: the prompt reader pulls in the data formats, generation torch
+    from sftlab.data.prompts import read_prompts
+    from sftlab.infer.files import generate_file
 
-    read_prompts(args.input)  # a malformed input fails before the model loads
-    config = GenerateConfig(model=args.model, adapter=args.adapter, input=args.input, output=args.output,
-                            batch_size=args.batch_size, dtype=args.dtype, device=args.device,
-                            sampling=_sampling(args))
-    summary = generate_file(_generator(args), config, progress=not args.no_progress)
+    config = config_from_args(GenerateConfig, args)
+    read_prompts(config.input)  # a malformed input fails before the model loads
+    generator = _generator(config, backend=args.backend, trust_remote_code=args.trust_remote_code)
+    summary = generate_file(generator, config, progress=not args.no_progress)
     print(json.dumps(summary))
     return 0
 
@@ -129,18 +203,19 @@ def _generate(args) -> int:
 def _register_chat(subparsers) -> None:
     parser = _parser(subparsers, "chat", "chat with a model in the terminal",
                      "Interactive chat with streaming replies and history. Commands: /reset, "
-                     "/system TEXT, /exit. Reads one message per line from a pipe as well.",
-                     "sftlab chat default --system 'You are terse.'")
-    _model_arguments(parser, batch_size=1)
-    _sampling_arguments(parser, max_new_tokens=512, temperature=0.7)
-    parser.add_argument("--system", help="system message for the conversation")
+                     "/system TEXT, /exit. Reads one message per line from a pipe as well.")
+    add_config_arguments(parser, ChatConfig, flags={
+        **MODEL_FLAGS, "trust_remote_code": "--trust-remote-code", **SAMPLING_FLAGS, "system": "--system"},
+        epilog="example:\n  sftlab chat default --system 'You are terse.'")
     parser.set_defaults(handler=_chat)
 
 
 def _chat(args) -> int:
-    from sftlab.infer.chat import chat_loop
+    from sftlab.infer.chat import chat_loop  # lazy: loads torch and transformers
 
-    chat_loop(_generator(args), _sampling(args), system=args.system)
+    config = config_from_args(ChatConfig, args)
+    chat_loop(_generator(config, trust_remote_code=config.trust_remote_code), config.sampling,
+              system=config.system)
     return 0
 
 
@@ -153,28 +228,25 @@ def _register_serve(subparsers) -> None:
         "Serve /v1/chat/completions, /v1/completions (both with streaming) and /v1/models. "
         "Concurrent requests are batched into one generate call. Binds to 127.0.0.1 unless "
         "--host says otherwise; with --api-key (or $SFTLAB_API_KEY) requests need "
-        "'Authorization: Bearer KEY'.",
-        "sftlab serve default --port 8000   # then: OpenAI(base_url='http://127.0.0.1:8000/v1')")
-    _model_arguments(parser)
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    parser.add_argument("--api-key", default=os.environ.get("SFTLAB_API_KEY"),
-                        help="require this bearer key (default: $SFTLAB_API_KEY, else none)")
-    parser.add_argument("--batch-window-ms", type=float, default=10.0,
-                        help="how long to collect concurrent requests into one batch (default 10)")
-    parser.add_argument("--max-tokens", type=int, default=256,
-                        help="completion length when a request does not set max_tokens (default 256)")
+        "'Authorization: Bearer KEY'.")
+    add_config_arguments(parser, ServeConfig, flags={
+        **MODEL_FLAGS, "batch_size": "--batch-size", "trust_remote_code": "--trust-remote-code",
+        "host": "--host", "port": "--port", "api_key": "--api-key", "batch_window_ms": "--batch-window-ms",
+        "max_tokens": "--max-tokens"},
+        epilog="example:\n  sftlab serve default --port 8000   # then: OpenAI(base_url='http://127.0.0.1:8000/v1')")
     parser.set_defaults(handler=_serve)
 
 
 def _serve(args) -> int:
-    from sftlab.infer.server import serve
+    from sftlab.infer.server import serve  # lazy: loads fastapi, uvicorn and torch
 
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
-        print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it",
+    config = config_from_args(ServeConfig, args)
+    api_key = config.api_key or os.environ.get("SFTLAB_API_KEY")
+    if config.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        print(f"warning: serving on {config.host} without --api-key: anyone who can reach it can use it",
               file=sys.stderr)
-    serve(_generator(args), host=args.host, port=args.port, api_key=args.api_key,
-          batch_window_ms=args.batch_window_ms, default_max_tokens=args.max_tokens)
+    serve(_generator(config, trust_remote_code=config.trust_remote_code), host=config.host, port=config.port,
+          api_key=api_key, batch_window_ms=config.batch_window_ms, default_max_tokens=config.max_tokens)
     return 0
 
 
@@ -186,19 +258,18 @@ def _register_export(subparsers) -> None:
         subparsers, "export", "export a trained model or adapter (optionally merged)",
         "Write a standalone model directory from a run, adapter or model directory: safetensors, "
         "tokenizer and chat template. --merge folds a LoRA adapter into the base weights so the "
-        "result loads without PEFT.",
-        "sftlab export runs/lora1 -o exported/lora1 --merge")
-    parser.add_argument("source", metavar="RUN_OR_ADAPTER", help="run dir (with adapter/ or model/), "
-                        "adapter dir or model dir")
-    parser.add_argument("--output", "-o", required=True, help="new output directory")
-    parser.add_argument("--merge", action="store_true", help="merge the adapter into the base model")
-    parser.add_argument("--base", help="base model of the adapter (default: the one its config names)")
+        "result loads without PEFT.")
+    add_config_arguments(parser, ExportConfig, flags={
+        "source": Flag("source", nargs="?", metavar="RUN_OR_ADAPTER", required=True),
+        "output": Flag("--output", "-o", required=True), "merge": "--merge", "base": "--base"},
+        epilog="example:\n  sftlab export runs/lora1 -o exported/lora1 --merge")
     parser.set_defaults(handler=_export)
 
 
 def _export(args) -> int:
-    from sftlab.models.export import export_model
+    from sftlab.models.export import export_model  # lazy: loads torch and transformers
 
-    out = export_model(args.source, args.output, merge=args.merge, base=args.base)
+    config = config_from_args(ExportConfig, args)
+    out = export_model(config.source, config.output, merge=config.merge, base=config.base)
     print(f"exported to {out}")
     return 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 
 EPILOG = """pipelines:
   distill        a teacher answers your instructions (Alpaca / GPT-4-LLM; Orca system prompts)
@@ -18,15 +19,15 @@ interruption. A report of what was written and rejected lands in OUTPUT.report.j
 
 example:
   sftlab serve default --port 8000 &
-  sftlab synth self-instruct si.yaml seed_tasks=seed_tasks.jsonl num_instructions=50 \\
-      teacher.base_url=http://127.0.0.1:8000/v1 teacher.cache_dir=.cache/teacher
+  sftlab synth self-instruct seed_tasks=../shared/data/self_instruct/seed_tasks.jsonl num_instructions=50 \\
+      output=data/self_instruct.jsonl teacher.base_url=http://127.0.0.1:8000/v1 teacher.cache_dir=.cache/teacher
 """
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "synth", help="synthesise instruction data with a teacher (distill, self-instruct, evol, ...)",
-        description="Run a data-synthesis pipeline against a teacher model.", epilog=EPILOG,
+        description="Run a data-synthesis pipeline against a teacher model.", epilog=EPILOG + _keys_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", nargs="?", help="pipeline name (see below)")
     parser.add_argument("config", nargs="?", help="YAML config file (optional: keys can be given as overrides)")
@@ -35,13 +36,21 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run, parser=parser)
 
 
-def run(args) -> int:
-    from dataclasses import asdict
+def _keys_help() -> str:
+    """Every pipeline's keys with their docstrings, for the epilog."""
+    from sftlab.config import format_field_docs  # lazy, as in run: only `sftlab synth` pays
+    from sftlab.synth import PIPELINES
 
+    return "".join(f"\n{format_field_docs(PIPELINES.get(name)[0], title=f'{name} keys:')}"
+                   for name in PIPELINES.names())
+
+
+def run(args) -> int:
+    # imported here, not at the top: `sftlab --help` must not load the pipelines and their models
     import yaml
 
     from sftlab.config import load_config
-    from sftlab.data.synth import PIPELINES
+    from sftlab.synth import PIPELINES
 
     if not args.name:
         args.parser.print_help()

@@ -139,8 +139,13 @@ def ensure_chat_template(tokenizer, fallback: str = "chatml") -> str:
     ``UserWarning`` naming it, so the choice is visible in every log.
 
     >>> tok.chat_template = None
-    >>> ensure_chat_template(tok)          # warns: "... using the 'chatml' template"
-    "{% for message in messages %}..."
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     template = ensure_chat_template(tok)
+    >>> print(caught[0].message)
+    tokenizer has no chat template; using the 'chatml' template (ChatML ...)
+    >>> template == tok.chat_template
+    True
     """
     own = getattr(tokenizer, "chat_template", None)
     if isinstance(own, dict):  # several named templates: transformers renders "default"
@@ -400,9 +405,10 @@ def tokenize_conversations(conversations: Iterable[Conversation], tokenizer, *, 
                            strategy: MaskStrategy = "all_assistant", progress: bool = False) -> TokenizeResult:
     """Render every conversation; drop (and count) the ones that would train nothing.
 
-    >>> result = tokenize_conversations(convs, tok, max_length=512)
-    >>> print(result.summary())
-    kept 98 examples (3 truncated), dropped 2 (truncated_all_labels: 2); trained ...
+    >>> convs = [Conversation([Message("user", "Hi"), Message("assistant", "Hello there!")]),
+    ...          Conversation([Message("user", "word " * 40), Message("assistant", "Yo")])]
+    >>> print(tokenize_conversations(convs, tok, max_length=32).summary())
+    kept 1 examples (0 truncated), dropped 1 (truncated_all_labels: 1); trained 7 / 21 tokens (33.3%)
     """
     ensure_chat_template(tokenizer)
     result = TokenizeResult(examples=[])
@@ -456,8 +462,13 @@ def _runs(example: Tokenized) -> list[tuple[bool, list[int]]]:
 def format_mask(example: Tokenized, tokenizer, color: bool = False) -> str:
     """The example's text with trained tokens marked: ``[[...]]``, or green when ``color``.
 
+    >>> ex = render(Conversation([Message("user", "Hi"), Message("assistant", "Yo")]), tok)
     >>> print(format_mask(ex, tok))
-    <|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n[[Yo<|im_end|>]]\\n
+    <|im_start|>user
+    Hi<|im_end|>
+    <|im_start|>assistant
+    [[Yo<|im_end|>]]
+    <BLANKLINE>
     """
     parts = []
     for trained, tokens in _runs(example):
@@ -482,6 +493,7 @@ def mask_summary(examples: Tokenized | Sequence[Tokenized]) -> str:
 def trained_segments(example: Tokenized, tokenizer) -> list[str]:
     """Each run of trained tokens, decoded: one entry per trained turn (answer + eot).
 
+    >>> ex = render(Conversation([Message("user", "Hi"), Message("assistant", "Yo")]), tok)
     >>> trained_segments(ex, tok)
     ['Yo<|im_end|>']
     """

@@ -95,9 +95,11 @@ def collate_packed(rows: Sequence[PackedRow], pad_id: int, pad_to_multiple_of: i
     straight to ``model(**batch)``; with ``attention="position_ids"`` call
     ``model(**batch, use_cache=False)`` (module docstring says why).
 
-    >>> batch = collate_packed(pack(examples, 16), pad_id=3)
-    >>> batch["position_ids"][0]
-    tensor([0, 1, 2, 3, 0, 1, 2, 0, 1, ...])
+    >>> from sftlab.data.packing import pack
+    >>> examples = [Tokenized([5, 6, 7, 8], [-100, 6, 7, 8]), Tokenized([5, 6, 7], [-100, 6, 7])]
+    >>> batch = collate_packed(pack(examples, 8), pad_id=3)
+    >>> batch["position_ids"][0]                   # positions restart at each example
+    tensor([0, 1, 2, 3, 0, 1, 2])
     """
     import torch
 
@@ -135,8 +137,14 @@ def segment_bounds(rows: Sequence[PackedRow], length: int):
     as in the mask. Rows with fewer blocks repeat their last boundary. What
     ``sftlab.train.attention`` needs to attend block by block.
 
-    >>> segment_bounds([row_of_lengths_3_2, row_of_length_4], 6)
-    tensor([[0, 3, 5, 6], [0, 4, 6, 6]])
+    >>> from sftlab.data.packing import pack
+    >>> rows = pack([Tokenized([5, 6, 7], [-100, 6, 7]), Tokenized([9, 9], [9, 9]),
+    ...              Tokenized([5, 6, 7, 8], [-100, 6, 7, 8])], 6)
+    >>> [row.seq_lengths for row in rows]
+    [[4, 2], [3]]
+    >>> segment_bounds(rows, 6)
+    tensor([[0, 4, 6],
+            [0, 3, 6]])
     """
     import torch
 

@@ -11,15 +11,24 @@ driver (``sftlab.data.io.read_conversations``) adds the file and line, then eith
 or counts the record as skipped under ``reason``. Every conversation a reader returns is
 checked by the one shared ``validate`` function.
 
-Formats: alpaca, dolly, openai, sharegpt, prompt_completion, xp3, canonical, oasst (and
-the task formats of ``sftlab.data.tasks``). ``detect_format(rows)`` picks one from the
-first rows of a file; each format registers a small ``(row) -> bool`` detector.
+Formats: alpaca, dolly, openai, sharegpt, prompt_completion, xp3, canonical, oasst, and
+the task collections of ``sftlab.data.tasks`` (self_instruct, superni), registered at the
+end of this file. ``detect_format(rows)`` picks one from the first rows of a file; each
+format registers a small ``(row) -> bool`` detector.
+
+Every OpenAI-style message list (``[{"role", "content"}, ...]``) anywhere in sftlab is
+parsed by ``parse_messages``, which names the bad field (``messages[2].role``).
+
+With ``require_assistant=False`` (prompt files, ``sftlab.data.prompts``) a row may leave out
+its answer (alpaca ``output``, dolly ``response``, xp3 ``targets``, ``completion``): the
+conversation then ends on the user turn.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
+from sftlab.data import tasks
 from sftlab.errors import DataError
 from sftlab.registry import Registry
 from sftlab.types import ROLES, Conversation, Message
@@ -154,6 +163,15 @@ def join_input(instruction: str, extra: str, options: ReadOptions) -> str:
     return f"{instruction}{options.user_input_separator}{extra}" if extra.strip() else instruction
 
 
+def answer(row: dict, key: str, options: ReadOptions) -> list[Message]:
+    """The assistant turn from ``row[key]``: required for training data; for prompts
+    (``require_assistant=False``) an absent answer gives no turn at all."""
+    if options.require_assistant:
+        return [Message("assistant", require(row, key))]
+    text = optional(row, key, str, None)
+    return [] if text is None else [Message("assistant", text)]
+
+
 # --- the one validation shared by every reader -----------------------------------------
 
 def canonical_field(index: int, key: str) -> str:
@@ -239,9 +257,8 @@ def read_alpaca(row: dict, options: ReadOptions) -> list[Conversation]:
     """
     instruction = require(row, "instruction")
     user = join_input(instruction, optional(row, "input"), options)
-    output = require(row, "output")
     messages = _system(optional(row, "system")) + _history(optional(row, "history", list, []))
-    messages += [Message("user", user), Message("assistant", output)]
+    messages += [Message("user", user)] + answer(row, "output", options)
     conversation = Conversation(messages, id=record_id(row), meta=extra_fields(row, ALPACA_FIELDS))
     return [finish(conversation, options, _alpaca_field(conversation))]
 
@@ -267,11 +284,13 @@ def _alpaca_field(conversation: Conversation) -> Callable[[int, str], str]:
     """Message index -> the alpaca field it came from (system, history[k][j], instruction, output)."""
     offset = 1 if conversation.messages[0].role == "system" else 0
     last = len(conversation.messages) - 1
+    answered = conversation.messages[-1].role == "assistant"  # a prompt row has no output
+    instruction = last - 1 if answered else last
 
     def name(index: int, key: str) -> str:
-        if index == last:
+        if answered and index == last:
             return "output"
-        if index == last - 1:
+        if index == instruction:
             return "instruction"
         if index < offset:
             return "system"
@@ -293,8 +312,7 @@ def read_dolly(row: dict, options: ReadOptions) -> list[Conversation]:
     ``context`` joins the instruction as one user turn; ``category`` goes to ``meta``.
     """
     user = join_input(require(row, "instruction"), optional(row, "context"), options)
-    response = require(row, "response")
-    messages = [Message("user", user), Message("assistant", response)]
+    messages = [Message("user", user)] + answer(row, "response", options)
     meta = extra_fields(row, {"instruction", "context", "response", "id"})
     field = {0: "instruction", 1: "response"}
     conversation = Conversation(messages, id=record_id(row), meta=meta)
@@ -322,11 +340,33 @@ def read_openai(row: dict | list, options: ReadOptions) -> list[Conversation]:
     """
     if isinstance(row, list):
         row = {"messages": row}
-    messages = [_openai_message(item, f"messages[{index}]")
-                for index, item in enumerate(require(row, "messages", list))]
+    messages = parse_messages(require(row, "messages", list), "messages")
     meta = extra_fields(row, {"messages", "id"})
     conversation = Conversation(messages, id=record_id(row), meta=meta)
     return [finish(conversation, options)]
+
+
+def parse_messages(value: Any, field: str = "messages") -> list[Message]:
+    """OpenAI-style messages -> ``Message`` list: the one message parser of sftlab.
+
+    ``value`` is ``[{"role": "system"|"user"|"assistant"|"developer", "content": str or
+    [{"type": "text", "text": ...}]}, ...]``; ``developer`` means system. A bad item raises
+    ``DataError`` naming it under ``field`` (``messages[1].role``, ``prompt[0].content``).
+    Turn order is not checked here (``validate`` does that).
+
+    >>> parse_messages([{"role": "user", "content": "Hi"}])
+    [Message(role='user', content='Hi')]
+    """
+    check_type(value, list, field)
+    return [_openai_message(item, f"{field}[{index}]") for index, item in enumerate(value)]
+
+
+def parse_turns(value: Any, field: str, role: str) -> list[Message]:
+    """A string (one turn of ``role``) or an OpenAI-style message list, e.g. the ``prompt``
+    and ``completion`` of a prompt-completion row or a preference pair's ``chosen``."""
+    if isinstance(value, str):
+        return [Message(role, value)]
+    return parse_messages(value, field)
 
 
 def _openai_message(item: Any, field: str) -> Message:
@@ -395,17 +435,12 @@ def read_prompt_completion(row: dict, options: ReadOptions) -> list[Conversation
 
     TRL's conversational variant (``prompt`` and ``completion`` as message lists) works too.
     """
-    prompt = require(row, "prompt", (str, list))
-    completion = require(row, "completion", (str, list))
-    messages = _turns(prompt, "prompt", "user") + _turns(completion, "completion", "assistant")
+    messages = parse_turns(require(row, "prompt", (str, list)), "prompt", "user")
+    if options.require_assistant or row.get("completion") is not None:
+        completion = require(row, "completion", (str, list))
+        messages += parse_turns(completion, "completion", "assistant")
     meta = extra_fields(row, {"prompt", "completion", "id"})
     return [finish(Conversation(messages, id=record_id(row), meta=meta), options)]
-
-
-def _turns(value: str | list, field: str, role: str) -> list[Message]:
-    if isinstance(value, str):
-        return [Message(role, value)]
-    return [_openai_message(item, f"{field}[{index}]") for index, item in enumerate(value)]
 
 
 @FORMATS.register("xp3")
@@ -415,7 +450,7 @@ def read_xp3(row: dict, options: ReadOptions) -> list[Conversation]:
         {"inputs": "Premise: ... Hypothesis: ... Does the premise entail the hypothesis?",
          "targets": "yes", "language": "en", "template": "GPT-3 style", "dataset": "anli"}
     """
-    messages = [Message("user", require(row, "inputs")), Message("assistant", require(row, "targets"))]
+    messages = [Message("user", require(row, "inputs"))] + answer(row, "targets", options)
     meta = extra_fields(row, {"inputs", "targets", "id"})
     field = {0: "inputs", 1: "targets"}
     conversation = Conversation(messages, id=record_id(row), meta=meta)
@@ -431,11 +466,7 @@ def read_canonical(row: dict, options: ReadOptions) -> list[Conversation]:
                       {"role": "assistant", "content": "Making crepes is ..."}],
          "meta": {}}
     """
-    messages = []
-    for index, item in enumerate(require(row, "messages", list)):
-        field = f"messages[{index}]"
-        messages.append(Message(require(item, "role", field=f"{field}.role"),
-                                require(item, "content", field=f"{field}.content")))
+    messages = parse_messages(require(row, "messages", list), "messages")
     conversation = Conversation(messages, id=record_id(row), source=optional(row, "source", str, None),
                                 meta=dict(optional(row, "meta", dict, {})))
     return [finish(conversation, options)]
@@ -554,9 +585,8 @@ register_detector("prompt_completion")(lambda row: _has(row, "prompt", "completi
 register_detector("xp3")(lambda row: _has(row, "inputs", "targets"))
 
 
-# Task formats (Self-Instruct seed tasks, Super-NaturalInstructions) register themselves here.
-try:
-    from sftlab.data import tasks as _tasks  # noqa: F401  (registers task formats)
-except ModuleNotFoundError as exc:
-    if exc.name != "sftlab.data.tasks":
-        raise
+# Task collections (sftlab.data.tasks) come last: a tie in detection goes to a chat format.
+FORMATS.register("self_instruct")(tasks.read_self_instruct)
+register_detector("self_instruct")(tasks.is_self_instruct_row)
+FORMATS.register("superni")(tasks.read_superni)
+register_detector("superni")(tasks.is_superni_task)

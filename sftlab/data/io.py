@@ -99,9 +99,18 @@ def read_record(reader: Callable, record: Record, options: ReadOptions, path: Pa
         validate(conversation, require_assistant=options.require_assistant)
         conversation.source = conversation.source or path.name
         if conversation.id is None:
-            suffix = "" if len(conversations) == 1 else f"-{number}"
-            conversation.id = f"{file_stem(path)}-{record.index}{suffix}"
+            conversation.id = default_id(path, record.index, number if len(conversations) > 1 else None)
     return list(conversations)
+
+
+def default_id(path: Path, index: int, number: int | None = None) -> str:
+    """The id of a record that has none: ``<file stem>-<record index>`` (0-based, blank
+    lines not counted), plus ``-<number>`` for one of several conversations in a record.
+
+    >>> default_id(Path("data/alpaca.jsonl.gz"), 3), default_id(Path("tree.jsonl"), 0, 2)
+    ('alpaca-3', 'tree-0-2')
+    """
+    return f"{file_stem(path)}-{index}" + ("" if number is None else f"-{number}")
 
 
 def locate(error: DataError, path: Path, record: Record) -> DataError:

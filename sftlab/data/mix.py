@@ -16,6 +16,9 @@ Stages, in order (each removal is counted per reason and per source, with the id
    ``round(weight * offered)`` (a weight above 1 repeats records), with ``total`` set the
    total is split in proportion to ``weight * offered``. Deterministic by ``seed``.
 
+This file is the pipeline (config, stages, sampling, writing); the duplicate and n-gram
+overlap detection it calls lives in ``sftlab.data.dedup``.
+
 Config (``sftlab data mix mix.yaml -o mix.jsonl``)::
 
     sources:
@@ -32,21 +35,23 @@ Config (``sftlab data mix mix.yaml -o mix.jsonl``)::
 """
 from __future__ import annotations
 
-import hashlib
-import itertools
 import json
 import random
-import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-import numpy as np
 from tqdm import tqdm
 
 from sftlab.config import dump_config
+from sftlab.data.dedup import (ALL_ROLES, MessageWords, document, exact_duplicates, message_words,
+                               near_duplicates, shared_ngrams, words)
+from sftlab.data.io import iter_records, read_conversations, read_rows, write_conversations
+from sftlab.data.promptsource import apply_promptsource, load_templates
+from sftlab.data.tasks import read_superni_task
+from sftlab.data.templates import integrate
 from sftlab.errors import ConfigError, DataError
 from sftlab.types import Conversation
 
@@ -55,6 +60,8 @@ from sftlab.types import Conversation
 
 @dataclass
 class SourceConfig:
+    """One data source of the mixture."""
+
     path: str
     """A data file (json, jsonl, .gz), or for ``format: superni`` a task file or folder of them."""
     format: str | None = None
@@ -85,12 +92,16 @@ class SourceConfig:
 
 @dataclass
 class DedupConfig:
+    """Duplicate removal: exact (normalised text) and near (MinHash + LSH, verified)."""
+
     exact: bool = True
     """Remove records whose normalised text (lower case, words only) is identical."""
     near: bool = True
     """Remove records whose word n-gram Jaccard similarity with an earlier one is >= threshold."""
     threshold: float = 0.8
+    """Jaccard similarity (0-1] of word n-gram sets at or above which a later record is a near duplicate."""
     ngram: int = 5
+    """Words per n-gram compared for near duplicates (a record shorter than this counts as one n-gram)."""
     num_perm: int = 128
     """MinHash permutations; only candidate recall depends on it (pairs are verified exactly)."""
 
@@ -103,16 +114,24 @@ class DedupConfig:
 
 @dataclass
 class EvalFileConfig:
+    """One evaluation file whose texts must not appear in the training mixture."""
+
     path: str
+    """The evaluation file (json, jsonl, .gz), e.g. ``gsm8k/test.jsonl``."""
     field: str
     """The text field of each row, dotted for nesting (``turns`` lists are joined)."""
     name: str | None = None
+    """Name of this evaluation set in the report (default: the file name)."""
 
 
 @dataclass
 class DecontaminateConfig:
+    """Decontamination: remove training records that share a word n-gram with an evaluation text."""
+
     ngram: int = 13
+    """Words per n-gram; a training record sharing one n-gram with an evaluation text is removed."""
     evals: list[EvalFileConfig] = field(default_factory=list)
+    """The evaluation files to check against; none = no decontamination."""
     min_words: int = 8
     """An evaluation text shorter than ``ngram`` words is matched whole if it has this many."""
     check: Literal["all", "user"] = "all"
@@ -125,16 +144,24 @@ class DecontaminateConfig:
 
 @dataclass
 class MixConfig:
+    """``sftlab data mix``: sources, cleaning and sampling of one training mixture."""
+
     sources: list[SourceConfig] = field(default_factory=list)
+    """The data sources to mix, each with its path, format and weight."""
     total: int | None = None
     """Size of the mixture, split across sources by weight x offered records; unset = no target."""
     cap: int | None = None
     """Per-source cap (examples-proportional mixing with a cap, as in T5 / Flan)."""
     seed: int = 0
+    """Seed of the per-source sampling, the final shuffle and the MinHash permutations."""
     shuffle: bool = True
+    """Shuffle the sources together; false keeps them in source order."""
     on_error: Literal["fail", "skip"] = "fail"
+    """A malformed record in a source: stop with its file and line (fail), or skip and count it (skip)."""
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    """Exact and near-duplicate removal settings."""
     decontaminate: DecontaminateConfig = field(default_factory=DecontaminateConfig)
+    """Evaluation-set decontamination settings."""
 
     def __post_init__(self) -> None:
         names = [source_name(s) for s in self.sources]
@@ -144,6 +171,7 @@ class MixConfig:
 
 
 def source_name(source: SourceConfig) -> str:
+    """The source's name in the report and in ``meta["mix_source"]``: ``name`` or the file name."""
     return source.name or Path(source.path).name
 
 
@@ -152,8 +180,12 @@ def source_name(source: SourceConfig) -> str:
 
 @dataclass
 class MixResult:
+    """What ``build_mixture`` returns."""
+
     conversations: list[Conversation]
+    """The mixture, in its final (shuffled) order."""
     report: dict[str, Any]
+    """Counts per source and stage, the removed ids with reasons, timings (see ``build_mixture``)."""
 
 
 def build_mixture(config: MixConfig, progress: bool = False) -> MixResult:
@@ -213,8 +245,6 @@ def _read_source(source: SourceConfig, on_error: str) -> tuple[list[Conversation
     """(conversations, bad records skipped per reason) of one source."""
     path = Path(source.path)
     if source.format == "superni":  # one JSON object per task file, not a file of rows
-        from sftlab.data.tasks import read_superni_task
-
         files = sorted(path.glob("*.json")) if path.is_dir() else [path]
         if not files:
             raise DataError("no task files (*.json) in this folder", file=str(path))
@@ -225,24 +255,16 @@ def _read_source(source: SourceConfig, on_error: str) -> tuple[list[Conversation
                               "explanation, task_name, max_instances, tk_spacing") from exc
     if source.task or source.promptsource:
         return _render_source(source), {}
-    from sftlab.data.io import read_conversations
-
     result = read_conversations(path, format=source.format, on_error=on_error, **source.options)
     return result.conversations, dict(result.skipped)
 
 
 def _render_source(source: SourceConfig) -> list[Conversation]:
     """Labelled rows (any JSON/JSONL file) -> instructions through task or PromptSource templates."""
-    from sftlab.data.io import read_rows
-
     rows = read_rows(source.path)
     if source.promptsource:
-        from sftlab.data.promptsource import apply_promptsource, load_templates
-
         return apply_promptsource(rows, load_templates(source.promptsource), source=source_name(source),
                                   **source.options)
-    from sftlab.data.templates import integrate
-
     try:
         return integrate(rows, source.task, **source.options)
     except TypeError as exc:
@@ -341,197 +363,11 @@ def _repeat(conversation: Conversation, k: int) -> Conversation:
                         {**conversation.meta, "repeat": k})
 
 
-# -- text normalisation and n-gram hashing -----------------------------------------------------
-
-_WORD = re.compile(r"\w+")
-
-
-def words(text: str) -> list[str]:
-    """Lower-cased word tokens; punctuation and spacing are ignored."""
-    return _WORD.findall(text.lower())
-
-
-def message_words(conversation: Conversation) -> list[tuple[str, list[str]]]:
-    """``[(role, words of its content), ...]`` for each message."""
-    return [(m.role, words(m.content)) for m in conversation.messages]
-
-
-def _document(tokens: list[tuple[str, list[str]]], roles: Sequence[str] = ("system", "user", "assistant")
-              ) -> list[str]:
-    return [w for role, ws in tokens if role in roles for w in ws]
-
-
-def _tokens(records: Sequence[Conversation], tokens: Sequence | None) -> Sequence:
-    return tokens if tokens is not None else [message_words(c) for c in records]
-
-
-def exact_duplicates(records: Sequence[Conversation], tokens: Sequence | None = None
-                     ) -> dict[int, dict[str, Any]]:
-    """Positions of records whose normalised (role, words) sequence was seen before."""
-    first: dict[bytes, int] = {}
-    removed = {}
-    for position, message_tokens in enumerate(_tokens(records, tokens)):
-        key = "\x1e".join(f"{role}\x1f{' '.join(ws)}" for role, ws in message_tokens)
-        digest = hashlib.blake2b(key.encode(), digest_size=16).digest()
-        if digest in first:
-            removed[position] = {"duplicate_of": records[first[digest]].id}
-        else:
-            first[digest] = position
-    return removed
-
-
-class _Corpus:
-    """Documents as one flat array of 64-bit word hashes, for vectorised n-gram hashing."""
-
-    def __init__(self, documents: Sequence[list[str]]) -> None:
-        self.lengths = np.array([len(doc) for doc in documents], dtype=np.int64)
-        self.starts = np.concatenate([[0], np.cumsum(self.lengths)])[:-1]
-        flat = list(itertools.chain.from_iterable(documents))
-        # a stable hash per distinct word (Python's own str hash changes between runs, which
-        # would make LSH candidates, and so the output, vary from run to run)
-        table = {word: _stable_hash(word) for word in set(flat)}
-        self.tokens = np.fromiter(map(table.__getitem__, flat), dtype=np.uint64, count=len(flat))
-
-    def ngrams(self, n: int, short: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """(hashes, document index) of every word n-gram; with ``short``, a document of
-        1..n-1 words contributes one hash of all its words (as an n-gram of its length)."""
-        total = len(self.tokens)
-        hashes, index = np.zeros(0, np.uint64), np.zeros(0, np.int64)
-        if total >= n:
-            doc = np.repeat(np.arange(len(self.lengths)), self.lengths)[: total - n + 1]
-            # a window is valid when it ends inside the document it starts in
-            valid = np.arange(total - n + 1) + n <= (self.starts + self.lengths)[doc]
-            hashes, index = _rolling(self.tokens, n)[valid], doc[valid]
-        if short:
-            small = np.nonzero((self.lengths > 0) & (self.lengths < n))[0]
-            extra = [_rolling(self.tokens[self.starts[d]: self.starts[d] + self.lengths[d]],
-                              int(self.lengths[d]))[0] for d in small]
-            hashes = np.concatenate([hashes, np.array(extra, dtype=np.uint64)])
-            index = np.concatenate([index, small.astype(np.int64)])
-        return hashes, index
-
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _stable_hash(word: str) -> int:
-    return int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
-
-
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser: well-spread 64-bit hashes of small integers."""
-    x = (x + _GOLDEN).astype(np.uint64)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def _rolling(tokens: np.ndarray, n: int) -> np.ndarray:
-    """Hash of every window of ``n`` consecutive tokens (length ``len(tokens) - n + 1``)."""
-    count = len(tokens) - n + 1
-    h = np.zeros(max(count, 0), dtype=np.uint64)
-    for j in range(n):
-        h = h * np.uint64(1000003) + tokens[j: j + count]
-    return _mix64(h)
-
-
-# -- near duplicates ---------------------------------------------------------------------------
-
-
-def near_duplicates(records: Sequence[Conversation], threshold: float = 0.8, ngram: int = 5,
-                    num_perm: int = 128, seed: int = 0, tokens: Sequence | None = None
-                    ) -> dict[int, dict[str, Any]]:
-    """Positions of records whose word ``ngram`` Jaccard similarity with an earlier kept
-    record is at least ``threshold``. MinHash signatures + LSH banding find candidate
-    pairs; each candidate is checked on the exact n-gram sets, so no false positives."""
-    corpus = _Corpus([_document(t) for t in _tokens(records, tokens)])
-    hashes, docs = corpus.ngrams(ngram, short=True)
-    candidates = _lsh_candidates(hashes, docs, threshold, num_perm, seed)
-    sets = _NgramSets(hashes, docs)
-    removed: dict[int, dict[str, Any]] = {}
-    for later in sorted(candidates):
-        for earlier in sorted(candidates[later]):
-            if earlier in removed:
-                continue
-            similarity = _jaccard(sets[earlier], sets[later])
-            if similarity >= threshold:
-                removed[later] = {"duplicate_of": records[earlier].id, "similarity": round(similarity, 4)}
-                break
-    return removed
-
-
-class _NgramSets:
-    """Unique n-gram hashes of one document, computed on first use (only candidates need them)."""
-
-    def __init__(self, hashes: np.ndarray, docs: np.ndarray) -> None:
-        order = np.argsort(docs, kind="stable")
-        self.hashes, self.docs = hashes[order], docs[order]
-        self.cache: dict[int, np.ndarray] = {}
-
-    def __getitem__(self, doc: int) -> np.ndarray:
-        if doc not in self.cache:
-            lo, hi = np.searchsorted(self.docs, [doc, doc + 1])
-            self.cache[doc] = np.unique(self.hashes[lo:hi])
-        return self.cache[doc]
-
-
-def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
-    if len(a) == 0 or len(b) == 0:
-        return 0.0
-    shared = len(np.intersect1d(a, b, assume_unique=True))
-    return shared / (len(a) + len(b) - shared)
-
-
-def _bands(threshold: float, num_perm: int) -> tuple[int, int]:
-    """(bands, rows) with bands x rows <= num_perm whose S-curve midpoint
-    ``(1/bands)^(1/rows)`` lies well below ``threshold`` (recall first: pairs are verified)."""
-    best = (num_perm, 1)
-    for rows in range(1, num_perm + 1):
-        bands = num_perm // rows
-        if (1 / bands) ** (1 / rows) <= max(threshold - 0.15, 0.05):
-            best = (bands, rows)
-    return best
-
-
-def _lsh_candidates(hashes: np.ndarray, docs: np.ndarray, threshold: float, num_perm: int,
-                    seed: int) -> dict[int, set[int]]:
-    """later position -> earlier positions sharing at least one LSH band."""
-    if len(hashes) == 0:
-        return {}
-    rng = np.random.default_rng(seed)
-    multipliers = rng.integers(1, 2**63, size=num_perm, dtype=np.uint64) | np.uint64(1)
-    offsets = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
-    order = np.argsort(docs, kind="stable")
-    hashes, docs = hashes[order], docs[order]
-    present, starts = np.unique(docs, return_index=True)
-    signatures = np.empty((len(present), num_perm), dtype=np.uint64)
-    for p in range(num_perm):  # one permutation at a time keeps memory at one copy of `hashes`
-        signatures[:, p] = np.minimum.reduceat((hashes * multipliers[p] + offsets[p]) >> np.uint64(16), starts)
-    bands, rows = _bands(threshold, num_perm)
-    band_mix = _mix64(np.arange(rows, dtype=np.uint64))
-    candidates: dict[int, set[int]] = defaultdict(set)
-    for b in range(bands):
-        keys = (signatures[:, b * rows:(b + 1) * rows] * band_mix).sum(axis=1)  # wraps mod 2^64
-        order = np.argsort(keys, kind="stable")
-        sorted_keys = keys[order]
-        # only buckets holding two or more documents matter; find them without a Python loop
-        same = np.nonzero(sorted_keys[1:] == sorted_keys[:-1])[0]
-        for key in np.unique(sorted_keys[same]):
-            lo, hi = np.searchsorted(sorted_keys, [key, key], side="left")[0], np.searchsorted(
-                sorted_keys, key, side="right")
-            members = sorted(present[order[lo:hi]].tolist())
-            for i, later in enumerate(members[1:], start=1):
-                candidates[later].update(members[:i])
-    return candidates
-
-
 # -- decontamination ---------------------------------------------------------------------------
 
 
 def load_eval_texts(spec: EvalFileConfig) -> list[str]:
     """The ``spec.field`` text of every row of an evaluation file (json, jsonl, .gz)."""
-    from sftlab.data.io import iter_records
-
     texts = []
     for record in iter_records(Path(spec.path)):
         if isinstance(record.value, DataError):
@@ -548,58 +384,23 @@ def load_eval_texts(spec: EvalFileConfig) -> list[str]:
 
 
 def contaminated(records: Sequence[Conversation], config: DecontaminateConfig,
-                 tokens: Sequence | None = None) -> dict[int, dict[str, Any]]:
+                 tokens: Sequence[MessageWords] | None = None) -> dict[int, dict[str, Any]]:
     """Positions of records sharing a word ``config.ngram``-gram with an evaluation text.
 
-    Detail: the evaluation set's name and the index of the matching evaluation text.
+    Detail: ``{"eval": evaluation set name, "eval_index": index of the matching text}``.
     """
-    roles = ("system", "user", "assistant") if config.check == "all" else ("system", "user")
+    roles = ALL_ROLES if config.check == "all" else ("system", "user")
     evals, origin = [], []
     for spec in config.evals:
         name = spec.name or Path(spec.path).name
         texts = load_eval_texts(spec)
         evals += [words(t) for t in texts]
         origin += [(name, i) for i in range(len(texts))]
-    train_docs = [_document(t, roles) for t in _tokens(records, tokens)]
-    corpus = _Corpus(train_docs + evals)  # one vocabulary, so equal n-grams hash equally
-    hashes, docs = corpus.ngrams(config.ngram)
-    is_eval = docs >= len(train_docs)
-    eval_grams = {int(h): int(d) - len(train_docs) for h, d in zip(hashes[is_eval], docs[is_eval])}
-    train_hashes, train_docs_of = hashes[~is_eval], docs[~is_eval]
-    # evaluation texts shorter than n words: match their whole word sequence
-    lengths = corpus.lengths[len(train_docs):]
-    for length in sorted(set(lengths[(lengths >= config.min_words) & (lengths < config.ngram)].tolist())):
-        short_hashes, short_docs = corpus.ngrams(length)
-        short_eval = (short_docs >= len(train_docs)) & (lengths[np.clip(short_docs - len(train_docs), 0, None)]
-                                                        == length)
-        for h, d in zip(short_hashes[short_eval], short_docs[short_eval]):
-            eval_grams.setdefault(int(h), int(d) - len(train_docs))
-        keep = short_docs < len(train_docs)
-        train_hashes = np.concatenate([train_hashes, short_hashes[keep]])
-        train_docs_of = np.concatenate([train_docs_of, short_docs[keep]])
-    hits = _member(train_hashes, np.fromiter(eval_grams, dtype=np.uint64, count=len(eval_grams)))
-    removed = {}
-    for h, d in zip(train_hashes[hits], train_docs_of[hits]):
-        if int(d) not in removed:
-            name, index = origin[eval_grams[int(h)]]
-            removed[int(d)] = {"eval": name, "eval_index": index}
-    return removed
-
-
-def _member(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """``np.isin(values, keys)`` for many values and few keys: a bitmap over the low 22 bits
-    rules out almost every value cheaply; binary search in the sorted keys settles the rest."""
-    if len(keys) == 0:
-        return np.zeros(len(values), dtype=bool)
-    mask = np.uint64((1 << 22) - 1)
-    bitmap = np.zeros(1 << 22, dtype=bool)
-    bitmap[keys & mask] = True
-    maybe = np.nonzero(bitmap[values & mask])[0]
-    keys = np.sort(keys)
-    where = np.minimum(np.searchsorted(keys, values[maybe]), len(keys) - 1)
-    hits = np.zeros(len(values), dtype=bool)
-    hits[maybe] = keys[where] == values[maybe]
-    return hits
+    if tokens is None:
+        tokens = [message_words(c) for c in records]
+    train_docs = [document(t, roles) for t in tokens]
+    matches = shared_ngrams(train_docs, evals, config.ngram, config.min_words)
+    return {position: dict(zip(("eval", "eval_index"), origin[index])) for position, index in matches.items()}
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -607,8 +408,6 @@ def _member(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
 
 def write_mixture(result: MixResult, config: MixConfig, output: str | Path) -> dict[str, Path]:
     """Write ``OUT.jsonl`` plus ``OUT.report.json`` and ``OUT.config.yaml`` beside it."""
-    from sftlab.data.io import write_conversations
-
     output = Path(output)
     write_conversations(result.conversations, output, "canonical")
     stem = output.with_suffix("") if output.suffix else output

@@ -17,7 +17,7 @@ subclass, so a file cannot construct arbitrary Python objects; any other tag is 
 Templates render in a sandboxed Jinja environment with PromptSource's extras: the
 ``choice`` filter (seeded here, so rendering is reproducible), ``highlight`` and ``zip``.
 
->>> templates = load_templates("promptsource/ag_news/templates.yaml")
+>>> templates = load_templates(shared_data / "promptsource/ag_news/templates.yaml")
 >>> templates[0].apply({"text": "Stocks rose.", "label": 2})
 Rendered(input='What label best describes this news article?\\nStocks rose.', target='Business', ...)
 """

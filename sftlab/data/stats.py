@@ -113,7 +113,7 @@ def _summary(summary: dict) -> str:
 
 def plot_token_histogram(lengths: Sequence[int], path: str | Path, title: str = "") -> Path:
     """A PNG histogram of tokens per conversation with p50/p90/p99 marked."""
-    import matplotlib
+    import matplotlib  # only at plot time: matplotlib is slow to import and unneeded otherwise
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

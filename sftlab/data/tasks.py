@@ -1,8 +1,9 @@
 """Task-collection readers: Self-Instruct seed tasks and Super-NaturalInstructions tasks.
 
 Both collections store *tasks* (an instruction plus instances) rather than chat records.
-Each reader is a pure function ``row, options -> list[Conversation]`` registered in
-``sftlab.data.formats.FORMATS``; ``options`` is any object, read with ``getattr`` and
+Each reader is a pure function ``row, options -> list[Conversation]``; ``sftlab.data.formats``
+registers them in ``FORMATS`` with their detectors (this module imports nothing of it, so
+the two never import each other). ``options`` is any object, read with ``getattr`` and
 defaults (``sftlab.data.formats.ReadOptions`` in practice), so a plain ``None`` works.
 
 Self-Instruct (``seed_tasks.jsonl``, one task per line)::
@@ -34,14 +35,12 @@ import string
 from pathlib import Path
 from typing import Any
 
-from sftlab.data.formats import FORMATS, register_detector
 from sftlab.errors import DataError
 from sftlab.types import Conversation, Message
 
 # -- Self-Instruct -------------------------------------------------------------------------
 
 
-@register_detector("self_instruct")
 def is_self_instruct_row(row: Any) -> bool:
     """True for a Self-Instruct seed-task row (instruction + instances + is_classification)."""
     return (
@@ -52,11 +51,11 @@ def is_self_instruct_row(row: Any) -> bool:
     )
 
 
-@FORMATS.register("self_instruct")
 def read_self_instruct(row: dict[str, Any], options: Any = None) -> list[Conversation]:
     """One conversation per seed task (its first instance), or one per instance when
     ``options.expand_instances`` is true. The user turn is the instruction, followed by
-    ``"\\n\\n" + input`` when the instance has an input.
+    ``"\\n\\n" + input`` when the instance has an input. With ``options.require_assistant``
+    false (a prompt file) an instance needs no ``output``: the conversation ends on the user turn.
     """
     instruction = _required_str(row, "instruction")
     instances = row.get("instances")
@@ -70,11 +69,10 @@ def read_self_instruct(row: dict[str, Any], options: Any = None) -> list[Convers
         if not isinstance(instance, dict):
             raise DataError("each instance must be an object", field=f"instances[{number}]")
         task_input = str(instance.get("input") or "").strip()
-        output = _required_str(instance, "output", where=f"instances[{number}].output")
         separator = getattr(options, "user_input_separator", "\n\n")
         user = instruction.strip() + (separator + task_input if task_input else "")
         conversations.append(Conversation(
-            messages=[Message("user", user), Message("assistant", output.strip())],
+            messages=[Message("user", user)] + _instance_answer(instance, number, options),
             id=f"{task_id}-{number}" if expand and task_id is not None else task_id,
             source=getattr(options, "source", None),
             meta={"task": row.get("name"), "is_classification": bool(row.get("is_classification")),
@@ -86,13 +84,11 @@ def read_self_instruct(row: dict[str, Any], options: Any = None) -> list[Convers
 # -- Super-NaturalInstructions --------------------------------------------------------------
 
 
-@register_detector("superni")
 def is_superni_task(obj: Any) -> bool:
     """True for a Super-NaturalInstructions task object (Definition + Instances)."""
     return isinstance(obj, dict) and "Definition" in obj and isinstance(obj.get("Instances"), list)
 
 
-@FORMATS.register("superni")
 def read_superni(task: dict[str, Any], options: Any = None) -> list[Conversation]:
     """A whole Super-NI task object -> one conversation per instance.
 
@@ -208,6 +204,14 @@ def _tk_line(label: str, value: Any) -> str:
         value = value[0] if value else ""
     line = label + str(value).strip()
     return line if line[-1] in string.punctuation else line + "."
+
+
+def _instance_answer(instance: dict[str, Any], number: int, options: Any) -> list[Message]:
+    """The assistant turn of a seed-task instance; a prompt file may leave ``output`` out or empty."""
+    if not getattr(options, "require_assistant", True) and instance.get("output") in (None, ""):
+        return []
+    output = _required_str(instance, "output", where=f"instances[{number}].output")
+    return [Message("assistant", output.strip())]
 
 
 def _required_str(row: dict[str, Any], key: str, where: str | None = None) -> str:

@@ -155,8 +155,10 @@ def mix_tasks(task_rows: dict[str, Sequence[dict[str, Any]]], cap: int | None = 
     """Examples-proportional mixing with a cap: each task gives ``min(len(rows), cap)``
     examples (a deterministic sample by seed), then everything is shuffled together.
 
-    >>> len(mix_tasks({"sentiment": sst2_rows, "gsm8k": gsm_rows}, cap=100))   # 100 + 100
-    200
+    >>> sst2_rows = [{"sentence": f"film number {i}", "label": i % 2} for i in range(150)]
+    >>> gsm_rows = [{"question": f"What is {i} + 1?", "answer": f"#### {i + 1}"} for i in range(40)]
+    >>> len(mix_tasks({"sentiment": sst2_rows, "gsm8k": gsm_rows}, cap=100))   # 100 + 40
+    140
     """
     mixed = []
     for name, rows in task_rows.items():

@@ -8,8 +8,11 @@ same task scores a model, a remote endpoint or someone else's output file.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from sftlab.data.io import read_rows
+from sftlab.errors import DataError
 from sftlab.infer.base import Prompt, SamplingConfig
 from sftlab.registry import Registry
 
@@ -95,7 +98,16 @@ def data_path_for(task, data_dir: str | None) -> str | None:
     when no folder is given, so the task uses its own default or asks for one."""
     if data_dir is None:
         return None
-    from pathlib import Path
-
     relative = getattr(task, "data_file", "") or ""
     return str(Path(data_dir) / relative) if relative else str(data_dir)
+
+
+def read_task_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a task's data file (JSONL or a JSON list, gzipped or not) as
+    ``sftlab.data.io.read_rows`` reads them; a bad line is a ``DataError`` naming file and
+    line, a missing file says how to point a task at its data."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", file=str(path), hint="pass --data-dir DIR (the folder "
+                        "holding the task's files) or TASK=PATH in --tasks")
+    return read_rows(path)

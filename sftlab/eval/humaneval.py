@@ -1,7 +1,9 @@
 """HumanEval (Chen et al. 2021): 164 Python functions, scored by running their unit tests.
 
 A completion is judged by running ``prompt + completion + test + check(entry_point)`` in the
-sandbox (``sftlab.eval.sandbox``): passed = the program ran to the end.
+sandbox (``sftlab.eval.sandbox``): passed = the program ran to the end. A sandbox that
+cannot be set up raises ``SandboxError`` and stops the evaluation: a score of 0 from a
+broken sandbox would look like a bad model.
 
 Two prompt styles, one scorer:
 
@@ -30,7 +32,7 @@ from typing import Any
 
 from sftlab.errors import DataError
 from sftlab.eval.base import TASKS, GenerationTask, Sample
-from sftlab.eval.sandbox import SandboxLimits, run_python
+from sftlab.eval.sandbox import SandboxError, SandboxLimits, check_sandbox, run_python
 from sftlab.infer.base import SamplingConfig
 from sftlab.types import Message
 
@@ -153,15 +155,22 @@ class HumanEval(GenerationTask):
             raise DataError("task 'humaneval' needs its data",
                             hint="pass --data-dir DIR with humaneval/HumanEval.jsonl.gz, "
                                  "or --tasks humaneval=PATH")
-        return [{**row, "id": row["task_id"]} for row in read_problems(data_path)]
+        problems = read_problems(data_path)
+        check_sandbox(self.limits)  # before any generation: a broken sandbox stops here
+        return [{**row, "id": row["task_id"]} for row in problems]
 
     def prompt(self, doc: dict[str, Any]):
         return doc["prompt"]
 
     def score(self, doc: dict[str, Any], response: str) -> tuple[Any, dict[str, float]]:
-        """-> ({"program", "status", "message"}, {"pass@1": 1.0 or 0.0})."""
+        """-> ({"program", "status", "message"}, {"pass@1": 1.0 or 0.0}).
+
+        Raises ``SandboxError`` when the sandbox could not be set up (nothing ran).
+        """
         program = build_program(doc, response or "")
         result = run_python(program, self.limits)
+        if result.status == "error":
+            raise SandboxError(f"humaneval {doc.get('id', doc['task_id'])}: {result.message}")
         extracted = {"program": program, "status": result.status, "message": result.message}
         return extracted, {"pass@1": float(result.passed)}
 

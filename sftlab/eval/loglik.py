@@ -25,6 +25,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import torch
+from tqdm import tqdm
+
+from sftlab.models import context_length, pad_id
+
 
 @dataclass
 class Scored:
@@ -38,7 +43,9 @@ class Scored:
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """-> (context ids, continuation ids), the way lm-eval encodes a pair.
 
-    >>> encode_pair(tok, "Answer: ", "yes")   # the space moves: ("Answer:", " yes")
+    >>> context, continuation = encode_pair(tok, "Answer: ", "yes")
+    >>> tok.decode(context), tok.decode(continuation)   # the space moves to the continuation
+    ('Answer:', ' yes')
     """
     spaces = len(context) - len(context.rstrip())
     if spaces:
@@ -82,19 +89,17 @@ def loglikelihoods(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_
         if not continuation_ids:
             raise ValueError(f"continuation {continuation!r} encodes to no tokens")
     rows, reads = _plan_rows(encoded, max_length, shared_prefix)
-    log_probs: dict[int, dict[int, "torch.Tensor"]] = {}
+    log_probs: dict[int, dict[int, torch.Tensor]] = {}
     order = sorted(range(len(rows)), key=lambda r: (rows[r].owners is None, -len(rows[r].tokens)))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     if progress:
-        from tqdm import tqdm
-
         batches = tqdm(batches, desc="loglikelihood", unit="batch")
     for batch in batches:
         # a batch is all plain or all packed rows (packed rows sort first)
         for plain in (False, True):
             part = [r for r in batch if (rows[r].owners is None) == plain]
             if part:
-                for r, table in zip(part, _forward(model, [rows[r] for r in part], _pad_id(tokenizer))):
+                for r, table in zip(part, _forward(model, [rows[r] for r in part], pad_id(tokenizer))):
                     log_probs[r] = table
     return [_score(log_probs[row], columns, encoded[i][1]) for i, (row, columns) in enumerate(reads)]
 
@@ -147,7 +152,7 @@ def _pack(context: list[int], continuations: list[list[int]]) -> _Row:
     return row
 
 
-def _forward(model, rows: list[_Row], pad_id: int) -> list[dict[int, "torch.Tensor"]]:
+def _forward(model, rows: list[_Row], pad_id: int) -> list[dict[int, torch.Tensor]]:
     """One forward pass over a right-padded batch -> per row {column: log-softmax (vocab,)}.
 
     Plain rows: no attention mask (padding sits after every real token, so causal attention
@@ -155,8 +160,6 @@ def _forward(model, rows: list[_Row], pad_id: int) -> list[dict[int, "torch.Tens
     a token see the context and earlier tokens of its own choice. Only the needed columns
     (their union over the batch) go through the LM head.
     """
-    import torch
-
     width = max(len(row.tokens) for row in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     for i, row in enumerate(rows):
@@ -175,10 +178,8 @@ def _forward(model, rows: list[_Row], pad_id: int) -> list[dict[int, "torch.Tens
     return [{c: log_probs[i, where[c]] for c in row.needed} for i, row in enumerate(rows)]
 
 
-def _packed_inputs(rows: list[_Row], width: int) -> dict[str, "torch.Tensor"]:
+def _packed_inputs(rows: list[_Row], width: int) -> dict[str, torch.Tensor]:
     """(batch, 1, width, width) bool mask and (batch, width) position ids of packed rows."""
-    import torch
-
     owners = torch.full((len(rows), width), -2, dtype=torch.long)  # -2: padding
     positions = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
@@ -192,8 +193,6 @@ def _packed_inputs(rows: list[_Row], width: int) -> dict[str, "torch.Tensor"]:
 
 def _score(table: dict, columns: list[int], continuation_ids: list[int]) -> Scored:
     """``table[columns[j]]`` is the distribution that predicts ``continuation_ids[j]``."""
-    import torch
-
     n = len(continuation_ids)
     window = torch.stack([table[c] for c in columns])
     targets = torch.tensor(continuation_ids, dtype=torch.long)
@@ -202,13 +201,6 @@ def _score(table: dict, columns: list[int], continuation_ids: list[int]) -> Scor
     return Scored(float(token_log_probs.sum()), greedy, n)
 
 
-def _pad_id(tokenizer) -> int:
-    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if value is not None:
-            return int(value)
-    return 0
-
-
 def _max_length(model, tokenizer) -> int:
-    config_length = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    config_length = context_length(model)
     return int(config_length or getattr(tokenizer, "model_max_length", 2048) or 2048)

@@ -2,7 +2,10 @@
 
     config = EvalConfig(model="tiny", tasks=["gsm8k"], data_dir="../shared/data", limit=3)
     results = evaluate(config)        # also writes the three files when output_dir is set
-    print(format_table(results))
+    print(format_table(results))      # sftlab.eval.results
+
+Beside this file: ``backend.py`` (where answers come from: local model, endpoint or a
+responses file) and ``results.py`` (summaries with intervals, the files, the table).
 
 How one task runs:
 1. ``docs`` are read from the task's data path (``--data-dir`` + the task's ``data_file``,
@@ -24,17 +27,25 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
+import math
 import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from tqdm import tqdm
 
 from sftlab.errors import ConfigError, DataError
+from sftlab.eval.backend import EvalBackend, match_responses, read_responses
 from sftlab.eval.base import TASKS, GenerationTask, LoglikelihoodTask, Sample, data_path_for
-from sftlab.eval.metrics import bootstrap_ci, expected_calibration_error, mean
+from sftlab.eval.loglik import loglikelihoods
+from sftlab.eval.metrics import expected_calibration_error
+from sftlab.eval.results import summarize, write_outputs
 from sftlab.infer.base import SamplingConfig
+from sftlab.models import library_versions
 from sftlab.types import Message
 
 
@@ -42,33 +53,45 @@ from sftlab.types import Message
 class EvalConfig:
     """What ``sftlab eval`` runs; every field is saved in ``settings.json``."""
 
-    model: str = "tiny"
-    """Model name or directory (``tiny``, ``default``, a HF directory); with ``base_url``,
-    ignored for generation (the served model answers)."""
+    model: str | None = None
+    """Model to evaluate: `tiny`, `default`, a model or run directory, a hub id; with
+    `base_url`, the name shown in results (the served model answers). Not needed with
+    `responses` unless a log-likelihood task runs."""
     tasks: list[str] = field(default_factory=lambda: ["gsm8k"])
-    """Task names; ``NAME=PATH`` gives one task its own data file or folder."""
+    """Task names, comma-separated on the command line (gsm8k, math, bbh, mc, mc_letters,
+    ifeval, humaneval); `NAME=PATH` gives one task its own data file or folder."""
     output_dir: str | None = None
+    """Directory for results.json, samples.jsonl and settings.json; none: print only."""
     limit: int | None = None
     """Evaluate only the first N items (of each subtask)."""
     num_fewshot: int | None = None
     """Override the tasks' few-shot count (tasks without few-shot ignore it)."""
-    chat_template: str = "auto"
-    """``auto``: prompts as the task writes them; ``on``: text prompts become one user
-    message (chat template applied); ``off``: message prompts are sent as plain text."""
+    chat_template: Literal["auto", "on", "off"] = "auto"
+    """`auto`: prompts as the task writes them; `on`: text prompts become one user
+    message (chat template applied); `off`: message prompts are sent as plain text."""
     batch_size: int = 8
+    """Prompts per generation or scoring batch."""
     adapter: str | None = None
+    """A PEFT adapter directory to apply to the model."""
     responses: str | None = None
-    """Score precomputed responses (JSON/JSONL with ``id`` or ``prompt`` and ``response``/``output``)."""
+    """Score precomputed responses instead of generating (JSON/JSONL rows with `id` or
+    `prompt`, and `response` or `output`)."""
     data_dir: str | None = None
+    """Folder holding the tasks' data files (gsm8k/test.jsonl, bbh/, math/test.jsonl, ...)."""
     base_url: str | None = None
+    """An OpenAI-compatible endpoint that generates, e.g. http://127.0.0.1:8000/v1."""
     api_model: str | None = None
+    """Model name sent to `base_url` (required with it)."""
     max_new_tokens: int | None = None
     """Override the tasks' generation length."""
     seed: int = 1234
     """Seeds sampling (if any) and the bootstrap."""
     bootstrap_resamples: int = 1000
+    """Bootstrap resamples behind each 95% interval."""
     dtype: str = "float32"
+    """Dtype the local model is loaded in: float32, bfloat16 or float16."""
     device: str = "cpu"
+    """Device of the local model: cpu, cuda, cuda:1, mps."""
 
 
 def evaluate(config: EvalConfig, *, generator=None, model=None, tokenizer=None,
@@ -78,8 +101,11 @@ def evaluate(config: EvalConfig, *, generator=None, model=None, tokenizer=None,
     ``generator`` / ``model`` + ``tokenizer`` may be passed in (tests, the quickstart);
     otherwise they are loaded from ``config`` when a task needs them.
     """
-    _check(config)
-    backend = _Backend(config, generator, model, tokenizer)
+    _check(config, given_model=generator is not None or model is not None)
+    backend = EvalBackend(config.model, adapter=config.adapter, dtype=config.dtype, device=config.device,
+                          batch_size=config.batch_size, base_url=config.base_url,
+                          api_model=config.api_model, responses=config.responses,
+                          generator=generator, loaded_model=model, tokenizer=tokenizer)
     results: dict[str, Any] = {"model": config.model, "adapter": config.adapter, "tasks": {}}
     all_samples: list[Sample] = []
     task_settings = {}
@@ -94,7 +120,7 @@ def evaluate(config: EvalConfig, *, generator=None, model=None, tokenizer=None,
             samples, extra = run_loglikelihood_task(task, docs, backend, config, progress)
         else:
             samples, extra = run_generation_task(task, docs, backend, config, progress)
-        summary = summarize(task, samples, config)
+        summary = summarize(task, samples, seed=config.seed, resamples=config.bootstrap_resamples)
         summary["extra"].update(extra)
         summary["seconds"] = round(time.perf_counter() - started, 3)
         results["tasks"][name] = summary
@@ -106,11 +132,13 @@ def evaluate(config: EvalConfig, *, generator=None, model=None, tokenizer=None,
     return results
 
 
-def _check(config: EvalConfig) -> None:
+def _check(config: EvalConfig, given_model: bool) -> None:
     if config.chat_template not in ("auto", "on", "off"):
         raise ConfigError(f"--chat-template must be on, off or auto, not '{config.chat_template}'")
     if bool(config.base_url) != bool(config.api_model):
         raise ConfigError("--base-url and --api-model go together")
+    if not (config.model or config.responses or config.base_url or given_model):
+        raise ConfigError("give a MODEL to evaluate, or --responses FILE to score precomputed answers")
 
 
 def parse_task_spec(spec: str) -> tuple[str, str | None]:
@@ -130,8 +158,6 @@ def build_task(name: str, config: EvalConfig):
 
 
 def _import_task_modules() -> None:
-    import importlib
-
     for module in ("sftlab.eval.tasks", "sftlab.eval.tasks_ifeval", "sftlab.eval.humaneval"):
         try:
             importlib.import_module(module)
@@ -156,7 +182,7 @@ def limit_docs(docs: list[dict[str, Any]], limit: int | None) -> list[dict[str, 
 
 # ---------------------------------------------------------------- generation tasks
 
-def run_generation_task(task: GenerationTask, docs, backend: "_Backend", config: EvalConfig,
+def run_generation_task(task: GenerationTask, docs, backend: EvalBackend, config: EvalConfig,
                         progress: bool) -> tuple[list[Sample], dict[str, Any]]:
     """Prompt, generate (or look up responses), extract and score every doc."""
     sampling = task_sampling(task, config)
@@ -188,7 +214,7 @@ def run_generation_task(task: GenerationTask, docs, backend: "_Backend", config:
     return samples, ({"items_with_fewer_shots": reduced} if reduced else {})
 
 
-def fit_prompt(task, doc, config: EvalConfig, backend: "_Backend", max_new_tokens: int):
+def fit_prompt(task, doc, config: EvalConfig, backend: EvalBackend, max_new_tokens: int):
     """The item's prompt, with fewer few-shot exemplars when the full prompt plus the
     generation budget would not fit the local model's context (a tiny model's 1024
     tokens cannot hold GSM8K's 8 shots). -> (prompt, shots used). Never cuts text mid-way:
@@ -227,8 +253,6 @@ def task_sampling(task, config: EvalConfig) -> SamplingConfig:
 
 def _generate_in_chunks(generator, prompts, sampling, batch_size, progress, label):
     """Generate in chunks of a few batches so the progress bar moves."""
-    from tqdm import tqdm
-
     chunk = max(1, batch_size) * 4
     outputs = []
     with tqdm(total=len(prompts), desc=f"{label}: generate", unit="item", disable=not progress) as bar:
@@ -238,53 +262,12 @@ def _generate_in_chunks(generator, prompts, sampling, batch_size, progress, labe
     return outputs
 
 
-def read_responses(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a JSON list or JSONL file; each needs a ``response`` (or ``output``/``text``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("responses file not found", file=str(path))
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        rows = json.loads(text)
-    else:
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    for i, row in enumerate(rows):
-        response = next((row[k] for k in ("response", "output", "text", "completion") if k in row), None)
-        if not isinstance(response, str):
-            raise DataError("no 'response' string", file=str(path), index=i, field="response")
-        row["response"] = response
-    return rows
-
-
-def match_responses(docs, prompts, rows) -> list[str]:
-    """Pair each doc with a response: by ``id``, else by prompt text, else by position."""
-    by_id = {str(r["id"]): r["response"] for r in rows if "id" in r}
-    by_prompt = {r["prompt"]: r["response"] for r in rows if isinstance(r.get("prompt"), str)}
-    outputs = []
-    for index, (doc, prompt) in enumerate(zip(docs, prompts)):
-        text = prompt if isinstance(prompt, str) else (prompt[-1].content if prompt else "")
-        if str(doc["id"]) in by_id:
-            outputs.append(by_id[str(doc["id"])])
-        elif text in by_prompt:
-            outputs.append(by_prompt[text])
-        elif not by_id and not by_prompt and index < len(rows):
-            outputs.append(rows[index]["response"])
-        else:
-            raise DataError(f"no response for item '{doc['id']}'",
-                            hint="give each row the item's 'id' or its 'prompt' text")
-    return outputs
-
-
 # ---------------------------------------------------------------- log-likelihood tasks
 
-def run_loglikelihood_task(task: LoglikelihoodTask, docs, backend: "_Backend", config: EvalConfig,
+def run_loglikelihood_task(task: LoglikelihoodTask, docs, backend: EvalBackend, config: EvalConfig,
                            progress: bool) -> tuple[list[Sample], dict[str, Any]]:
     """acc (highest summed log-prob), acc_norm (highest log-prob per character of the
     choice, as lm-eval), and the ECE of the softmax over choices."""
-    import math
-
-    from sftlab.eval.loglik import loglikelihoods
-
     model, tokenizer = backend.local_model()
     pairs, owners = [], []
     for index, doc in enumerate(docs):
@@ -313,58 +296,9 @@ def run_loglikelihood_task(task: LoglikelihoodTask, docs, backend: "_Backend", c
     return samples, {"ece": expected_calibration_error(confidences, hits)}
 
 
-# ---------------------------------------------------------------- summaries and files
+# ---------------------------------------------------------------- settings
 
-def summarize(task, samples: list[Sample], config: EvalConfig) -> dict[str, Any]:
-    """Per metric: mean, bootstrap 95% interval, stderr, n; per subtask and macro average."""
-    metrics = _intervals(samples, config)
-    summary: dict[str, Any] = {"metrics": metrics, "subtasks": {}, "extra": {}}
-    subtasks = sorted({s.meta.get("subtask") for s in samples if s.meta.get("subtask")})
-    for subtask in subtasks:
-        summary["subtasks"][subtask] = _intervals([s for s in samples if s.meta.get("subtask") == subtask],
-                                                  config)
-    if subtasks:
-        for metric in metrics:
-            summary["extra"][f"{metric}_macro"] = mean(
-                [summary["subtasks"][t][metric]["mean"] for t in subtasks])
-    # a task's own aggregate wins where it is not the plain mean (IFEval's instruction-level
-    # accuracy pools instructions over prompts); its interval is a bootstrap of that aggregate
-    aggregated = task.aggregate(samples) if hasattr(task, "aggregate") else {}
-    pooled = [k for k, v in aggregated.items() if k in metrics and abs(v - metrics[k]["mean"]) > 1e-9]
-    if pooled:
-        metrics.update(_bootstrap_aggregate(task, samples, pooled, aggregated, config))
-    for key, value in aggregated.items():
-        if key not in metrics:
-            summary["extra"][key] = value
-    return summary
-
-
-def _bootstrap_aggregate(task, samples, keys, point, config: EvalConfig) -> dict[str, dict[str, float]]:
-    """Percentile bootstrap of ``task.aggregate`` itself over resampled items (seeded)."""
-    import numpy as np
-
-    rng = np.random.default_rng(config.seed)
-    draws = {key: [] for key in keys}
-    for _ in range(config.bootstrap_resamples):
-        picked = [samples[i] for i in rng.integers(0, len(samples), len(samples))]
-        values = task.aggregate(picked)
-        for key in keys:
-            draws[key].append(values[key])
-    return {key: {"mean": float(point[key]), "low": float(np.quantile(draws[key], 0.025)),
-                  "high": float(np.quantile(draws[key], 0.975)), "stderr": float(np.std(draws[key], ddof=1)),
-                  "n": len(samples), "aggregate": "task"} for key in keys}
-
-
-def _intervals(samples: list[Sample], config: EvalConfig) -> dict[str, dict[str, float]]:
-    values: dict[str, list[float]] = {}
-    for sample in samples:
-        for key, value in sample.scores.items():
-            values.setdefault(key, []).append(float(value))
-    return {key: bootstrap_ci(v, seed=config.seed, resamples=config.bootstrap_resamples)
-            for key, v in values.items()}
-
-
-def settings(config: EvalConfig, task_settings: dict[str, Any], backend: "_Backend") -> dict[str, Any]:
+def settings(config: EvalConfig, task_settings: dict[str, Any], backend: EvalBackend) -> dict[str, Any]:
     """The resolved settings: config, per-task prompts/generation, versions, machine."""
     return {"config": dataclasses.asdict(config), "tasks": task_settings,
             "versions": library_versions(), "python": platform.python_version(),
@@ -372,7 +306,7 @@ def settings(config: EvalConfig, task_settings: dict[str, Any], backend: "_Backe
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
-def _task_settings(task, config: EvalConfig, docs, backend: "_Backend") -> dict[str, Any]:
+def _task_settings(task, config: EvalConfig, docs, backend: EvalBackend) -> dict[str, Any]:
     fingerprint = hashlib.sha256(json.dumps(docs, sort_keys=True, default=str).encode()).hexdigest()
     entry: dict[str, Any] = {"num_fewshot": getattr(task, "num_fewshot", None), "items": len(docs),
                              "data_sha256": fingerprint, "chat_template": config.chat_template}
@@ -382,105 +316,3 @@ def _task_settings(task, config: EvalConfig, docs, backend: "_Backend") -> dict[
     else:
         entry["scoring"] = "loglikelihood (acc, acc_norm by characters, ece over 10 bins)"
     return entry
-
-
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for name in ("sftlab", "torch", "transformers", "peft", "tokenizers", "numpy"):
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return found
-
-
-def write_outputs(out: Path, results: dict[str, Any], samples: list[Sample]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
-    (out / "settings.json").write_text(json.dumps(results["settings"], indent=2, default=str),
-                                       encoding="utf-8")
-    with (out / "samples.jsonl").open("w", encoding="utf-8") as handle:
-        for sample in samples:
-            handle.write(json.dumps(dataclasses.asdict(sample), ensure_ascii=False, default=str) + "\n")
-
-
-def format_table(results: dict[str, Any]) -> str:
-    """Plain-text table: task, metric, value, 95% interval, n (values in percent)."""
-    lines = [f"{'task':<28} {'metric':<24} {'value':>7}  {'95% CI':<17} {'n':>5}"]
-    for task, summary in results["tasks"].items():
-        for metric, s in summary["metrics"].items():
-            lines.append(f"{task:<28} {metric:<24} {100 * s['mean']:>7.2f}  "
-                         f"[{100 * s['low']:6.2f}, {100 * s['high']:6.2f}] {s['n']:>5}")
-        for key, value in summary["extra"].items():
-            if isinstance(value, (int, float)):
-                lines.append(f"{task:<28} {key:<24} {100 * value:>7.2f}")
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- model access
-
-class _Backend:
-    """Loads the model, tokenizer or remote generator once, when a task first needs it."""
-
-    def __init__(self, config: EvalConfig, generator=None, model=None, tokenizer=None) -> None:
-        self.config = config
-        self._generator, self._model, self._tokenizer = generator, model, tokenizer
-
-    def local_model(self):
-        if self._model is None:
-            # log-likelihood tasks read the model's logits: they always run locally
-            from sftlab.models import load_model
-
-            self._model = load_model(self.config.model, adapter=self.config.adapter,
-                                     dtype=self.config.dtype, device=self.config.device).eval()
-        return self._model, self.tokenizer()
-
-    def tokenizer(self):
-        if self._tokenizer is None:
-            from sftlab.models import load_tokenizer
-
-            self._tokenizer = load_tokenizer(self.config.model, adapter=self.config.adapter)
-        return self._tokenizer
-
-    def generator(self):
-        if self._generator is None:
-            if self.config.base_url:
-                from sftlab.eval.remote import OpenAIGenerator
-
-                self._generator = OpenAIGenerator(self.config.base_url, self.config.api_model)
-            else:
-                from sftlab.infer.hf import HFGenerator
-
-                model, tokenizer = self.local_model()
-                self._generator = HFGenerator(model, tokenizer, batch_size=self.config.batch_size,
-                                              name=self.config.model)
-        return self._generator
-
-    def render(self, prompt) -> Any:
-        """The prompt as the model sees it: chat-templated text when we hold the tokenizer,
-        else the messages themselves (a remote server applies its own template)."""
-        if isinstance(prompt, str):
-            return prompt
-        messages = [m.to_dict() for m in prompt]
-        tokenizer = self._tokenizer if self.config.responses is None else None
-        if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return messages
-
-    def context_length(self) -> int | None:
-        """The local model's context in tokens; None for a remote model."""
-        if self.config.base_url or (self._model is None and self._generator is not None):
-            return None
-        model, _ = self.local_model()
-        return getattr(model.config, "max_position_embeddings", None)
-
-    def count_tokens(self, prompt) -> int:
-        from sftlab.infer.hf import prompt_to_ids
-
-        return len(prompt_to_ids(self.tokenizer(), prompt))
-
-    def chat_template_hash(self) -> str | None:
-        template = getattr(self._tokenizer, "chat_template", None)
-        return hashlib.sha256(template.encode()).hexdigest() if isinstance(template, str) else None

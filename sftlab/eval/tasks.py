@@ -21,32 +21,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from sftlab.data.io import read_rows
 from sftlab.errors import DataError
-from sftlab.eval.base import TASKS, GenerationTask, LoglikelihoodTask
+from sftlab.eval.base import TASKS, GenerationTask, LoglikelihoodTask, read_task_rows
 from sftlab.eval.extract import (bbh_answer, gsm8k_flexible, gsm8k_strict, gsm8k_target,
                                  last_boxed, math_answer, math_equal)
 from sftlab.infer.base import SamplingConfig
 
 
 def _packaged(name: str) -> dict[str, Any]:
+    """A data file shipped inside the package (few-shot exemplars), not a user's file."""
     return json.loads(resources.files("sftlab.eval").joinpath("data", name).read_text("utf-8"))
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; a bad line is a ``DataError`` naming file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("file not found", file=str(path), hint="pass --data-dir DIR (the folder "
-                        "holding the task's files) or TASK=PATH in --tasks")
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"invalid JSON ({exc.msg})", file=str(path), line=number) from exc
-    return rows
 
 
 def _require(path: str | None, task: str, example: str) -> str:
@@ -74,7 +59,7 @@ class Gsm8k(GenerationTask):
     sampling = SamplingConfig(max_new_tokens=256, stop=["Q:", "\n\n\n"])
 
     def docs(self, data_path: str | None = None) -> list[dict[str, Any]]:
-        rows = read_jsonl(_require(data_path, self.name, "gsm8k/test.jsonl"))
+        rows = read_task_rows(_require(data_path, self.name, "gsm8k/test.jsonl"))
         return [{"id": f"gsm8k-{i}", "question": r["question"], "answer": r["answer"],
                  "target": gsm8k_target(r["answer"])} for i, r in enumerate(rows)]
 
@@ -105,7 +90,7 @@ class Math(GenerationTask):
     sampling = SamplingConfig(max_new_tokens=512, stop=["Problem:", "\n\n\n\n"])
 
     def docs(self, data_path: str | None = None) -> list[dict[str, Any]]:
-        rows = read_jsonl(_require(data_path, self.name, "math/test.jsonl"))
+        rows = read_task_rows(_require(data_path, self.name, "math/test.jsonl"))
         docs = []
         for i, row in enumerate(rows):
             target = row.get("answer") or last_boxed(row.get("solution", ""))
@@ -192,14 +177,17 @@ def read_bbh_cot_prompt(path: Path) -> str:
 def _read_bbh_examples(path: Path) -> list[dict[str, str]]:
     if not path.is_file():
         raise DataError("BBH task file not found", file=str(path))
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return data["examples"]
+    rows = read_rows(path)  # a BBH file is ONE object: {"canary", "examples": [{"input", "target"}]}
+    if len(rows) != 1 or not isinstance(rows[0], dict) or "examples" not in rows[0]:
+        raise DataError("not a BBH task file", file=str(path), field="examples",
+                        hint='a BBH file is one JSON object {"examples": [{"input": ..., "target": ...}]}')
+    return rows[0]["examples"]
 
 
 # ---------------------------------------------------------------- multiple choice
 
 def read_mc(path: str | Path) -> list[dict[str, Any]]:
-    """Multiple-choice items from JSONL or CSV -> ``{"id", "question", "choices", "gold"}``.
+    """Multiple-choice items from JSONL (or a JSON list) or CSV -> ``{"id", "question", "choices", "gold"}``.
 
     JSONL row: ``{"question": "2+2?", "choices": ["3", "4"], "answer": "B"}`` (the answer
     is a letter or a 0-based index). CSV: columns ``question, A, B, C, D, answer`` (as the
@@ -217,7 +205,7 @@ def read_mc(path: str | Path) -> list[dict[str, Any]]:
             elif isinstance(row["choices"], str):
                 row["choices"] = row["choices"].split("|")
     else:
-        rows = read_jsonl(path)
+        rows = read_task_rows(path)
     items = []
     for i, row in enumerate(rows):
         choices = row.get("choices")

@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from sftlab.errors import DataError
-from sftlab.eval.base import TASKS, GenerationTask, Sample
-from sftlab.eval.ifeval.score import aggregate, read_jsonl, score_prompt
+from sftlab.eval.base import TASKS, GenerationTask, Sample, read_task_rows
+from sftlab.eval.ifeval.score import aggregate, score_prompt
 from sftlab.infer.base import SamplingConfig
 from sftlab.types import Message
 
@@ -33,7 +33,7 @@ class IFEval(GenerationTask):
             raise DataError("task 'ifeval' needs its data",
                             hint="pass --data-dir DIR with ifeval/input_data.jsonl, "
                                  "or --tasks ifeval=PATH")
-        rows = read_jsonl(data_path)
+        rows = read_task_rows(data_path)
         for index, row in enumerate(rows):
             for field in ("prompt", "instruction_id_list", "kwargs"):
                 if field not in row:

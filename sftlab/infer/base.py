@@ -18,13 +18,19 @@ class SamplingConfig:
     """How to decode. ``temperature == 0`` means greedy."""
 
     max_new_tokens: int = 256
+    """Completion length limit in tokens."""
     temperature: float = 0.0
+    """Softmax temperature; 0 = greedy decoding."""
     top_p: float = 1.0
+    """Nucleus sampling: sample among the likeliest tokens holding this probability mass
+    (1.0 = off)."""
     top_k: int = 0
+    """Sample among the k likeliest tokens (0 = off)."""
     seed: int = 0
     """Sampling seed: the same prompts, settings and seed give the same text; -1 draws fresh
     randomness (the server's default for requests without a seed, as OpenAI's API does)."""
     stop: list[str] = field(default_factory=list)
+    """Stop strings: the output ends before the first one it produces (repeat `--stop`)."""
 
 
 @dataclass

@@ -40,7 +40,10 @@ from typing import Callable, Sequence
 
 import torch
 from torch.overrides import TorchFunctionMode
+from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
+
+from sftlab.models import split_model
 
 Pick = Callable[[torch.Tensor, list[int]], list[int]]
 OnToken = Callable[[int, int], bool]
@@ -49,8 +52,6 @@ OnToken = Callable[[int, int], bool]
 def supports_continuous(model) -> bool:
     """True when every layer of the model's cache is a plain full-attention ``DynamicLayer``
     and no PEFT prompt-learning adapter prepends virtual tokens inside ``generate``."""
-    from transformers import DynamicCache
-
     if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
         return False
     try:
@@ -141,8 +142,6 @@ class KVBatch:
             return next_token_logits(model, split, inputs)
 
     def _cache(self):
-        from transformers import DynamicCache
-
         cache = DynamicCache()
         cache.layers = list(self.layers)
         return cache
@@ -194,8 +193,6 @@ def prefill(model, prompt: Sequence[int], prefix=None):
     ``prefix``: a ``(length, DynamicCache)`` pair holding the keys and values of the prompt's
     first ``length`` tokens; only the rest is computed (the prefix cache is not modified).
     """
-    from transformers import DynamicCache
-
     device = model.device
     cache, start = None, 0
     if prefix is not None:
@@ -227,8 +224,6 @@ def generate_continuously(model, prompts: Sequence[Sequence[int]], batch_size: i
     """Decode every prompt until ``on_token`` says it is finished; returns the number of
     batched decode steps. Prompts are admitted in the order given (index = position in
     ``prompts``). Call under ``torch.inference_mode()``."""
-    from sftlab.models import split_model
-
     split = split_model(model)   # once per call, not per step
     prefix = shared_prefix(model, prompts)
     waiting = deque(range(len(prompts)))

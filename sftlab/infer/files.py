@@ -1,9 +1,13 @@
-"""Generate completions for a JSONL file of prompts, resumably.
+"""Generate completions for a file of prompts, resumably.
 
-Input rows (one JSON object per line)::
+Input: a prompt file as ``sftlab.data.prompts.read_prompts`` reads it (JSON list or JSONL,
+any row format ``sftlab synth`` and eval accept too), for example::
 
     {"id": "q1", "prompt": "Once upon a time"}                       # raw text, used as is
     {"id": "q2", "messages": [{"role": "user", "content": "Hi"}]}    # chat template applied
+    {"instruction": "Add the numbers.", "input": "2 and 3"}          # alpaca: chat template applied
+
+A row without an ``id`` is named ``<file stem>-<index>`` (``prompts-2``).
 
 Output rows, in input order, one per input row::
 
@@ -23,9 +27,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
+from sftlab.config import dump_config
+from sftlab.data.prompts import PromptRow, read_prompts
 from sftlab.errors import DataError
-from sftlab.infer.base import Generator, Prompt, SamplingConfig
-from sftlab.types import ROLES, Message
+from sftlab.infer.base import Generation, Generator, SamplingConfig
 
 
 @dataclass
@@ -33,53 +40,21 @@ class GenerateConfig:
     """Settings of one ``sftlab generate`` run (saved beside the output)."""
 
     model: str = "default"
+    """The model to generate with: ``tiny``, ``default``, a Hub name or a local directory."""
     adapter: str | None = None
+    """A PEFT adapter directory to load on top of ``model`` (None: the plain model)."""
     input: str = ""
+    """The prompt file (JSON list or JSONL; see ``sftlab.data.prompts``)."""
     output: str = ""
+    """The JSONL file the completions are appended to (a rerun resumes it)."""
     batch_size: int = 8
+    """Prompts generated together."""
     dtype: str = "float32"
+    """Model weights' dtype: float32, bfloat16 or float16."""
     device: str = "cpu"
+    """Where the model runs: cpu, cuda, cuda:1, mps."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-
-
-def read_prompts(path: str | Path) -> list[tuple[str, Prompt, dict[str, Any]]]:
-    """``(id, prompt, row)`` for every line; ids default to the 0-based line index as a string.
-
-    Raises ``DataError`` naming the file and line for malformed rows.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("input file not found", file=str(path))
-    prompts = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"not valid JSON ({exc.msg})", file=str(path), line=number) from None
-            prompt = _row_prompt(row, str(path), number)
-            row_id = str(row.get("id", len(prompts)))
-            prompts.append((row_id, prompt, row))
-    return prompts
-
-
-def _row_prompt(row: Any, file: str, line: int) -> Prompt:
-    if not isinstance(row, dict):
-        raise DataError("a row must be a JSON object", file=file, line=line)
-    if isinstance(row.get("prompt"), str):
-        return row["prompt"]
-    messages = row.get("messages")
-    hint = 'give "prompt": "text" or "messages": [{"role": "user", "content": "..."}]'
-    if not isinstance(messages, list) or not messages:
-        raise DataError("no prompt", file=file, line=line, field="prompt/messages", hint=hint)
-    out = []
-    for m in messages:
-        if not (isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)):
-            raise DataError(f"bad message {m!r}", file=file, line=line, field="messages", hint=hint)
-        out.append(Message(m["role"], m["content"]))
-    return out
+    """Decoding settings: max_new_tokens, temperature, top_p, seed, stop."""
 
 
 def completed_rows(output: Path, ids: list[str]) -> int:
@@ -111,14 +86,10 @@ def generate_file(generator: Generator, config: GenerateConfig, progress: bool =
     Summary: ``{"rows", "skipped_existing", "generated", "completion_tokens", "seconds",
     "tokens_per_second", "output", "config"}``.
     """
-    from tqdm import tqdm
-
-    from sftlab.config import dump_config
-
     rows = read_prompts(config.input)
     output = Path(config.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    done = completed_rows(output, [row_id for row_id, _, _ in rows])
+    done = completed_rows(output, [row.id for row in rows])
     stem = output.with_suffix("") if output.suffix else output
     config_path = Path(f"{stem}.config.yaml")
     dump_config(asdict(config), config_path)
@@ -130,9 +101,9 @@ def generate_file(generator: Generator, config: GenerateConfig, progress: bool =
     with output.open("a", encoding="utf-8") as handle:
         for offset in range(0, len(todo), chunk):
             part = todo[offset:offset + chunk]
-            generations = generator.generate([prompt for _, prompt, _ in part], config.sampling)
-            for (row_id, _, row), gen in zip(part, generations):
-                handle.write(json.dumps(_output_row(row_id, row, gen), ensure_ascii=False) + "\n")
+            generations = generator.generate([row.prompt for row in part], config.sampling)
+            for row, gen in zip(part, generations):
+                handle.write(json.dumps(_output_row(row, gen), ensure_ascii=False) + "\n")
                 tokens += gen.completion_tokens
             handle.flush()
             bar.update(len(part))
@@ -145,11 +116,12 @@ def generate_file(generator: Generator, config: GenerateConfig, progress: bool =
             "output": str(output), "config": str(config_path)}
 
 
-def _output_row(row_id: str, row: dict[str, Any], gen) -> dict[str, Any]:
-    out = {"id": row_id}
+def _output_row(prompt: PromptRow, gen: Generation) -> dict[str, Any]:
+    """The input row's id and prompt fields (``prompt``, ``messages``), then the completion."""
+    out = {"id": prompt.id}
     for key in ("prompt", "messages"):
-        if key in row:
-            out[key] = row[key]
+        if isinstance(prompt.row, dict) and key in prompt.row:
+            out[key] = prompt.row[key]
     out.update(output=gen.text, finish_reason=gen.finish_reason, prompt_tokens=gen.prompt_tokens,
                completion_tokens=gen.completion_tokens)
     return out

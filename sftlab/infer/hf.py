@@ -31,11 +31,18 @@ or linear-attention cache) run through ``model.generate`` in fixed left-padded b
 from __future__ import annotations
 
 import contextlib
+import secrets
 import threading
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import torch
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+from sftlab.errors import ConfigError
 from sftlab.infer.base import Generation, Prompt, SamplingConfig
+from sftlab.infer.continuous import generate_continuously, supports_continuous
+from sftlab.models import context_length, load_model, load_tokenizer, pad_id
 from sftlab.types import Message
 
 # on_text(index_in_input_order, new_text): called as text becomes final, for streaming
@@ -45,14 +52,13 @@ TextCallback = Callable[[int, str], None]
 def prompt_to_ids(tokenizer, prompt: Prompt) -> list[int]:
     """Token ids of one prompt: chat template + generation prompt for messages, raw text as is.
 
-    >>> prompt_to_ids(tok, [Message("user", "Hi")])   # '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
+    >>> tok.decode(prompt_to_ids(tok, [Message("user", "Hi")]))
+    '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
     """
     if isinstance(prompt, str):
         return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
     messages = [m.to_dict() if isinstance(m, Message) else dict(m) for m in prompt]
     if not getattr(tokenizer, "chat_template", None):
-        from sftlab.errors import ConfigError
-
         raise ConfigError("this tokenizer has no chat template; pass raw string prompts instead "
                           "of messages, or use a chat model")
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -89,8 +95,6 @@ class _RowTracker:
         self.hold = max((len(s) for s in self.stop), default=1) - 1
 
     def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
         done = []
         for row, ids in zip(self.rows, input_ids[:, self.prompt_len:].tolist()):
             if row.finish_reason is None:
@@ -157,7 +161,7 @@ class HFGenerator:
         self.tokenizer = tokenizer
         self.batch_size = max(1, int(batch_size))
         self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
-        self.pad_id = self._pad_id()
+        self.pad_id = pad_id(tokenizer)
         self.eos_ids = self._eos_ids()
         # counters: prompts completed, and batched decode steps of the continuous engine
         self.prompts_generated = 0
@@ -169,8 +173,6 @@ class HFGenerator:
     def from_name(cls, name_or_path: str, *, adapter=None, batch_size: int = 8, dtype: str = "float32",
                   device: str = "cpu", trust_remote_code: bool = False) -> "HFGenerator":
         """Load with ``sftlab.models`` (``default``, ``tiny``, a directory or hub id)."""
-        from sftlab.models import load_model, load_tokenizer
-
         model = load_model(name_or_path, adapter=adapter, dtype=dtype, device=device,
                            trust_remote_code=trust_remote_code)
         tokenizer = load_tokenizer(name_or_path, adapter=adapter, trust_remote_code=trust_remote_code)
@@ -183,10 +185,6 @@ class HFGenerator:
         ``on_text(i, delta)`` (optional) receives the text of prompt ``i`` piece by piece as
         it is generated (stop strings never leak into it); used for streaming.
         """
-        import torch
-
-        from sftlab.infer.continuous import supports_continuous
-
         sampling = sampling or SamplingConfig()
         encoded = [prompt_to_ids(self.tokenizer, p) for p in prompts]
         self._check_context(encoded, sampling.max_new_tokens)
@@ -200,8 +198,6 @@ class HFGenerator:
 
     def _generate_continuously(self, encoded: list[list[int]], sampling: SamplingConfig,
                                on_text: TextCallback | None) -> list[_Row]:
-        from sftlab.infer.continuous import generate_continuously
-
         rows = [_Row(index=i, prompt_tokens=len(ids)) for i, ids in enumerate(encoded)]
         tracker = _RowTracker(self.tokenizer, rows, 0, self.eos_ids, sampling.stop, on_text)
         completions: list[list[int]] = [[] for _ in encoded]
@@ -217,8 +213,6 @@ class HFGenerator:
     def _generate_with_hf(self, encoded: list[list[int]], sampling: SamplingConfig,
                           on_text: TextCallback | None) -> list[_Row]:
         """``model.generate`` in fixed left-padded batches, longest prompts first."""
-        import torch
-
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         rows: dict[int, _Row] = {}
         rng = torch.random.fork_rng(devices=_rng_devices(self.model)) if sampling.temperature > 0 \
@@ -235,8 +229,6 @@ class HFGenerator:
 
     def _generate_batch(self, batch_ids: list[list[int]], indices: list[int], sampling: SamplingConfig,
                         on_text: TextCallback | None) -> list[_Row]:
-        import torch
-
         width = max(len(ids) for ids in batch_ids)
         input_ids = torch.full((len(batch_ids), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(batch_ids), width), dtype=torch.long)
@@ -254,8 +246,6 @@ class HFGenerator:
         return rows
 
     def _generation_config(self, sampling: SamplingConfig):
-        from transformers import GenerationConfig
-
         sample = sampling.temperature > 0
         # a fresh config: the checkpoint's own defaults (e.g. top_k=50, repetition penalty)
         # must not silently change what the caller asked for
@@ -271,9 +261,7 @@ class HFGenerator:
         )
 
     def _check_context(self, encoded: list[list[int]], max_new_tokens: int) -> None:
-        from sftlab.errors import ConfigError
-
-        limit = getattr(self.model.config, "max_position_embeddings", None)
+        limit = context_length(self.model)
         for i, ids in enumerate(encoded):
             if not ids:
                 raise ConfigError(f"prompt {i} is empty (no tokens): give every prompt some text")
@@ -290,12 +278,6 @@ class HFGenerator:
             ids.add(self.tokenizer.eos_token_id)
         return ids
 
-    def _pad_id(self) -> int:
-        for value in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id):
-            if value is not None:
-                return int(value)
-        return 0
-
 
 def _greedy(logits, indices: list[int]) -> list[int]:
     return logits.argmax(-1).tolist()
@@ -307,18 +289,12 @@ class _Sampler:
     do not depend on which rows share its batch. ``seed < 0``: fresh randomness."""
 
     def __init__(self, sampling: SamplingConfig, count: int, device) -> None:
-        import secrets
-
-        import torch
-
         self.sampling = sampling
         base = sampling.seed if sampling.seed >= 0 else secrets.randbits(62)
         self.generators = [torch.Generator(device=device).manual_seed(hash((base, i)) & (2 ** 62 - 1))
                            for i in range(count)]
 
     def __call__(self, logits, indices: list[int]) -> list[int]:
-        import torch
-
         probs = filter_logits(logits.float() / self.sampling.temperature,
                               self.sampling.top_k, self.sampling.top_p).softmax(-1)
         return [int(torch.multinomial(row, 1, generator=self.generators[i]))
@@ -328,8 +304,6 @@ class _Sampler:
 def filter_logits(logits, top_k: int = 0, top_p: float = 1.0):
     """``logits [B, vocab]`` with everything outside the top ``k`` and outside the smallest set
     whose probability reaches ``top_p`` set to ``-inf`` (the most likely token always stays)."""
-    import torch
-
     if 0 < top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -342,14 +316,19 @@ def filter_logits(logits, top_k: int = 0, top_p: float = 1.0):
     return logits
 
 
-def _criteria(tracker: _RowTracker):
-    from transformers import StoppingCriteria, StoppingCriteriaList
+class _TrackerCriteria(StoppingCriteria):
+    """A ``_RowTracker`` as a transformers stopping criterion (``model.generate`` wants a
+    ``StoppingCriteria`` instance)."""
 
-    class _Wrapped(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):
-            return tracker(input_ids, scores, **kwargs)
+    def __init__(self, tracker: _RowTracker) -> None:
+        self.tracker = tracker
 
-    return StoppingCriteriaList([_Wrapped()])
+    def __call__(self, input_ids, scores, **kwargs):
+        return self.tracker(input_ids, scores, **kwargs)
+
+
+def _criteria(tracker: _RowTracker) -> StoppingCriteriaList:
+    return StoppingCriteriaList([_TrackerCriteria(tracker)])
 
 
 def _rng_devices(model) -> list:

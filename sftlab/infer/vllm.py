@@ -19,6 +19,7 @@ from typing import Sequence
 
 from sftlab.errors import SftlabError
 from sftlab.infer.base import Generation, Prompt, SamplingConfig
+from sftlab.models import resolve_adapter, resolve_model
 from sftlab.types import Message
 
 INSTALL_HINT = "pip install vllm (needs a CUDA GPU); or use the default HF backend (HFGenerator)"
@@ -26,7 +27,7 @@ INSTALL_HINT = "pip install vllm (needs a CUDA GPU); or use the default HF backe
 
 def _import_vllm():
     try:
-        import vllm
+        import vllm  # lazy: optional, GPU-only and heavy; sftlab runs without it
     except ImportError as exc:
         raise SftlabError(f"the vLLM backend needs the 'vllm' package, which is not importable "
                           f"({exc}): {INSTALL_HINT}") from None
@@ -39,12 +40,10 @@ class VLLMGenerator:
     def __init__(self, name_or_path: str, *, adapter: str | Path | None = None, dtype: str = "auto",
                  trust_remote_code: bool = False, **engine_kwargs) -> None:
         vllm = _import_vllm()
-        from sftlab.models import resolve_adapter, resolve_model
-
         self.name = str(name_or_path)
         self._lora = None
         if adapter is not None:
-            from vllm.lora.request import LoRARequest
+            from vllm.lora.request import LoRARequest  # lazy: part of the optional vllm
 
             engine_kwargs.setdefault("enable_lora", True)
             self._lora = LoRARequest("adapter", 1, str(resolve_adapter(adapter)))

@@ -13,14 +13,29 @@ Names:
   network). Only safetensors weights are read, and model code from the hub runs only with
   ``trust_remote_code=True``.
 
-An adapter is a PEFT adapter directory (``adapter_config.json``) or a training run
+An adapter is a PEFT adapter directory (``adapter_config.json``), an sftlab bottleneck
+adapter directory (``sftlab_adapter.json``, ``sftlab.models.adapters``) or a training run
 directory holding one in ``adapter/``.
+
+Facts about a model or tokenizer that every stage needs, each answered once:
+``pad_id``, ``context_length``, ``library_versions`` (``sftlab.models.info``, re-exported
+here) and ``decoder_layers`` (``sftlab.models.layers``).
+
+Why the imports inside functions: generation, evaluation and ``sftlab --help`` import this
+package for its light helpers without loading a model, so torch, transformers and peft
+(seconds to import) load only in the functions that load one.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from sftlab.errors import SftlabError
+from sftlab.errors import ConfigError, SftlabError
+from sftlab.models.info import context_length, library_versions, pad_id
+
+__all__ = ["BUILTIN", "ModelNotFoundError", "adapter_base", "apply_adapter", "available_models",
+           "context_length", "library_versions", "load_model", "load_tokenizer", "pad_id",
+           "resolve_adapter", "resolve_model", "split_adapter_run", "split_model"]
 
 BUILTIN = ("default", "tiny")
 
@@ -39,7 +54,7 @@ def resolve_model(name_or_path: str | Path) -> str:
     if name == "tiny":
         return name
     if name == "default":
-        from sftlab.models.default import ensure_default
+        from sftlab.models.default import ensure_default  # lazy: see the module docstring
 
         return str(ensure_default())
     path = Path(name).expanduser()
@@ -72,8 +87,6 @@ def resolve_adapter(adapter: str | Path) -> Path:
 
 def adapter_base(adapter_dir: Path) -> str | None:
     """The base model an adapter directory names (``default``, ``tiny``, a path), if any."""
-    import json
-
     for marker, key in _ADAPTER_MARKERS.items():
         if (adapter_dir / marker).is_file():
             return json.loads((adapter_dir / marker).read_text()).get(key)
@@ -84,10 +97,10 @@ def apply_adapter(model, adapter: str | Path):
     """Put a PEFT adapter (-> ``PeftModel``) or an sftlab adapter (in place) on ``model``."""
     adapter_dir = resolve_adapter(adapter)
     if (adapter_dir / "sftlab_adapter.json").is_file():
-        from sftlab.train.adapters import load_adapter
+        from sftlab.models.adapters import load_adapter  # lazy: torch (see the docstring)
 
         return load_adapter(model, adapter_dir)
-    from peft import PeftModel
+    from peft import PeftModel  # lazy: see the module docstring
 
     return PeftModel.from_pretrained(model, str(adapter_dir))
 
@@ -128,7 +141,7 @@ def load_tokenizer(name_or_path: str, *, adapter: str | Path | None = None,
             if (candidate / "tokenizer_config.json").is_file():
                 return _auto_tokenizer(str(candidate), trust_remote_code)
     if str(name_or_path) == "tiny":
-        from sftlab.models.tiny import tiny_tokenizer
+        from sftlab.models.tiny import tiny_tokenizer  # lazy: see the module docstring
 
         return tiny_tokenizer()
     resolved = resolve_model(name_or_path)
@@ -152,11 +165,11 @@ def load_model(name_or_path: str, *, adapter: str | Path | None = None, dtype: s
 
     torch_dtype = _dtype(dtype)
     if str(name_or_path) == "tiny":
-        from sftlab.models.tiny import tiny_model
+        from sftlab.models.tiny import tiny_model  # lazy: see the module docstring
 
         model = tiny_model().to(torch_dtype)
     else:
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM  # lazy: see the module docstring
 
         model = AutoModelForCausalLM.from_pretrained(
             resolve_model(name_or_path), dtype=torch_dtype, use_safetensors=True,
@@ -171,6 +184,7 @@ def available_models() -> list[dict]:
 
     Each row: ``{"name", "kind", "status", "path"}``.
     """
+    # lazy: see the module docstring
     from sftlab.models.default import cache_root, default_dir, gguf_path, is_converted
 
     rows = [{"name": "tiny", "kind": "builtin", "status": "ready (random weights, for tests)",
@@ -191,20 +205,18 @@ def available_models() -> list[dict]:
 
 
 def _auto_tokenizer(path: str, trust_remote_code: bool = False):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # lazy: see the module docstring
 
     return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
 def _dtype(name: str):
-    import torch
+    import torch  # lazy: see the module docstring
 
     try:
         return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[name]
     except KeyError:
-        from sftlab.errors import ConfigError
-
         raise ConfigError(f"unknown dtype {name!r}: use float32, bfloat16 or float16") from None
 
 
@@ -215,7 +227,7 @@ def split_model(model) -> tuple:
     ``nn.Linear`` (its weight may be tied to the input embedding: autograd then adds both
     gradients into the one tensor).
     """
-    import torch
+    import torch  # lazy: see the module docstring
 
     inner = model
     if hasattr(model, "peft_config"):  # PeftModel: LoRA layers are injected in place

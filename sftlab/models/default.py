@@ -20,6 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
 from sftlab.errors import SftlabError
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -67,8 +69,6 @@ def gguf_path() -> Path:
 
 def load_from_gguf():
     """Dequantize the GGUF into ``(model, tokenizer)``: a float32 LlamaForCausalLM (134.5M params)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-
     path = gguf_path()
     config = GgufConfig(gguf_file=path.name, dequantize=True)
     model = AutoModelForCausalLM.from_pretrained(

@@ -10,6 +10,11 @@ from __future__ import annotations
 import functools
 import random
 
+import torch
+from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+from tokenizers.models import BPE
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
@@ -55,9 +60,7 @@ def _corpus(seed: int = 0, n_lines: int = 2000) -> list[str]:
 
 @functools.lru_cache(maxsize=4)
 def _tokenizer_json(vocab_size: int) -> str:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
+    tok = Tokenizer(BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -75,9 +78,6 @@ def tiny_tokenizer(vocab_size: int = 512):
 
     ids: ``<|endoftext|>`` 0, ``<|im_start|>`` 1, ``<|im_end|>`` 2 (eos), ``<pad>`` 3.
     """
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(_tokenizer_json(vocab_size)),
         bos_token="<|im_start|>",
@@ -93,8 +93,6 @@ def tiny_tokenizer(vocab_size: int = 512):
 
 def tiny_config(vocab_size: int = 512, **overrides):
     """A 2-layer, 64-wide Llama config (grouped-query attention, tied embeddings off)."""
-    from transformers import LlamaConfig
-
     values = dict(
         vocab_size=vocab_size,
         hidden_size=64,
@@ -115,9 +113,6 @@ def tiny_config(vocab_size: int = 512, **overrides):
 
 def tiny_model(seed: int = 0, vocab_size: int = 512, **overrides):
     """A random ``LlamaForCausalLM`` in fp32, the same weights for the same seed."""
-    import torch
-    from transformers import LlamaForCausalLM
-
     config = tiny_config(vocab_size, **overrides)
     config._attn_implementation = "sdpa"
     with torch.random.fork_rng():

@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from sftlab.data.io import read_rows
 from sftlab.quickstart.tasks import TASKS, UNSEEN_TASKS, Task
 from sftlab.types import Conversation, Message
 
@@ -86,6 +87,7 @@ def save(data: QuickstartData, directory: Path) -> None:
 
 
 def load(directory: Path) -> QuickstartData:
-    train = [Conversation.from_dict(json.loads(line)) for line in (directory / "train.jsonl").open()]
-    evaluation = [EvalItem(**json.loads(line)) for line in (directory / "eval.jsonl").open()]
+    """The data ``save`` wrote to ``directory`` (train.jsonl and eval.jsonl)."""
+    train = [Conversation.from_dict(row) for row in read_rows(directory / "train.jsonl")]
+    evaluation = [EvalItem(**row) for row in read_rows(directory / "eval.jsonl")]
     return QuickstartData(train, evaluation)

@@ -20,40 +20,24 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+import yaml
+from tqdm import tqdm
+
+from sftlab.config import load_config
+from sftlab.data.io import read_rows
+from sftlab.infer.base import SamplingConfig
+from sftlab.infer.hf import HFGenerator
+from sftlab.models import resolve_model
 from sftlab.quickstart import data as qdata
+from sftlab.quickstart.config import QuickstartConfig
+from sftlab.quickstart.report import summarize, write_report
 from sftlab.quickstart.tasks import exact_match, normalize_answer
+from sftlab.train.config import TrainConfig
+from sftlab.train.sft import train
+from sftlab.types import Message
 
 STAGES = 5
-
-
-@dataclass
-class QuickstartConfig:
-    model: str = "default"
-    """The model to tune: ``default`` (SmolLM2-135M-Instruct), ``tiny`` or a directory."""
-    output_dir: str = ""
-    """Run directory; empty: ``runs/quickstart-<date>-<time>``."""
-    seed: int = 0
-    train_per_task: int = 64
-    """Training instances per seen task (12 seen tasks)."""
-    eval_per_task: int = 12
-    """Held-out instances per task for evaluation."""
-    epochs: int = 1
-    batch_size: int = 4
-    """Packed rows of ``max_length`` tokens per optimizer step."""
-    lr: float = 1e-3
-    lora_rank: int = 16
-    max_length: int = 256
-    max_new_tokens: int = 24
-    eval_batch_size: int = 16
-    threads: int = 0
-    """torch threads (0: all cores)."""
-    fast: bool = False
-    """A tiny version for tests: few instances, a few steps."""
-
-    def __post_init__(self) -> None:
-        if self.fast:
-            self.train_per_task, self.eval_per_task = min(self.train_per_task, 4), min(self.eval_per_task, 2)
-            self.max_new_tokens = min(self.max_new_tokens, 8)
 
 
 @dataclass
@@ -64,8 +48,6 @@ class QuickstartResult:
 
 
 def run_quickstart(config: QuickstartConfig) -> QuickstartResult:
-    import torch
-
     run_dir = Path(config.output_dir or time.strftime("runs/quickstart-%Y%m%d-%H%M%S")).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"run directory: {run_dir}", flush=True)
@@ -91,8 +73,6 @@ def run_quickstart(config: QuickstartConfig) -> QuickstartResult:
         _write_jsonl(run_dir / "eval_after.jsonl", after)
 
     with _stage(5, "writing the report", timings, "report"):
-        from sftlab.quickstart.report import summarize, write_report
-
         summary = summarize(before, after, config, timings)
         summary["train"] = {"steps": train_result.steps, "final_loss": train_result.final_loss,
                             "run": str(train_result.output_dir)}
@@ -114,8 +94,6 @@ def _stage(index: int, what: str, timings: dict, key: str):
 
 
 def _resolve(model: str) -> str:
-    from sftlab.models import resolve_model
-
     return resolve_model(model)  # converts `default` from GGUF once, with a message
 
 
@@ -144,7 +122,7 @@ def _cached_eval(config: QuickstartConfig, model_path: str, built: qdata.Quickst
     cached = _cache_dir() / f"eval-before-{key}.jsonl"
     if cached.exists():
         print(f"      reusing the base model's answers from {cached}")
-        rows = [json.loads(line) for line in cached.read_text().splitlines()]
+        rows = read_rows(cached)
     else:
         rows = evaluate(model_path, built.eval, config)
         _write_jsonl(cached, rows)
@@ -161,10 +139,6 @@ def _model_fingerprint(model_path: str) -> str:
 
 def evaluate(model_path: str, items: list[qdata.EvalItem], config: QuickstartConfig, adapter=None) -> list[dict]:
     """Greedy answers for every item, scored by exact match (and 'contains' as a looser view)."""
-    from sftlab.infer.base import SamplingConfig
-    from sftlab.infer.hf import HFGenerator
-    from sftlab.types import Message
-
     generator = HFGenerator.from_name(model_path, adapter=adapter, batch_size=config.eval_batch_size)
     sampling = SamplingConfig(max_new_tokens=config.max_new_tokens, temperature=0.0)
     prompts = [[Message("user", item.prompt)] for item in items]
@@ -177,19 +151,11 @@ def evaluate(model_path: str, items: list[qdata.EvalItem], config: QuickstartCon
 
 
 def _progress(iterable, total_items: int, step: int):
-    from tqdm import tqdm
-
     return tqdm(iterable, total=(total_items + step - 1) // step, desc="      generating", unit="batch")
 
 
 def _train(config: QuickstartConfig, model_path: str, run_dir: Path):
     """Write the YAML a user would write, then run it through the normal `sftlab train` path."""
-    import yaml
-
-    from sftlab.config import load_config
-    from sftlab.train.config import TrainConfig
-    from sftlab.train.sft import train
-
     train_yaml = {
         "model": {"name": model_path},
         "data": {"paths": [str(run_dir / "data" / "train.jsonl")], "format": "canonical",

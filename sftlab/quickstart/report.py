@@ -10,7 +10,11 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
+from sftlab.data.chat import render
 from sftlab.eval.metrics import bootstrap_ci
+from sftlab.models import load_tokenizer
 from sftlab.quickstart.data import GROUPS, QuickstartData
 from sftlab.types import IGNORE_INDEX, Conversation
 
@@ -108,9 +112,6 @@ def _data_stats(built: QuickstartData) -> str:
 
 def _mask_preview(conversation: Conversation, model_path: str) -> str:
     """The first training example as the trainer sees it; trained tokens highlighted."""
-    from sftlab.data.chat import render
-    from sftlab.models import load_tokenizer
-
     tokenizer = load_tokenizer(model_path)
     example = render(conversation, tokenizer)
     runs, current, trained = [], [], None
@@ -145,11 +146,10 @@ def _samples(before: list[dict], after: list[dict], per_group: int = 4) -> str:
 # -- pictures -------------------------------------------------------------------------------
 
 def _bar_chart(summary: dict) -> bytes:
-    import matplotlib
+    import matplotlib  # lazy: only the report's chart needs matplotlib, a heavy import
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # before pyplot: render to memory, no display needed
     import matplotlib.pyplot as plt
-    import numpy as np
 
     tasks = list(summary["tasks"])
     x = np.arange(len(tasks))
@@ -170,7 +170,7 @@ def _bar_chart(summary: dict) -> bytes:
 
 
 def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: as in _bar_chart
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)

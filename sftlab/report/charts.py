@@ -1,8 +1,10 @@
 """Charts as PNG bytes (matplotlib, Agg backend: no display needed).
 
-``bar_chart(runs, rows)``: grouped bars, one group per (task, metric), one bar per run,
-with the 95% interval as error bars. ``radar_chart(categories, series)``: MT-Bench
-per-category scores, one polygon per run.
+``bar_chart(runs, rows, ylim=(0, 100))``: grouped bars, one group per (task, metric), one
+bar per run, with the 95% interval as error bars, on a fixed axis so that charts of
+different runs compare at a glance (``bar_figure`` is the same chart as a matplotlib
+figure). ``radar_chart(categories, series)``: MT-Bench per-category scores, one polygon
+per run.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Sequence
 
 
 def _pyplot():
+    # lazy: matplotlib is only needed at plot time, and importing it costs ~0.5 s
     import matplotlib
 
     matplotlib.use("Agg")
@@ -27,8 +30,19 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
-def bar_chart(run_names: Sequence[str], rows, *, title: str = "", ylabel: str = "score (%)") -> bytes:
-    """Grouped bars of ``rows`` (``sftlab.report.tables.Row``) with interval error bars."""
+def bar_chart(run_names: Sequence[str], rows, *, title: str = "", ylabel: str = "score (%)",
+              ylim: tuple[float, float] | None = (0, 100)) -> bytes:
+    """PNG of ``bar_figure`` (grouped bars of ``rows`` with interval error bars)."""
+    return _png(bar_figure(run_names, rows, title=title, ylabel=ylabel, ylim=ylim))
+
+
+def bar_figure(run_names: Sequence[str], rows, *, title: str = "", ylabel: str = "score (%)",
+               ylim: tuple[float, float] | None = (0, 100)):
+    """Grouped bars of ``rows`` (``sftlab.report.tables.Row``) with interval error bars.
+
+    ``ylim``: the value axis, fixed (0-100 for percentages) so that no single value, such as
+    a count put in by mistake, rescales the chart; None lets matplotlib choose.
+    """
     plt = _pyplot()
     groups = len(rows)
     width = 0.8 / max(1, len(run_names))
@@ -49,9 +63,11 @@ def bar_chart(run_names: Sequence[str], rows, *, title: str = "", ylabel: str = 
     axes.set_ylabel(ylabel)
     if title:
         axes.set_title(title)
+    if ylim is not None:
+        axes.set_ylim(*ylim)
     axes.legend(fontsize=8)
     axes.grid(axis="y", alpha=0.3)
-    return _png(figure)
+    return figure
 
 
 def radar_chart(categories: Sequence[str], series: dict[str, Sequence[float]], *,

@@ -24,17 +24,29 @@ td:first-child,td:nth-child(2),th{text-align:left}
 """
 
 
+def percent_rows(rows: Sequence[Row]) -> list[Row]:
+    """The rows of the 0-100% scores chart: every task's metrics, except counts and MT-Bench."""
+    return [r for r in rows if r.task != "mt_bench" and not r.is_count]
+
+
+def mt_bench_rows(rows: Sequence[Row]) -> list[Row]:
+    """MT-Bench's overall and per-turn scores (1-10), for their own chart."""
+    return [r for r in rows if r.task == "mt_bench" and r.metric in ("score", "turn_1", "turn_2")]
+
+
 def build_charts(runs: Sequence[Run], rows: Sequence[Row]) -> dict[str, bytes]:
-    """Chart name -> PNG: one bar chart of every task's metrics in percent, one of
-    MT-Bench's overall and per-turn scores, and an MT-Bench radar when present."""
+    """Chart name -> PNG: one bar chart of every task's metrics in percent (axis 0-100),
+    one of MT-Bench's overall and per-turn scores (axis 0-10), and an MT-Bench radar when
+    present. Counts (``items_with_fewer_shots``) are in the tables only."""
     names = [run.name for run in runs]
     charts: dict[str, bytes] = {}
-    percent_rows = [r for r in rows if r.task != "mt_bench"]
-    if percent_rows:
-        charts["scores.png"] = bar_chart(names, percent_rows, title="Scores with 95% intervals")
-    mt_rows = [r for r in rows if r.task == "mt_bench" and r.metric in ("score", "turn_1", "turn_2")]
+    scores = percent_rows(rows)
+    if scores:
+        charts["scores.png"] = bar_chart(names, scores, title="Scores with 95% intervals", ylim=(0, 100))
+    mt_rows = mt_bench_rows(rows)
     if mt_rows:
-        charts["mt_bench.png"] = bar_chart(names, mt_rows, title="MT-Bench", ylabel="score (1-10)")
+        charts["mt_bench.png"] = bar_chart(names, mt_rows, title="MT-Bench", ylabel="score (1-10)",
+                                           ylim=(0, 10))
     categories = sorted({c for run in runs for c in run.results.get("judge", {}).get("mt_bench", {})
                          .get("categories", {})})
     if categories:
@@ -45,6 +57,7 @@ def build_charts(runs: Sequence[Run], rows: Sequence[Row]) -> dict[str, bytes]:
 
 
 def html_page(runs: Sequence[Run], rows: Sequence[Row], charts: dict[str, bytes]) -> str:
+    """The report page: runs, comparison table, settings table, charts embedded as base64 PNG."""
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>sftlab report</title>",
              f"<style>{_STYLE}</style></head><body><h1>sftlab evaluation report</h1>",
              "<p>Runs: " + ", ".join(f"<b>{html.escape(r.name)}</b> ({html.escape(str(r.path))}, "
@@ -53,8 +66,9 @@ def html_page(runs: Sequence[Run], rows: Sequence[Row], charts: dict[str, bytes]
     for name, png in charts.items():
         encoded = base64.b64encode(png).decode("ascii")
         parts.append(f"<h2>{html.escape(name[:-4])}</h2><img alt='{name}' src='data:image/png;base64,{encoded}'>")
-    parts.append("<p>Values in percent (MT-Bench: 1-10); brackets: bootstrap 95% interval "
-                 "(win rates: ±1.96 standard errors).</p></body></html>")
+    parts.append("<p>Values in percent (MT-Bench: 1-10; counts such as items_with_fewer_shots: "
+                 "integers); brackets: bootstrap 95% interval (win rates: ±1.96 standard errors)."
+                 "</p></body></html>")
     return "\n".join(parts)
 
 
@@ -74,6 +88,7 @@ def _settings_table(runs: Sequence[Run]) -> str:
 
 
 def _html_table(runs: Sequence[Run], rows: Sequence[Row]) -> str:
+    """The comparison table; with two runs a Δ column coloured by sign."""
     delta = len(runs) == 2
     head = "".join(f"<th>{html.escape(h)}</th>" for h in
                    ["task", "metric"] + [r.name for r in runs] + (["Δ"] if delta else []))
@@ -84,8 +99,9 @@ def _html_table(runs: Sequence[Run], rows: Sequence[Row]) -> str:
         if delta:
             a, b = row.cells[0].value, row.cells[1].value
             if a is not None and b is not None:
-                css = "pos" if b > a else "neg" if b < a else ""
-                line += f"<td class='{css}'>{b - a:+.1f}</td>"
+                # a higher score is better; a count (items_with_fewer_shots) is neither good nor bad
+                css = "" if row.is_count else "pos" if b > a else "neg" if b < a else ""
+                line += f"<td class='{css}'>{row.delta_text()}</td>"
             else:
                 line += "<td>–</td>"
         body.append(f"<tr>{line}</tr>")

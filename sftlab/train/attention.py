@@ -21,6 +21,9 @@ SDPA with the mask transformers builds, unchanged. ``disable(model)`` switches b
 from __future__ import annotations
 
 import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 NAME = "sftlab_packed_sdpa"
 _registered = False
@@ -54,9 +57,6 @@ def _register() -> None:
     global _registered
     if _registered:
         return
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-
     AttentionInterface.register(NAME, packed_sdpa)
     ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)  # calls without segments: as sdpa
     _registered = True
@@ -66,8 +66,6 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
                 segments=None, **kwargs):
     """``query [B, heads, L, D]``, ``key``/``value [B, kv_heads, L, D]`` -> ``[B, L, heads, D]``
     (transformers' attention-function contract), attending within each segment only."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     if segments is None or query.shape[2] != key.shape[2]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)

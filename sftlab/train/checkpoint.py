@@ -10,6 +10,12 @@ Layout of ``<output_dir>/checkpoints/step-000040/``::
     rng-0.pt          python / numpy / torch (+cuda) RNG states of process 0 (one per process)
     state.json        {"step", "epoch", "step_in_epoch", "order", "best_eval", "lr", ...}
 
+No pickled objects: ``optimizer.pt`` and ``rng-*.pt`` hold only tensors, numbers, strings
+and plain containers, and are read with ``torch.load(..., weights_only=True)``, which
+refuses anything else. A checkpoint is often copied from elsewhere; with a full unpickler
+``--resume`` would run whatever code a planted object's ``__reduce__`` names. A file that
+needs more than plain data raises ``UnsafeCheckpointError`` and nothing of it runs.
+
 The learning-rate schedule is a pure function of the step (``sftlab.train.sft.lr_at``),
 so the step in ``state.json`` *is* the scheduler state.
 
@@ -24,15 +30,25 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import random
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from transformers.utils import logging as hf_logging
+
+from sftlab.errors import SftlabError
 
 PREFIX = "step-"
+
+
+class UnsafeCheckpointError(SftlabError):
+    """A checkpoint file holds something other than tensors and plain data (a pickled
+    object: possibly planted code), so it was not loaded."""
 
 
 def checkpoint_dir(output_dir: str | Path) -> Path:
@@ -71,8 +87,6 @@ def save_checkpoint(output_dir, step: int, prepared, optimizer, state: dict, *,
 @contextlib.contextmanager
 def quiet_transformers():
     """No "Writing model shards" bar in the middle of the training bar."""
-    from transformers.utils import logging as hf_logging
-
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
@@ -102,11 +116,35 @@ def load_checkpoint(path: Path, prepared, optimizer, process_index: int = 0) -> 
     else:
         load_trainable(prepared.model, path / "trainable.safetensors")
     if optimizer is not None:
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+        optimizer.load_state_dict(load_plain(path / "optimizer.pt"))
     rng_file = path / f"rng-{process_index}.pt"
     if rng_file.exists():  # a different number of processes keeps its fresh RNG
-        set_rng_state(torch.load(rng_file, weights_only=False))
+        set_rng_state(load_plain(rng_file))
     return json.loads((path / "state.json").read_text())
+
+
+def load_plain(file: Path):
+    """The tensors and plain containers (dict, list, tuple, str, int, float, bool, None)
+    of a ``torch.save`` file; anything that would need unpickling an object is refused.
+
+    Raises ``UnsafeCheckpointError`` naming the file, before any of it is executed.
+    """
+    try:
+        return torch.load(file, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise UnsafeCheckpointError(
+            f"{file}: holds a pickled object ({_refused_global(str(error))}), not only "
+            "tensors and plain data, so it was not loaded: a planted object can run code. "
+            "Fix: resume from a checkpoint written by this version of sftlab, or start "
+            "without --resume"
+        ) from None
+
+
+def _refused_global(message: str) -> str:
+    """``GLOBAL builtins.open`` out of torch's long weights-only message (which also
+    advises turning the check off: not advice we pass on)."""
+    match = re.search(r"Unsupported global: (GLOBAL \S+)", message)
+    return match.group(1) if match else "an object torch refuses to load as plain data"
 
 
 def trainable_state(model) -> dict:
@@ -147,7 +185,20 @@ def _is_tied(model, name: str) -> bool:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+    """Every RNG a training step draws from, as plain data (loads with weights_only=True).
+
+    ``{"python": (3, (625 ints), None), "numpy": {"bit_generator": "MT19937",
+    "key": [624 ints], "pos": int, "has_gauss": int, "gauss": float},
+    "torch": uint8 tensor, "cuda": [uint8 tensor per device]}`` (``cuda`` only with a GPU).
+    numpy's own state holds an ndarray, which only a full unpickler reads: it becomes a list.
+    """
+    numpy_state = np.random.get_state(legacy=False)
+    state = {"python": random.getstate(),
+             "numpy": {"bit_generator": numpy_state["bit_generator"],
+                       "key": numpy_state["state"]["key"].tolist(),
+                       "pos": int(numpy_state["state"]["pos"]),
+                       "has_gauss": int(numpy_state["has_gauss"]),
+                       "gauss": float(numpy_state["gauss"])},
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -155,8 +206,14 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore what ``rng_state`` returned."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    np.random.set_state({"bit_generator": numpy_state["bit_generator"],
+                         "state": {"key": np.asarray(numpy_state["key"], dtype=np.uint32),
+                                   "pos": numpy_state["pos"]},
+                         "has_gauss": numpy_state["has_gauss"],
+                         "gauss": numpy_state["gauss"]})
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

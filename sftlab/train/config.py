@@ -20,6 +20,10 @@ The SPIN objective trains on pair records (``sftlab synth spin`` writes them) in
     objective: spin
     spin: {beta: 0.1}
     data: {paths: [runs/spin/pairs.jsonl], max_length: 512}
+
+``objective`` names a registered ``sftlab.train.objectives.Objective`` (what is trained and
+how its loss is counted); ``method`` a registered ``sftlab.train.methods`` preparation
+(which parameters train). Their settings are the sections below.
 """
 from __future__ import annotations
 
@@ -27,7 +31,17 @@ from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from sftlab.errors import ConfigError
-from sftlab.train.methods import MethodConfig  # the methods module owns its section
+
+MethodName = Literal["full", "freeze", "lora", "dora", "qlora", "prompt", "prefix", "ia3",
+                     "adapter", "bitfit", "lomo"]
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+# the names registered in ``sftlab.train.objectives.OBJECTIVES`` (a unit test keeps them
+# equal). Spelled out, not read from the registry: this module stays free of torch, which
+# the objectives import, so ``sftlab --help`` stays fast
+ObjectiveName = Literal["sft", "spin"]
+OBJECTIVE_NAMES = get_args(ObjectiveName)
 
 
 @dataclass
@@ -51,7 +65,7 @@ class DataSection:
     max_length: int = 1024
     """Examples are truncated to this many tokens (must fit the model's positions)."""
     mask: Literal["all_assistant", "last_assistant", "everything"] = "all_assistant"
-    """Which tokens are trained (``sftlab data mask`` shows them)."""
+    """Which tokens are trained (``sftlab data show-mask`` shows them)."""
     packing: bool = False
     """Bin-pack examples into rows of ``max_length`` (attention isolated per example)."""
     padding_free: bool = False
@@ -71,15 +85,21 @@ class DataSection:
 @dataclass
 class OptimSection:
     name: Literal["adamw", "sgd"] = "adamw"
+    """The optimizer: ``adamw`` (decoupled weight decay) or plain ``sgd`` (with ``momentum``)."""
     lr: float = 2e-5
+    """Peak learning rate, reached after the warm-up."""
     weight_decay: float = 0.0
     """Decoupled weight decay; never applied to biases, norms or embeddings-as-1D."""
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW's decay rates of the gradient's running mean and running square."""
     eps: float = 1e-8
+    """AdamW's term added to the denominator (numerical stability)."""
     momentum: float = 0.0
     """SGD momentum."""
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """How the learning rate falls from ``lr`` to 0 after the warm-up (``constant``: it stays)."""
     warmup_steps: int = 0
+    """Steps of linear warm-up from ``lr / warmup_steps`` to ``lr`` (0: use ``warmup_ratio``)."""
     warmup_ratio: float = 0.0
     """Warm-up as a fraction of all steps (used when ``warmup_steps`` is 0)."""
     max_grad_norm: float = 1.0
@@ -96,10 +116,6 @@ class OptimSection:
             raise ValueError(f"optim.betas needs two numbers, got {self.betas}")
 
 
-Objective = Literal["sft", "spin"]
-OBJECTIVES = get_args(Objective)
-
-
 @dataclass
 class SpinSection:
     """Settings of ``objective: spin`` (``sftlab.train.pairwise``)."""
@@ -113,20 +129,169 @@ class SpinSection:
             raise ValueError(f"beta must be above 0, got {self.beta}")
 
 
+# -- method: which parameters train (``sftlab.train.methods``) ---------------------------
+
+@dataclass
+class LoraSection:
+    """LoRA, DoRA and QLoRA: ``W x + (alpha / rank) · B A x`` with A: rank×in, B: out×rank."""
+
+    rank: int = 16
+    """rank of the update B·A: its trained parameters grow linearly with it."""
+    alpha: float = 32.0
+    """the update is scaled by ``alpha / rank``."""
+    dropout: float = 0.0
+    """dropout on the adapted layers' input, on the LoRA path only."""
+    target_modules: list[str] = field(default_factory=lambda: list(ALL_LINEAR))
+    """module name suffixes to adapt (Llama names); ``["all-linear"]`` lets PEFT pick."""
+    modules_to_save: list[str] = field(default_factory=list)
+    """modules trained in full beside the adapter, e.g. ``["lm_head", "embed_tokens"]``."""
+
+
+@dataclass
+class FreezeSection:
+    """Train the last N decoder layers (and named extra modules); freeze everything else."""
+
+    last_layers: int = 2
+    """how many decoder layers, counted from the output end, are trained (0 = none)."""
+    modules: list[str] = field(default_factory=list)
+    """extra parameter-name globs to train, e.g. ``["lm_head*", "model.norm*"]``."""
+
+
+@dataclass
+class QLoraSection:
+    """4-bit base weights (Dettmers et al. 2023); the LoRA settings come from ``lora``."""
+
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    """4-bit data type: ``nf4`` (normal float, the paper's) or ``fp4``."""
+    double_quant: bool = True
+    """quantise the per-block absmax constants too (saves ~0.4 bit per weight)."""
+    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """dtype the 4-bit weights are dequantised to for each matrix multiplication."""
+
+
+@dataclass
+class PromptSection:
+    """Prompt tuning (Lester et al. 2021): trained virtual-token embeddings before the input."""
+
+    num_virtual_tokens: int = 20
+    """how many trained embeddings are prepended to every input."""
+    init_text: str | None = None
+    """initialise the virtual tokens from this text's embeddings (needs the tokenizer);
+    None samples embeddings of random vocabulary tokens."""
+
+
+@dataclass
+class PrefixSection:
+    """Prefix tuning (Li & Liang 2021): trained key/value prefixes in every layer."""
+
+    num_virtual_tokens: int = 20
+    """how many key/value positions are prepended in every layer."""
+    init_text: str | None = None
+    """initialise the prefixes with the keys/values the model computes for this text (needs
+    the tokenizer); None uses random vocabulary tokens. Li & Liang found initialising from
+    real words' activations much more stable than random vectors."""
+    projection: bool = False
+    """reparametrise the prefixes through a 2-layer MLP (the paper's other stabiliser);
+    the MLP's output cannot be set, so it starts from PEFT's random init instead."""
+    projection_hidden_size: int = 256
+    """hidden width of that MLP (with ``projection`` only)."""
+
+
+@dataclass
+class IA3Section:
+    """(IA)^3 (Liu et al. 2022): learned scaling vectors on keys, values and MLP inputs."""
+
+    target_modules: list[str] = field(default_factory=lambda: ["k_proj", "v_proj", "down_proj"])
+    """module name suffixes that get a learned scale (keys, values, MLP)."""
+    feedforward_modules: list[str] = field(default_factory=lambda: ["down_proj"])
+    """targets whose INPUT is scaled (the MLP); the others scale their output."""
+
+
+@dataclass
+class AdapterSection:
+    """Houlsby et al. 2019 bottleneck adapters: ``h + up(act(down(h)))``, up = 0 at start
+    (``sftlab.models.adapters``; these settings are saved with the adapter)."""
+
+    bottleneck: int = 64
+    """width of the adapter's hidden layer (its parameters grow linearly with it)."""
+    activation: Literal["gelu", "relu", "silu", "tanh"] = "gelu"
+    """non-linearity between the down- and the up-projection."""
+    after: list[str] = field(default_factory=lambda: ["o_proj", "down_proj"])
+    """module name suffixes whose output gets an adapter: attention output and MLP output."""
+    init_std: float = 0.01
+    """std of the down-projection's normal init (the up-projection starts at zero)."""
+    train_norms: bool = True
+    """also train the normalisation layers' weights, as Houlsby et al. do."""
+
+
+@dataclass
+class BitfitSection:
+    """BitFit (Ben Zaken et al. 2022): train bias terms only."""
+
+    add_missing: bool = True
+    """when the model has no bias at all (Llama), add zero biases to the attention and MLP
+    linear layers (and set ``attention_bias``/``mlp_bias`` in its config so the saved model
+    loads with ``AutoModelForCausalLM``); False makes a bias-free model an error."""
+
+
+@dataclass
+class LomoSection:
+    """LOMO (Lv et al. 2023): SGD fused into backward, no optimizer state, no stored grads."""
+
+    clip_value: float | None = 1.0
+    """clamp each gradient element to [-clip_value, clip_value] before the update."""
+    clip_grad_norm: float | None = None
+    """clip the global gradient norm; costs a second backward pass (the paper's scheme)."""
+    weight_decay: float = 0.0
+    """decoupled weight decay applied in the fused SGD update."""
+
+
+@dataclass
+class MethodConfig:
+    """Which fine-tuning method, with one section of settings per method (all defaulted)."""
+
+    name: MethodName = "full"
+    """which parameters train: full, freeze, lora, dora, qlora, prompt, prefix, ia3,
+    adapter, bitfit or lomo (``sftlab train --help`` describes each)."""
+    lora: LoraSection = field(default_factory=LoraSection)
+    """settings of ``lora``, ``dora`` and ``qlora``."""
+    freeze: FreezeSection = field(default_factory=FreezeSection)
+    """settings of ``freeze``."""
+    qlora: QLoraSection = field(default_factory=QLoraSection)
+    """4-bit settings of ``qlora`` (its LoRA settings are ``lora``)."""
+    prompt: PromptSection = field(default_factory=PromptSection)
+    """settings of ``prompt``."""
+    prefix: PrefixSection = field(default_factory=PrefixSection)
+    """settings of ``prefix``."""
+    ia3: IA3Section = field(default_factory=IA3Section)
+    """settings of ``ia3``."""
+    adapter: AdapterSection = field(default_factory=AdapterSection)
+    """settings of ``adapter``."""
+    bitfit: BitfitSection = field(default_factory=BitfitSection)
+    """settings of ``bitfit``."""
+    lomo: LomoSection = field(default_factory=LomoSection)
+    """settings of ``lomo``."""
+
+
 @dataclass
 class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
+    """The model to train and how it is loaded."""
     data: DataSection = field(default_factory=DataSection)
+    """The training (and eval) data and how it is batched."""
     method: MethodConfig = field(default_factory=MethodConfig)
+    """Which parameters train (full, LoRA, ...), with each method's settings."""
     optim: OptimSection = field(default_factory=OptimSection)
-    objective: Objective = "sft"
-    """``sft``: token cross-entropy on the labelled tokens of ``data.paths`` conversations.
+    """Optimizer and learning-rate schedule."""
+    objective: ObjectiveName = "sft"
+    """What is trained (a registered objective, ``sftlab.train.objectives``).
+    ``sft``: token cross-entropy on the labelled tokens of ``data.paths`` conversations.
     ``spin``: SPIN's pairwise loss (Chen et al. 2024) on pair records of ``data.paths``
     (JSONL with ``prompt``, ``chosen`` = real, ``rejected`` = generated, optional
     ``meta.ref_logp_chosen/ref_logp_rejected``; missing reference log-probs are computed
     once with the initial model); normalised per pair; only the final response is
     labelled (``data.mask`` and ``data.format`` do not apply); no packing, no padding-free;
-    ``batch_size`` counts pairs. See ``sftlab.train.pairwise``."""
+    ``batch_size`` counts pairs. See ``sftlab.train.objectives.spin``."""
     spin: SpinSection = field(default_factory=SpinSection)
     """Settings of ``objective: spin`` (``beta``)."""
     batch_size: int = 8
@@ -136,8 +301,12 @@ class TrainConfig:
     max_steps: int = 0
     """Optimizer steps; 0 means ``epochs`` full passes."""
     epochs: int = 1
+    """Full passes over the training data (when ``max_steps`` is 0)."""
     seed: int = 0
+    """Seeds the model init, the data order and every random draw: same seed, same run."""
     gradient_checkpointing: bool = False
+    """Recompute activations during backward instead of keeping them (less memory, ~30%
+    slower)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast compute; ``no`` trains in the weights' dtype."""
     threads: int = 0
@@ -149,6 +318,7 @@ class TrainConfig:
     loss_chunk_size: int = 1024
     """Labelled positions projected through the LM head at once (memory vs speed)."""
     log_every: int = 1
+    """Write a row to ``metrics.jsonl`` every N steps (means over those steps)."""
     eval_every: int = 0
     """Held-out loss every N steps (0: only at the end, if there is eval data)."""
     early_stopping_patience: int = 0
@@ -158,6 +328,7 @@ class TrainConfig:
     keep_last: int = 2
     """Checkpoints kept on disk (older ones are deleted)."""
     output_dir: str = "runs/sft"
+    """The run directory: run.json, metrics.jsonl, checkpoints/, model/ or adapter/."""
     resume: bool = False
     """Continue from the newest checkpoint in ``output_dir/checkpoints``."""
     save_model: bool = True
@@ -174,10 +345,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_steps < 0:
             raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
-        if self.objective not in OBJECTIVES:  # build_config checks it too; Python callers too
-            raise ConfigError(f"objective={self.objective!r} (allowed: {', '.join(OBJECTIVES)})")
+        if self.objective not in OBJECTIVE_NAMES:  # build_config checks it too; Python callers too
+            raise ConfigError(f"objective={self.objective!r} (allowed: {', '.join(OBJECTIVE_NAMES)})")
         if self.objective == "spin" and (self.data.packing or self.data.padding_free):
-            # a pair's two sides are separate rows compared with each other; one packed row
+            # here, not only in the objective's check: a YAML file fails when it is read.
+            # A pair's two sides are separate rows compared with each other; one packed row
             # would mix pairs (and the sequence log-probs assume one example per row)
             raise ConfigError("objective=spin trains pairs as padded rows; set data.packing=false "
                               "and data.padding_free=false")

@@ -12,8 +12,8 @@ Three stages, each a function:
    collated by ``sftlab.data.collate`` (padded, packed rows, or padding-free: the
    micro-batch concatenated into one row with attention isolated per example).
 
-``objective: spin`` swaps stage 1 for ``load_pairs`` (pair records -> ``Pair``s); the
-order and batching are the same, a unit being a pair collated by ``collate_pairs``.
+Another objective (``sftlab.train.objectives``) brings its own units, loader and collate
+(``step_batches(..., make_batch=objective.collate)``); the order and batching are the same.
 
 Global batch of one optimizer step = ``batch_size x grad_accumulation x processes``
 units; process ``r`` takes micro-batches ``r * grad_accumulation ...`` of the step.
@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections import Counter
 from dataclasses import dataclass
+from typing import Any, Callable
 
+from sftlab.data.chat import tokenize_conversations
 from sftlab.data.collate import collate_packed, collate_padded, segment_bounds
+from sftlab.data.io import read_conversations
 from sftlab.data.packing import PackedRow, pack
 from sftlab.errors import DataError
-from sftlab.train.pairwise import Pair, collate_pairs, read_pairs
 from sftlab.types import Tokenized
 
 
@@ -63,9 +64,6 @@ def load_examples(section, tokenizer, seed: int = 0, progress: bool = False):
 
 def _tokenize_files(paths, section, tokenizer, progress: bool):
     """``-> (examples, Counter of drop reasons)``."""
-    from sftlab.data.chat import tokenize_conversations
-    from sftlab.data.io import read_conversations
-
     if not paths:
         raise DataError("no training data: set data.paths", hint="data.paths=[train.jsonl]")
     conversations = []
@@ -83,33 +81,6 @@ def _tokenize_files(paths, section, tokenizer, progress: bool):
     return result.examples, result.dropped
 
 
-def load_pairs(section, tokenizer, seed: int = 0):
-    """``objective: spin``: pair records (``pairwise.read_pairs``) -> ``(train, eval,
-    summary_line)``, lists of ``Pair``. ``data.limit`` keeps the first N pairs; the eval
-    split and ``eval_path`` work as for examples."""
-    if not section.paths:
-        raise DataError("no training data: set data.paths", hint="data.paths=[pairs.jsonl]")
-    train, dropped = [], Counter()
-    for path in section.paths:
-        pairs, left_out = read_pairs(path, tokenizer, section.max_length, section.on_error)
-        train += pairs
-        dropped += left_out
-    train = train[:section.limit] if section.limit is not None else train
-    if not train:
-        reasons = ", ".join(f"{r}: {n}" for r, n in dropped.most_common()) or "no records"
-        raise DataError(f"no trainable pair in the data set (dropped: {reasons})",
-                        file=", ".join(section.paths), hint="check data.max_length")
-    evaluation: list[Pair] = []
-    if section.eval_path:
-        evaluation, _ = read_pairs(section.eval_path, tokenizer, section.max_length,
-                                   section.on_error)
-    elif section.eval_split > 0:
-        train, evaluation = split_eval(train, section.eval_split, seed)
-    left_out = f" ({sum(dropped.values())} dropped: {dict(dropped)})" if dropped else ""
-    summary = f"data: {len(train)} train pairs{left_out}; {len(evaluation)} eval pairs"
-    return train, evaluation, summary
-
-
 def split_eval(examples: list, fraction: float, seed: int):
     """Hold out ``fraction`` of the examples (at least one), chosen by ``seed``."""
     n_eval = max(1, round(len(examples) * fraction))
@@ -121,22 +92,21 @@ def split_eval(examples: list, fraction: float, seed: int):
 
 
 def make_units(examples: list, section) -> list:
-    """What a batch is made of: the examples (or pairs), or rows of ``max_length`` with
-    ``packing``."""
+    """What a batch is made of: the examples, or rows of ``max_length`` with ``packing``."""
     return pack(examples, section.max_length) if section.packing else list(examples)
 
 
-def fingerprint(examples: list) -> str:
-    """sha256 of the tokenized data (ids and labels, in order; a pair's both sides and
-    reference log-probs): equal data, equal hash."""
+def example_key(example: Tokenized) -> tuple:
+    """What identifies an example's data: its ids and labels."""
+    return (example.input_ids, example.labels)
+
+
+def fingerprint(examples: list, key: Callable[[Any], Any] = example_key) -> str:
+    """sha256 of the tokenized data (``key(unit)`` of each unit, in order: ids and labels
+    of an example; an objective's own units name theirs): equal data, equal hash."""
     digest = hashlib.sha256()
     for example in examples:
-        if isinstance(example, Pair):
-            sides = [(s.input_ids, s.labels) for s in (example.real, example.generated)]
-            key = sides + [example.ref_real, example.ref_generated]
-        else:
-            key = (example.input_ids, example.labels)
-        digest.update(repr(key).encode())
+        digest.update(repr(key(example)).encode())
     return digest.hexdigest()
 
 
@@ -174,9 +144,13 @@ def epoch_order(lengths: list[int], seed: int, epoch: int, *, shuffle: bool = Tr
 
 def step_batches(units: list, order: list[int], step_in_epoch: int, *, batch_size: int,
                  grad_accumulation: int, rank: int, world_size: int, pad_id: int,
-                 padding_free: bool = False) -> list[Batch]:
-    """This process's micro-batches for one optimizer step (at most ``grad_accumulation``).
+                 padding_free: bool = False,
+                 make_batch: Callable[..., Batch] | None = None) -> list[Batch]:
+    """This process's micro-batches for one optimizer step (at most ``grad_accumulation``),
+    each made by ``make_batch(units, pad_id, padding_free)`` (an objective's collate;
+    default: ``collate``, for examples and packed rows).
 
+    >>> units, order = [Tokenized([5, 6, 7], [-100, 6, 7])] * 8, list(range(8))
     >>> [len(b.tensors["input_ids"]) for b in step_batches(units, order, 0, batch_size=2,
     ...     grad_accumulation=2, rank=0, world_size=1, pad_id=3)]
     [2, 2]
@@ -185,15 +159,12 @@ def step_batches(units: list, order: list[int], step_in_epoch: int, *, batch_siz
     start = step_in_epoch * per_process * world_size + rank * per_process
     mine = order[start:start + per_process]
     chunks = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
-    return [collate([units[i] for i in chunk], pad_id, padding_free) for chunk in chunks]
+    make_batch = make_batch or collate
+    return [make_batch([units[i] for i in chunk], pad_id, padding_free) for chunk in chunks]
 
 
 def collate(items: list, pad_id: int, padding_free: bool = False) -> Batch:
-    """Examples, packed rows or pairs -> a ``Batch``; ``padding_free`` makes the batch one
-    row (not for pairs: ``TrainConfig`` refuses that setting)."""
-    if isinstance(items[0], Pair):
-        tensors = collate_pairs(items, pad_id)
-        return Batch(tensors, int(tensors["attention_mask"].sum()), tensors["input_ids"].numel())
+    """Examples or packed rows -> a ``Batch``; ``padding_free`` makes the batch one row."""
     if padding_free:
         row = PackedRow()
         for item in items:

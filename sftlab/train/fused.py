@@ -32,15 +32,14 @@ import types
 
 import torch
 import torch.nn.functional as F
+from peft.tuners.lora.layer import Linear as LoraLinear
 
 
 def fuse_lora(model) -> int:
     """Give every plain LoRA ``Linear`` of ``model`` the lean forward; returns how many."""
-    from peft.tuners.lora.layer import Linear
-
     switched = 0
     for module in model.modules():
-        if type(module) is Linear and _plain(module):
+        if type(module) is LoraLinear and _plain(module):
             module.forward = types.MethodType(lora_forward, module)
             switched += 1
     return switched

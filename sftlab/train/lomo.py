@@ -31,6 +31,8 @@ import math
 
 import torch
 
+from sftlab.errors import ConfigError
+
 
 class FusedSGD:
     """SGD applied inside backward via per-parameter post-accumulate-grad hooks.
@@ -57,8 +59,6 @@ class FusedSGD:
         """Backward ``loss`` and update every parameter with learning rate ``lr``."""
         if torch.distributed.is_available() and torch.distributed.is_initialized() \
                 and torch.distributed.get_world_size() > 1:
-            from sftlab.errors import ConfigError
-
             raise ConfigError("method 'lomo' runs in one process only (each process would "
                               "update with its own gradients)")
         self.lr = lr

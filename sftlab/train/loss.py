@@ -18,8 +18,8 @@ Three decisions live here, each tested in ``tests/unit/train/test_loss.py`` and
    (``step_token_count``), so batch 8 x accumulation 1 equals batch 1 x accumulation 8 and
    two processes equal one. Each micro-batch returns the *sum* of its token losses;
    ``normaliser`` divides by the step's count once. Another objective counts other units
-   through the same code: ``objective: spin`` passes ``count=count_pairs``
-   (``sftlab.train.pairwise``), so its loss is the mean over the step's pairs.
+   through the same code (``count=objective.count``, ``sftlab.train.objectives``): SPIN
+   counts pairs, so its loss is the mean over the step's pairs.
 
 Example::
 
@@ -70,7 +70,7 @@ def step_token_count(micro_batches: list[dict], accelerator=None, count=batch_to
     The count is all-reduced *before* any backward pass, so every process divides by the
     same global number and the step's gradient is the mean over every labelled token.
     ``count(batch) -> int`` is the loss's unit per micro-batch: ``batch_tokens`` (default),
-    or ``pairwise.count_pairs`` for the SPIN loss (the step's mean over pairs).
+    or an objective's ``count`` (pairs for SPIN: the step's mean over pairs).
     """
     local = sum(count(b) for b in micro_batches)
     if accelerator is None or accelerator.num_processes == 1:

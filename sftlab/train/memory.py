@@ -11,6 +11,8 @@ Serving big tensors with mmap (``mallopt(M_MMAP_THRESHOLD)``) saves as much but 
 about 19%: every activation then page-faults on each use.
 
     hooks = trim_during_forward(model, every=5)   # [] where there is no glibc or no layer list
+
+The layer list is ``sftlab.models.layers.decoder_layers``.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import ctypes
 import ctypes.util
 from functools import lru_cache
 
-import torch
+from sftlab.models.layers import decoder_layers
 
 
 @lru_cache(maxsize=1)
@@ -28,12 +30,6 @@ def _malloc_trim():
         return ctypes.CDLL(name).malloc_trim if name else None
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
         return None
-
-
-def decoder_layers(model) -> torch.nn.ModuleList | None:
-    """The model's list of transformer blocks: the longest ``ModuleList`` in it."""
-    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
-    return max(lists, key=len, default=None)
 
 
 def trim_during_forward(model, every: int = 5) -> list:

@@ -25,149 +25,38 @@ qlora     LoRA on a base whose linear layers are 4-bit NF4 (bitsandbytes)
 prompt    ``prompt.num_virtual_tokens`` input embeddings prepended to every input (PEFT)
 prefix    per-layer key/value prefixes (PEFT), started from real tokens' keys/values
 ia3       learned per-channel scales of keys, values and the MLP (PEFT IA3)
-adapter   Houlsby bottleneck adapters after attention and MLP, plus the norms (``adapters``)
+adapter   Houlsby bottleneck adapters after attention and MLP, plus the norms
 bitfit    bias terms only (zero biases are added when the model has none)
 lomo      every parameter, updated by SGD inside backward (``sftlab.train.lomo``)
 ========  ==========================================================================
+
+Each method's settings are a section of ``MethodConfig`` (``sftlab.train.config``); 4-bit
+quantisation is ``sftlab.train.quantize``; the adapter format is ``sftlab.models.adapters``.
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
-import functools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+import torch
+from peft import (IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, PromptTuningInit,
+                  get_peft_model, prepare_model_for_kbit_training)
+
 from sftlab.errors import ConfigError
+from sftlab.models.layers import decoder_layers
+from sftlab.models.adapters import add_adapters, norm_parameters, save_adapter
 from sftlab.registry import Registry
+from sftlab.train.config import MethodConfig
+from sftlab.train.fused import fuse_lora
+from sftlab.train.lomo import FusedSGD
+from sftlab.train.quantize import (check_bitsandbytes, is_quantized_4bit, quantization_config,
+                                   quantize_linear_4bit)
 
 logger = logging.getLogger("sftlab.train.methods")
-
-MethodName = Literal["full", "freeze", "lora", "dora", "qlora", "prompt", "prefix", "ia3",
-                     "adapter", "bitfit", "lomo"]
-
-ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-# -- configuration ------------------------------------------------------------------------
-
-@dataclass
-class LoraSection:
-    """LoRA, DoRA and QLoRA: ``W x + (alpha / rank) · B A x`` with A: rank×in, B: out×rank."""
-
-    rank: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: list(ALL_LINEAR))
-    """module name suffixes to adapt (Llama names); ``["all-linear"]`` lets PEFT pick."""
-    modules_to_save: list[str] = field(default_factory=list)
-    """modules trained in full beside the adapter, e.g. ``["lm_head", "embed_tokens"]``."""
-
-
-@dataclass
-class FreezeSection:
-    """Train the last N decoder layers (and named extra modules); freeze everything else."""
-
-    last_layers: int = 2
-    """how many decoder layers, counted from the output end, are trained (0 = none)."""
-    modules: list[str] = field(default_factory=list)
-    """extra parameter-name globs to train, e.g. ``["lm_head*", "model.norm*"]``."""
-
-
-@dataclass
-class QLoraSection:
-    """4-bit base weights (Dettmers et al. 2023); the LoRA settings come from ``lora``."""
-
-    quant_type: Literal["nf4", "fp4"] = "nf4"
-    double_quant: bool = True
-    """quantise the per-block absmax constants too (saves ~0.4 bit per weight)."""
-    compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-
-
-@dataclass
-class PromptSection:
-    """Prompt tuning (Lester et al. 2021): trained virtual-token embeddings before the input."""
-
-    num_virtual_tokens: int = 20
-    init_text: str | None = None
-    """initialise the virtual tokens from this text's embeddings (needs the tokenizer);
-    None samples embeddings of random vocabulary tokens."""
-
-
-@dataclass
-class PrefixSection:
-    """Prefix tuning (Li & Liang 2021): trained key/value prefixes in every layer."""
-
-    num_virtual_tokens: int = 20
-    init_text: str | None = None
-    """initialise the prefixes with the keys/values the model computes for this text (needs
-    the tokenizer); None uses random vocabulary tokens. Li & Liang found initialising from
-    real words' activations much more stable than random vectors."""
-    projection: bool = False
-    """reparametrise the prefixes through a 2-layer MLP (the paper's other stabiliser);
-    the MLP's output cannot be set, so it starts from PEFT's random init instead."""
-    projection_hidden_size: int = 256
-
-
-@dataclass
-class IA3Section:
-    """(IA)^3 (Liu et al. 2022): learned scaling vectors on keys, values and MLP inputs."""
-
-    target_modules: list[str] = field(default_factory=lambda: ["k_proj", "v_proj", "down_proj"])
-    feedforward_modules: list[str] = field(default_factory=lambda: ["down_proj"])
-    """targets whose INPUT is scaled (the MLP); the others scale their output."""
-
-
-@dataclass
-class AdapterSection:
-    """Houlsby et al. 2019 bottleneck adapters: ``h + up(act(down(h)))``, up = 0 at start."""
-
-    bottleneck: int = 64
-    activation: Literal["gelu", "relu", "silu", "tanh"] = "gelu"
-    after: list[str] = field(default_factory=lambda: ["o_proj", "down_proj"])
-    """module name suffixes whose output gets an adapter: attention output and MLP output."""
-    init_std: float = 0.01
-    """std of the down-projection's normal init (the up-projection starts at zero)."""
-    train_norms: bool = True
-    """also train the normalisation layers' weights, as Houlsby et al. do."""
-
-
-@dataclass
-class BitfitSection:
-    """BitFit (Ben Zaken et al. 2022): train bias terms only."""
-
-    add_missing: bool = True
-    """when the model has no bias at all (Llama), add zero biases to the attention and MLP
-    linear layers (and set ``attention_bias``/``mlp_bias`` in its config so the saved model
-    loads with ``AutoModelForCausalLM``); False makes a bias-free model an error."""
-
-
-@dataclass
-class LomoSection:
-    """LOMO (Lv et al. 2023): SGD fused into backward, no optimizer state, no stored grads."""
-
-    clip_value: float | None = 1.0
-    """clamp each gradient element to [-clip_value, clip_value] before the update."""
-    clip_grad_norm: float | None = None
-    """clip the global gradient norm; costs a second backward pass (the paper's scheme)."""
-    weight_decay: float = 0.0
-
-
-@dataclass
-class MethodConfig:
-    """Which fine-tuning method, with one section of settings per method (all defaulted)."""
-
-    name: MethodName = "full"
-    lora: LoraSection = field(default_factory=LoraSection)
-    freeze: FreezeSection = field(default_factory=FreezeSection)
-    qlora: QLoraSection = field(default_factory=QLoraSection)
-    prompt: PromptSection = field(default_factory=PromptSection)
-    prefix: PrefixSection = field(default_factory=PrefixSection)
-    ia3: IA3Section = field(default_factory=IA3Section)
-    adapter: AdapterSection = field(default_factory=AdapterSection)
-    bitfit: BitfitSection = field(default_factory=BitfitSection)
-    lomo: LomoSection = field(default_factory=LomoSection)
 
 
 # -- what a method returns ----------------------------------------------------------------
@@ -182,7 +71,8 @@ class Prepared:
     ``parameters``: the list given to the optimizer (tensors with ``requires_grad``).
     ``kind``: how ``save`` writes it: ``full`` (``save_pretrained`` of the whole model),
     ``peft`` (a PEFT adapter dir that ``PeftModel.from_pretrained`` opens) or
-    ``sftlab_adapter`` (``sftlab_adapter.safetensors`` + ``.json``; ``adapters.load_adapter``).
+    ``sftlab_adapter`` (``sftlab_adapter.safetensors`` + ``.json``;
+    ``sftlab.models.adapters.load_adapter``).
     ``fused_backward(loss, lr)``: set for optimizer-free methods (LOMO); the loop calls it
     INSTEAD of ``loss.backward()`` + ``optimizer.step()`` and creates no optimizer.
     ``logit_offset``: positions the method prepends to the sequence (prompt tuning); the
@@ -205,8 +95,6 @@ class Prepared:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         if self.kind == "sftlab_adapter":
-            from sftlab.train.adapters import save_adapter
-
             save_adapter(self.model, path)
         else:  # a PeftModel saves only its adapter; a plain model saves everything
             self.model.save_pretrained(str(path))
@@ -266,16 +154,7 @@ def model_load_kwargs(config: MethodConfig) -> dict:
     """Extra ``from_pretrained`` kwargs: a ``BitsAndBytesConfig`` for QLoRA, else ``{}``."""
     if config.name != "qlora":
         return {}
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    section = config.qlora
-    return {"quantization_config": BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=section.quant_type,
-        bnb_4bit_use_double_quant=section.double_quant,
-        bnb_4bit_compute_dtype=getattr(torch, section.compute_dtype),
-    )}
+    return {"quantization_config": quantization_config(config.qlora)}
 
 
 def check_method_supported(config: MethodConfig, device: str = "cpu", *,
@@ -295,7 +174,7 @@ def check_method_supported(config: MethodConfig, device: str = "cpu", *,
     """
     name = config.name
     if name == "qlora":
-        _check_bitsandbytes(str(device), config.qlora.compute_dtype)
+        check_bitsandbytes(str(device), config.qlora.compute_dtype)
     if name in ("lora", "dora", "qlora") and config.lora.rank < 1:
         raise ConfigError(f"lora.rank must be >= 1, got {config.lora.rank}")
     if name == "lomo":
@@ -319,27 +198,6 @@ def _check_lomo(grad_accumulation: int, num_processes: int, mixed_precision: str
                           "use mixed_precision=bf16 or no")
 
 
-@functools.lru_cache(maxsize=8)
-def _check_bitsandbytes(device: str, compute_dtype: str) -> None:
-    try:
-        import bitsandbytes as bnb
-        import torch
-    except ImportError as exc:
-        raise ConfigError(f"method 'qlora' needs bitsandbytes (pip install bitsandbytes): {exc}")
-    try:  # a real 4-bit round trip: the cheapest reliable answer to "is this device supported"
-        # fork_rng: the probe layer's random init must not shift the run's seeded RNG stream
-        with torch.random.fork_rng(devices=[]):
-            layer = bnb.nn.Linear4bit(64, 64, bias=False, quant_type="nf4",
-                                      compute_dtype=getattr(torch, compute_dtype))
-        layer = layer.to(device)
-        x = torch.ones(2, 64, device=device, dtype=getattr(torch, compute_dtype))
-        layer(x).sum().item()
-    except Exception as exc:  # noqa: BLE001 - any failure means "not supported here"
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"method 'qlora': bitsandbytes {bnb.__version__} cannot run 4-bit "
-                          f"layers on device '{device}' ({first_line})") from exc
-
-
 # -- full, freeze, bitfit: plain models, saved whole ----------------------------------------
 
 @METHODS.register("full")
@@ -357,7 +215,7 @@ def prepare_freeze(model, config: MethodConfig, tokenizer=None) -> Prepared:
     ``model.embed_tokens``, ``model.layers.0.*``, ``model.norm`` and ``lm_head`` do not.
     """
     section = config.freeze
-    _, layers = decoder_layers(model)
+    layers = _decoder_layers(model)
     if not 0 <= section.last_layers <= len(layers):
         raise ConfigError(f"freeze.last_layers={section.last_layers}: the model has "
                           f"{len(layers)} decoder layers")
@@ -404,13 +262,11 @@ def add_zero_biases(model) -> int:
     ``attention_bias`` and ``mlp_bias``); elsewhere the saved model would silently drop
     them, so that is a ConfigError.
     """
-    import torch
-
     flags = [flag for flag in ("attention_bias", "mlp_bias") if hasattr(model.config, flag)]
     if len(flags) < 2:
         raise ConfigError(f"method 'bitfit': {type(model).__name__} has no bias terms and its "
                           f"config has no attention_bias/mlp_bias flags to add them")
-    _, layers = decoder_layers(model)
+    layers = _decoder_layers(model)
     added = 0
     for module in layers.modules():
         if isinstance(module, torch.nn.Linear) and module.bias is None:
@@ -434,8 +290,6 @@ def _plain(model, method: str) -> Prepared:
 def prepare_lora(model, config: MethodConfig, tokenizer=None) -> Prepared:
     """LoRA (Hu et al. 2021, PEFT) on lora.target_modules; B = 0, so it starts as the base.
     Plain LoRA layers get a leaner forward (``sftlab.train.fused``: same math)."""
-    from sftlab.train.fused import fuse_lora
-
     prepared = _peft(model, _lora_config(config, use_dora=False), "lora")
     fuse_lora(prepared.model)
     return prepared
@@ -452,10 +306,8 @@ def prepare_qlora(model, config: MethodConfig, tokenizer=None) -> Prepared:
     """QLoRA (Dettmers et al. 2023): frozen 4-bit NF4 base + LoRA (needs bitsandbytes).
 
     A model loaded with ``model_load_kwargs(config)`` is already 4-bit; an in-memory model
-    (e.g. ``tiny``) has its linear layers quantised here, in place.
+    (e.g. ``tiny``) has its linear layers quantised here, in place (``sftlab.train.quantize``).
     """
-    from peft import prepare_model_for_kbit_training
-
     check_method_supported(config, _device_of(model))
     if not is_quantized_4bit(model):
         quantize_linear_4bit(model, config.qlora)
@@ -470,8 +322,6 @@ def prepare_prompt(model, config: MethodConfig, tokenizer=None) -> Prepared:
 
     The logits then have ``num_virtual_tokens`` extra leading positions (``logit_offset``).
     """
-    from peft import PromptTuningConfig, PromptTuningInit
-
     section = config.prompt
     if section.init_text is not None and tokenizer is None:
         raise ConfigError("prompt.init_text needs the tokenizer: call prepare_model(model, "
@@ -494,8 +344,6 @@ def prepare_prefix(model, config: MethodConfig, tokenizer=None) -> Prepared:
     ``prefix.init_text``, else random vocabulary tokens), so the prepared model starts out
     exactly as the base model reading those tokens before each input.
     """
-    from peft import PrefixTuningConfig
-
     section = config.prefix
     if section.init_text is not None and tokenizer is None:
         raise ConfigError("prefix.init_text needs the tokenizer: call prepare_model(model, "
@@ -514,8 +362,6 @@ def prepare_prefix(model, config: MethodConfig, tokenizer=None) -> Prepared:
 @METHODS.register("ia3")
 def prepare_ia3(model, config: MethodConfig, tokenizer=None) -> Prepared:
     """(IA)^3 (Liu et al. 2022, PEFT): trained scales on keys, values, MLP; start at one."""
-    from peft import IA3Config
-
     section = config.ia3
     missing = set(section.feedforward_modules) - set(section.target_modules)
     if missing:
@@ -527,8 +373,6 @@ def prepare_ia3(model, config: MethodConfig, tokenizer=None) -> Prepared:
 
 
 def _lora_config(config: MethodConfig, use_dora: bool):
-    from peft import LoraConfig
-
     section = config.lora
     targets = section.target_modules
     return LoraConfig(
@@ -541,8 +385,6 @@ def _lora_config(config: MethodConfig, use_dora: bool):
 
 def _peft(model, peft_config, method: str) -> Prepared:
     """Wrap with PEFT (which freezes the base); a target that matches nothing is a ConfigError."""
-    from peft import get_peft_model
-
     try:
         peft_model = get_peft_model(model, peft_config)
     except ValueError as exc:  # e.g. "Target modules {...} not found in the base model"
@@ -553,8 +395,6 @@ def _peft(model, peft_config, method: str) -> Prepared:
 
 def _init_token_ids(model, tokenizer, text: str | None, count: int, key: str):
     """``count`` token ids: ``text``'s tokens repeated to fill, or random vocabulary ids."""
-    import torch
-
     if text is None:
         return torch.randint(0, model.get_input_embeddings().weight.shape[0], (count,))
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -565,8 +405,6 @@ def _init_token_ids(model, tokenizer, text: str | None, count: int, key: str):
 
 def _init_prompt_from_text(peft_model, tokenizer, text: str) -> None:
     """Copy the embeddings of ``text``'s tokens (repeated to fill) into the virtual tokens."""
-    import torch
-
     embedding = peft_model.prompt_encoder[peft_model.active_adapter].embedding
     ids = _init_token_ids(peft_model, tokenizer, text, embedding.weight.shape[0],
                           key="prompt.init_text")
@@ -584,8 +422,6 @@ def _init_prefix_from_tokens(peft_model, ids) -> None:
     keys are taken after rotary embedding at positions 0..n-1, and PEFT starts the real
     tokens at position n, so the model then reads exactly "ids + input".
     """
-    import torch
-
     embedding = peft_model.prompt_encoder[peft_model.active_adapter].embedding
     base = peft_model.get_base_model()
     was_training = base.training
@@ -613,10 +449,8 @@ def _init_prefix_from_tokens(peft_model, ids) -> None:
 @METHODS.register("adapter")
 def prepare_adapter(model, config: MethodConfig, tokenizer=None) -> Prepared:
     """Houlsby bottleneck adapters after attention and MLP (+ norms); sftlab's own format."""
-    from sftlab.train.adapters import add_adapters, norm_parameters
-
     model.requires_grad_(False)
-    adapters = add_adapters(model, config.adapter)
+    adapters = add_adapters(model, dataclasses.asdict(config.adapter))
     params = [p for adapter in adapters for p in adapter.parameters()]
     if config.adapter.train_norms:
         params += list(norm_parameters(model).values())
@@ -628,8 +462,6 @@ def prepare_adapter(model, config: MethodConfig, tokenizer=None) -> Prepared:
 @METHODS.register("lomo")
 def prepare_lomo(model, config: MethodConfig, tokenizer=None) -> Prepared:
     """LOMO (Lv et al. 2023): full fine-tuning, SGD fused into backward, no optimizer state."""
-    from sftlab.train.lomo import FusedSGD
-
     model.requires_grad_(True)
     params = [p for p in _unique_parameters(model) if p.requires_grad]
     fused = FusedSGD(params, clip_value=config.lomo.clip_value,
@@ -639,70 +471,15 @@ def prepare_lomo(model, config: MethodConfig, tokenizer=None) -> Prepared:
                     fused_backward=fused, max_grad_accumulation=1)
 
 
-# -- 4-bit quantisation of an in-memory model ---------------------------------------------
-
-def quantize_linear_4bit(model, section: QLoraSection, skip: tuple[str, ...] = ("lm_head",)) -> int:
-    """Replace every ``nn.Linear`` (except ``skip`` names) by a bitsandbytes ``Linear4bit``.
-
-    The weights are quantised (NF4 by default, 64-value blocks, absmax constants quantised
-    again when ``double_quant``) on the model's current device. Returns how many layers
-    were replaced. This is what ``from_pretrained(quantization_config=...)`` does while
-    loading; it is here for models built in memory (``tiny``).
-    """
-    import bitsandbytes as bnb
-    import torch
-
-    replaced = 0
-    for parent in list(model.modules()):
-        for child_name, child in list(parent.named_children()):
-            if type(child) is not torch.nn.Linear or child_name in skip:
-                continue
-            quantized = bnb.nn.Linear4bit(
-                child.in_features, child.out_features, bias=child.bias is not None,
-                compute_dtype=getattr(torch, section.compute_dtype),
-                compress_statistics=section.double_quant, quant_type=section.quant_type,
-                device="meta")
-            weight = child.weight.data
-            quantized.weight = bnb.nn.Params4bit(
-                weight, requires_grad=False, compress_statistics=section.double_quant,
-                quant_type=section.quant_type)
-            if child.bias is not None:
-                quantized.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
-            # moving a Params4bit to a real device is what quantises it
-            quantized = quantized.to(weight.device)
-            setattr(parent, child_name, quantized)
-            replaced += 1
-    if replaced == 0:
-        raise ConfigError("method 'qlora': the model has no nn.Linear layer to quantise")
-    model.is_loaded_in_4bit = True  # what PEFT and transformers look at
-    return replaced
-
-
-def is_quantized_4bit(model) -> bool:
-    """True if any module is a bitsandbytes ``Linear4bit``."""
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
-        return False
-    return any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
-
-
 # -- helpers -----------------------------------------------------------------------------
 
-def decoder_layers(model) -> tuple[str, Any]:
-    """The ``nn.ModuleList`` of transformer blocks: the longest ModuleList in the model.
-
-    >>> from sftlab.models.tiny import tiny_model
-    >>> decoder_layers(tiny_model())[0]
-    'model.layers'
-    """
-    import torch
-
-    lists = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.ModuleList)]
-    if not lists:
+def _decoder_layers(model) -> torch.nn.ModuleList:
+    """``sftlab.models.layers.decoder_layers``, or a ConfigError for a model without one."""
+    layers = decoder_layers(model)
+    if layers is None:
         raise ConfigError(f"{type(model).__name__}: cannot find its decoder layers "
                           f"(no nn.ModuleList)")
-    return max(lists, key=lambda item: len(item[1]))
+    return layers
 
 
 def _unique_parameters(model):

@@ -19,26 +19,31 @@ The pieces, each usable alone::
     pairs, dropped = read_pairs("pairs.jsonl", tokenizer, max_length=1024)
 
 How it is wired: there is no separate trainer. sftlab's one training loop
-(``sftlab/train/sft.py``) trains it when ``objective: spin`` (``TrainConfig``): the
-training units are ``Pair``s (``read_pairs`` of ``data.paths``, or passed in-process),
-collated by ``collate_pairs`` (no packing), the loss module is ``PairLoss`` (the same
-``(loss_sum, count)`` contract as ``CausalLMLoss``, counted in pairs: ``count_pairs``),
-and the loop normalises by the pairs of the whole optimizer step exactly as it does by
-tokens (``sftlab.train.loss.step_token_count``). Missing reference log-probs are filled
-once at setup by ``reference_logps`` with the initial model. ``sftlab synth spin``
-(``sftlab/data/synth/spin.py``) runs that loop once per iteration.
+(``sftlab/train/sft.py``) trains it when ``objective: spin`` (``TrainConfig``), through the
+objective ``sftlab.train.objectives.spin``: the training units are ``Pair``s
+(``read_pairs`` of ``data.paths``, or passed in-process), collated by ``collate_pairs`` (no
+packing), the loss module is ``PairLoss`` (the same ``(loss_sum, count)`` contract as
+``CausalLMLoss``, counted in pairs: ``count_pairs``), and the loop normalises by the pairs
+of the whole optimizer step exactly as it does by tokens
+(``sftlab.train.loss.step_token_count``). Missing reference log-probs are filled once at
+setup by ``reference_logps`` with the initial model. ``sftlab synth spin``
+(``sftlab/synth/spin.py``) runs that loop once per iteration.
 """
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from sftlab.data.chat import tokenize_conversations
+from sftlab.data.collate import collate_padded
+from sftlab.data.formats import parse_messages
 from sftlab.errors import DataError
-from sftlab.types import IGNORE_INDEX, Tokenized
+from sftlab.types import IGNORE_INDEX, Conversation, Message, Tokenized
 
 
 # -- the math ---------------------------------------------------------------------------
@@ -120,8 +125,6 @@ def collate_pairs(pairs: list[Pair], pad_id: int) -> dict:
     them to the log-prob dtype; zeros while unset: ``reference_logps`` reads none). One
     forward pass covers both sides; the dict goes straight to ``PairLoss(**batch)``, as a
     token batch goes to ``CausalLMLoss``."""
-    from sftlab.data.collate import collate_padded
-
     batch = collate_padded([p.real for p in pairs] + [p.generated for p in pairs], pad_id)
     for key in ("ref_real", "ref_generated"):
         values = [getattr(p, key) for p in pairs]
@@ -141,9 +144,12 @@ class PairLoss(torch.nn.Module):
     number of pairs, so the loop normalises once per step (by pairs, not tokens).
     ``metrics`` holds the last call's ``spin_loss`` metrics (means over its pairs).
 
+    >>> pairs = [Pair(Tokenized([1, 5, 6], [-100, 5, 6]), Tokenized([1, 7, 8], [-100, 7, 8]),
+    ...               ref_real=-12.0, ref_generated=-12.0)]
     >>> loss_module = PairLoss(model, beta=0.1)
-    >>> loss_sum, n = loss_module(**collate_pairs(pairs, pad_id))
-    >>> (loss_sum / n).backward(); loss_module.metrics["margin"]
+    >>> loss_sum, n = loss_module(**collate_pairs(pairs, pad_id=0))
+    >>> (loss_sum / n).backward(); sorted(loss_module.metrics)
+    ['accuracy', 'loss', 'margin', 'reward_generated', 'reward_real']
     """
 
     def __init__(self, model, beta: float, logit_offset: int = 0) -> None:
@@ -197,8 +203,6 @@ def read_pairs(path: str | Path, tokenizer, max_length: int, on_error: str = "fa
     A malformed record raises ``DataError`` naming file, line and field (or is counted
     and skipped with ``on_error="skip"``).
     """
-    from collections import Counter
-
     pairs, dropped = [], Counter()
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
@@ -224,9 +228,6 @@ def pair_from_record(record: dict, tokenizer, max_length: int) -> tuple[Pair | N
     """One pair record -> ``(Pair, None)``, or ``(None, reason)`` when a side trains nothing
     after truncation to ``max_length``. Both sides are the prompt + that response, with
     only the response labelled; ``meta.ref_logp_*`` become ``ref_real``/``ref_generated``."""
-    from sftlab.data.chat import tokenize_conversations
-    from sftlab.types import Conversation, Message
-
     prompt = _messages(record, "prompt")
     sides = [Conversation(prompt + [Message("assistant", _response(record, key))])
              for key in ("chosen", "rejected")]
@@ -250,20 +251,20 @@ def _parse_record(line: str) -> dict:
     return record
 
 
-def _messages(record: dict, key: str) -> list:
-    from sftlab.types import Message
-
+def _messages(record: dict, key: str) -> list[Message]:
+    """``record[key]``: a non-empty string (one user turn) or OpenAI-style messages, parsed
+    by sftlab's one message parser (``data.formats.parse_messages``)."""
     value = record.get(key)
     if isinstance(value, str) and value:
         return [Message("user", value)]
-    ok = isinstance(value, list) and value and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-        for m in value)
-    if not ok:
+    hint = f"'{key}': a string or a list of {{role, content}} messages"
+    if not isinstance(value, list) or not value:
         raise DataError("missing or malformed" if value is None else "malformed", field=key,
-                        hint=f"'{key}': a string or a list of {{role, content}} messages",
-                        reason=f"bad {key}")
-    return [Message(m["role"], m["content"]) for m in value]
+                        hint=hint, reason=f"bad {key}")
+    try:
+        return parse_messages(value, key)
+    except DataError as exc:  # a pair error names the record's key, as every reason counts it
+        raise DataError(exc.message, field=key, hint=hint, reason=f"bad {key}") from None
 
 
 def _response(record: dict, key: str) -> str:

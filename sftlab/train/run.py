@@ -11,6 +11,8 @@
                      "tokens": 2048, "padded_tokens": 2075, "labelled_tokens": 1020,
                      "peak_memory_mb": 912.0, "elapsed_s": 25.2}
                     (tokens = real tokens trained since the previous row, all processes)
+                    (with ``objective: spin`` "pairs" in place of "labelled_tokens", and the
+                    window's mean "margin", "accuracy", "reward_real", "reward_generated")
                     and eval rows {"step": 10, "eval_loss": 2.40}
     loss.png        training (and eval) loss against step
     checkpoints/    see ``sftlab.train.checkpoint``
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import resource
 import subprocess
 import time
@@ -29,12 +30,13 @@ from pathlib import Path
 import torch
 
 from sftlab.config import config_to_dict, dump_config
+from sftlab.data.chat import format_mask
+from sftlab.models import library_versions
+from sftlab.train.data import fingerprint
 
 
 def write_run_json(run) -> None:
     """Provenance of ``run`` (an ``sftlab.train.sft.Run``) into ``run.json`` and ``config.yaml``."""
-    from sftlab.train.data import fingerprint
-
     out = run.output_dir
     out.mkdir(parents=True, exist_ok=True)
     dump_config(run.config, out / "config.yaml")
@@ -44,7 +46,7 @@ def write_run_json(run) -> None:
         "versions": library_versions(),
         "git_revision": git_revision(),
         "chat_template_sha256": _sha256(getattr(run.tokenizer, "chat_template", None) or ""),
-        "data_fingerprint": fingerprint(run.train_examples),
+        "data_fingerprint": fingerprint(run.train_examples, key=run.objective.unit_key),
         "train_examples": len(run.train_examples),
         "train_units": len(run.units),
         "eval_units": len(run.eval_units),
@@ -58,18 +60,6 @@ def write_run_json(run) -> None:
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     (out / "run.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
-
-
-def library_versions() -> dict:
-    import importlib.metadata as metadata
-
-    versions = {"python": platform.python_version()}
-    for name in ("sftlab", "torch", "transformers", "peft", "accelerate", "trl", "tokenizers"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
 
 
 def git_revision() -> str | None:
@@ -93,8 +83,6 @@ def _sha256(text: str) -> str:
 
 def mask_preview(example, tokenizer, max_chars: int = 1500) -> str:
     """One example with its trained tokens marked (``sftlab.data.chat.format_mask``)."""
-    from sftlab.data.chat import format_mask
-
     text = format_mask(example, tokenizer, color=False)
     return text if len(text) <= max_chars else text[:max_chars] + f" ... ({len(text)} chars)"
 
@@ -107,15 +95,23 @@ def peak_memory_mb() -> float:
 
 
 class Window:
-    """Step statistics between two log rows (loss weighted by labelled tokens)."""
+    """Step statistics between two log rows (loss weighted by the loss's units).
 
-    def __init__(self) -> None:
+    ``count_key`` names the window's count of those units in the row (``labelled_tokens``,
+    ``pairs``); ``metric_names`` are the objective's extra metrics, summed over units in
+    each step's ``stats["metric_sums"]`` and written as means over the window's units.
+    """
+
+    def __init__(self, count_key: str = "labelled_tokens",
+                 metric_names: tuple[str, ...] = ()) -> None:
+        self.count_key, self.metric_names = count_key, metric_names
         self.started = time.perf_counter()
         self._reset()
 
     def _reset(self) -> None:
         self.loss_sum = self.labelled = self.tokens = self.padded = 0.0
         self.seconds, self.steps = 0.0, 0
+        self.metric_sums = dict.fromkeys(self.metric_names, 0.0)
 
     def add(self, stats: dict, seconds: float) -> None:
         self.loss_sum += stats["loss"] * stats["labelled"]
@@ -124,6 +120,8 @@ class Window:
         self.padded += stats["padded"]
         self.seconds += seconds
         self.steps += 1
+        for key, value in stats.get("metric_sums", {}).items():
+            self.metric_sums[key] += value
 
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0
@@ -139,10 +137,11 @@ class Window:
             "step_time_s": round(self.seconds / max(self.steps, 1), 4),
             "tokens": int(self.tokens),
             "padded_tokens": int(self.padded),
-            "labelled_tokens": int(self.labelled),
+            self.count_key: int(self.labelled),
             "peak_memory_mb": round(peak_memory_mb(), 1),
             "elapsed_s": round(time.perf_counter() - self.started, 2),
         }
+        row.update({k: round(v / max(self.labelled, 1), 6) for k, v in self.metric_sums.items()})
         self._reset()
         return row
 
@@ -170,12 +169,12 @@ def rewrite_metrics(output_dir: Path, rows: list[dict]) -> None:
 
 def plot_loss(output_dir: Path, history: list[dict], unit: str = "labelled token") -> Path | None:
     """``loss.png``: training loss per logged step, eval loss as points; ``unit`` is what the
-    loss is a mean over (``pair`` for SPIN)."""
+    loss is a mean over (the objective's ``unit_name``)."""
     train = [(r["step"], r["loss"]) for r in history if "loss" in r]
     evals = [(r["step"], r["eval_loss"]) for r in history if "eval_loss" in r]
     if not train and not evals:
         return None
-    import matplotlib
+    import matplotlib  # lazy: only needed at plot time, and slow to import
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt

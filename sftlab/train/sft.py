@@ -21,37 +21,38 @@ Python API (the CLI ``sftlab train CONFIG.yaml key=value ...`` builds the same c
 Distributed: ``accelerate launch -m sftlab train cfg.yaml`` or ``torchrun`` run this same
 code; the loss normalisation (``sftlab.train.loss``) makes N processes equal one.
 
-Objectives (``config.objective``): ``sft`` trains token cross-entropy (``CausalLMLoss``) on
-examples; ``spin`` trains SPIN's pairwise loss (``pairwise.PairLoss``) on ``Pair`` units.
-Only three things differ, all chosen in ``setup``: the data (``data.load_pairs``; missing
-reference log-probs computed with the initial model), the loss module, and the unit the
-step's loss is normalised by (``count_pairs`` instead of ``batch_tokens``, through the same
-``step_token_count``/``normaliser`` path). Batching, resume, logging and saving are shared.
+What is trained is the objective (``config.objective``, ``sftlab.train.objectives``),
+picked once in ``setup``: it loads the data units, works on the initial model (reference
+log-probs), collates micro-batches, builds the loss module and says what the step's loss
+is a mean over (labelled tokens, pairs). Which parameters train is the method
+(``sftlab.train.methods``), also picked once. The loop below knows neither by name:
+batching, normalisation, resume, logging and saving are the same for all.
 """
 from __future__ import annotations
 
 import contextlib
-import inspect
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM
 
 from sftlab.errors import ConfigError
+from sftlab.models import context_length, load_model, load_tokenizer, pad_id, resolve_model
 from sftlab.train import attention, checkpoint, data
 from sftlab.train import run as run_files
 from sftlab.train.config import TrainConfig
 from sftlab.train.fused import fuse_swiglu
-from sftlab.train.loss import CausalLMLoss, batch_tokens, normaliser, step_token_count
+from sftlab.train.loss import normaliser, step_token_count
 from sftlab.train.memory import trim_during_forward
-from sftlab.train.pairwise import Pair, PairLoss, count_pairs, reference_logps
-from sftlab.types import Tokenized
-
-# logged per pair with objective=spin (means over the log window), besides the loss
-PAIR_METRICS = ("margin", "accuracy", "reward_real", "reward_generated")
+from sftlab.train.methods import check_method_supported, model_load_kwargs, prepare_model
+from sftlab.train.objectives import OBJECTIVES, Objective
+from sftlab.train.optim import InBackwardOptimizer, build_optimizer, check_in_backward, lr_at
 
 
 @dataclass
@@ -74,17 +75,17 @@ class Run:
     config: TrainConfig
     accelerator: Any
     tokenizer: Any
+    objective: Objective  # what is trained: data units, collate, loss, counts
     prepared: Any  # sftlab.train.methods.Prepared
-    loss_module: Any  # CausalLMLoss or PairLoss, wrapped by accelerate (DDP/FSDP) when distributed
+    loss_module: Any  # the objective's, wrapped by accelerate (DDP/FSDP) when distributed
     optimizer: Any
-    train_examples: list  # Tokenized, or Pair with objective=spin
-    units: list  # examples, packed rows, or pairs
+    train_examples: list  # the objective's unit_type (Tokenized, Pair)
+    units: list  # what batches are made of: examples, packed rows, pairs
     eval_units: list
     pad_id: int
     total_steps: int
     steps_per_epoch: int
     output_dir: Path
-    count: Any = batch_tokens  # the loss's unit in a micro-batch: tokens, or count_pairs
     state: TrainState = field(default_factory=TrainState)
     history: list[dict] = field(default_factory=list)
 
@@ -103,9 +104,9 @@ class TrainResult:
 
 def train(config: TrainConfig, *, model=None, tokenizer=None, train_examples=None,
           eval_examples=None) -> TrainResult:
-    """Train as ``config`` says. ``model``/``tokenizer``/``*_examples`` (lists of
-    ``Tokenized``, or of ``Pair`` with ``objective=spin``) replace loading them from
-    ``config.model``/``config.data`` (tests, bench, ``sftlab synth spin``)."""
+    """Train as ``config`` says. ``model``/``tokenizer``/``*_examples`` (lists of the
+    objective's units: ``Tokenized`` for ``sft``) replace loading them from
+    ``config.model``/``config.data`` (tests, bench, ``sftlab synth``)."""
     run = setup(config, model, tokenizer, train_examples, eval_examples)
     if config.resume:
         resume(run)
@@ -118,11 +119,6 @@ def train(config: TrainConfig, *, model=None, tokenizer=None, train_examples=Non
 def setup(config: TrainConfig, model=None, tokenizer=None, train_examples=None,
           eval_examples=None) -> Run:
     """Build the run; raises ``SftlabError`` (one line) before any step for fixable problems."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    from sftlab.train.methods import check_method_supported, prepare_model
-
     if config.threads:
         torch.set_num_threads(config.threads)
     set_seed(config.seed)
@@ -134,30 +130,24 @@ def setup(config: TrainConfig, model=None, tokenizer=None, train_examples=None,
                            num_processes=accelerator.num_processes,
                            packed=config.data.packing or config.data.padding_free,
                            mixed_precision=config.mixed_precision)
-    spin = config.objective == "spin"
-    if spin and config.method.name == "lomo":
-        raise ConfigError("objective=spin needs an optimizer method (full, lora, ...): 'lomo' "
-                          "updates the weights inside backward")
+    objective = OBJECTIVES.get(config.objective)(config)
+    objective.check(config)
     if tokenizer is None:
         tokenizer = _load_tokenizer(config.model.name)
     if model is None:
         model = _load_model(config)
     _check_lengths(config, model)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    padding = pad_id(tokenizer)
     if train_examples is None:
-        if spin:
-            train_examples, eval_examples, summary = data.load_pairs(config.data, tokenizer,
-                                                                     config.seed)
-        else:
-            train_examples, eval_examples, summary = data.load_examples(
-                config.data, tokenizer, config.seed, progress=accelerator.is_main_process)
+        train_examples, eval_examples, summary = objective.load_data(
+            tokenizer, progress=accelerator.is_main_process)
         _print(accelerator, summary)
-    _check_units(config, train_examples, eval_examples)
-    # before the method changes the model: the reference is the initial model (on resume
+    eval_examples = list(eval_examples or [])
+    objective.check_units(train_examples, eval_examples)
+    # before the method changes the model: a reference is the initial model (on resume
     # too: the checkpoint's weights are loaded after setup)
-    if spin:
-        _fill_reference(accelerator, model, train_examples + list(eval_examples or []), pad_id,
-                        config.batch_size)
+    objective.setup(model, train_examples + eval_examples, accelerator=accelerator,
+                    pad_id=padding)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
@@ -165,166 +155,38 @@ def setup(config: TrainConfig, model=None, tokenizer=None, train_examples=None,
     fuse_swiglu(prepared.model)  # one [tokens, intermediate] activation fewer per layer
     _print(accelerator, prepared.describe())
     optimizer = None if prepared.fused_backward else build_optimizer(prepared.parameters, config.optim)
-    if spin:
-        loss_module = PairLoss(prepared.model, config.spin.beta, prepared.logit_offset).train()
-    else:
-        loss_module = CausalLMLoss(prepared.model, chunk_size=config.loss_chunk_size).train()
+    loss_module = objective.loss_module(prepared).train()
     if config.data.packing or config.data.padding_free:  # attend within each example only
         attention.enable(prepared.model)
     if config.release_memory and accelerator.device.type == "cpu":
         trim_during_forward(prepared.model)
     if config.optim.in_backward:
-        _check_in_backward(config, accelerator, prepared)
+        check_in_backward(config, accelerator, prepared)
         optimizer = InBackwardOptimizer(optimizer)  # steps itself: not handed to accelerate
         loss_module = accelerator.prepare(loss_module)
     elif optimizer is not None:
         loss_module, optimizer = accelerator.prepare(loss_module, optimizer)
     else:
         loss_module = accelerator.prepare(loss_module)
-    units = data.make_units(train_examples, config.data)
-    eval_units = data.make_units(eval_examples or [], config.data)
+    units = objective.make_units(train_examples)
+    eval_units = objective.make_units(eval_examples)
     global_batch = config.batch_size * config.grad_accumulation * accelerator.num_processes
     per_epoch = data.steps_per_epoch(len(units), global_batch, accelerator.num_processes)
     if per_epoch == 0:
         raise ConfigError(f"{len(units)} training units cannot fill one global batch of "
                           f"{global_batch} (batch_size x grad_accumulation x processes)")
     total = config.max_steps or per_epoch * config.epochs
-    run = Run(config, accelerator, tokenizer, prepared, loss_module, optimizer, train_examples,
-              units, eval_units, pad_id, total, per_epoch, Path(config.output_dir),
-              count=count_pairs if spin else batch_tokens)
+    run = Run(config, accelerator, tokenizer, objective, prepared, loss_module, optimizer,
+              train_examples, units, eval_units, padding, total, per_epoch,
+              Path(config.output_dir))
     if accelerator.is_main_process:
         run_files.write_run_json(run)
-        first = train_examples[0].real if spin else train_examples[0]
         _print(accelerator, "mask preview (trained tokens in [[...]]):\n"
-               + run_files.mask_preview(first, tokenizer))
+               + run_files.mask_preview(objective.preview(train_examples[0]), tokenizer))
     return run
 
 
-def _check_units(config: TrainConfig, train_examples: list, eval_examples) -> None:
-    """Examples for ``sft``, pairs for ``spin``; something to train either way."""
-    want = Pair if config.objective == "spin" else Tokenized
-    for name, items in (("train_examples", train_examples), ("eval_examples", eval_examples or [])):
-        wrong = next((type(x).__name__ for x in items if not isinstance(x, want)), None)
-        if wrong is not None:
-            raise ConfigError(f"objective={config.objective} trains {want.__name__} units; "
-                              f"{name} holds a {wrong}")
-    if not train_examples:
-        raise ConfigError("no training unit: nothing to train on")
-    if want is Tokenized and not any(e.num_trained for e in train_examples):
-        raise ConfigError("no trainable example: every example has all labels masked")
-
-
-def _fill_reference(accelerator, model, pairs: list, pad_id: int, batch_size: int) -> None:
-    """Reference log-probs for the pairs that lack them, from ``model`` as it is now
-    (frozen, under the run's autocast so step 1's margin is 0). Every process scores the
-    same pairs (same numbers everywhere; nothing to gather)."""
-    missing = [p for p in pairs if p.ref_real is None or p.ref_generated is None]
-    if not missing:
-        return
-    if getattr(model, "hf_quantizer", None) is None:  # 4-bit weights are placed at load
-        model.to(accelerator.device)
-    _print(accelerator, f"spin: reference log-probs of {len(missing)} pairs with the initial model")
-    with accelerator.autocast():
-        reference_logps(model, missing, pad_id, batch_size)
-
-
-def build_optimizer(parameters, optim) -> torch.optim.Optimizer:
-    """AdamW or SGD; 1-D tensors (biases, norm weights) get no weight decay.
-
-    ``parameters`` is a list of tensors or of param-group dicts (kept as given).
-    """
-    if parameters and isinstance(parameters[0], dict):
-        groups = parameters
-    else:
-        decay = [p for p in parameters if p.ndim >= 2]
-        no_decay = [p for p in parameters if p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": optim.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
-        groups = [g for g in groups if g["params"]]
-    kernel = {"auto": {"foreach": True}, "foreach": {"foreach": True},
-              "for-loop": {"foreach": False}, "fused": {"fused": True}}[optim.implementation]
-    if optim.name == "adamw":
-        return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
-                                 **kernel)
-    return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, **kernel)
-
-
-class InBackwardOptimizer:
-    """``optim.in_backward``: one optimizer per parameter, stepped by a hook the moment the
-    parameter's gradient is complete during backward; the gradient is freed right after.
-
-    Same update as the wrapped optimizer (AdamW is per-parameter math), but peak memory
-    holds one parameter's gradient instead of the model's. ``step``/``zero_grad`` are
-    no-ops; ``param_groups`` and ``state_dict`` cover every per-parameter optimizer.
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
-        self.optimizers = []
-        accepted = inspect.signature(type(optimizer).__init__).parameters
-        defaults = {k: v for k, v in optimizer.defaults.items() if k in accepted}
-        for group in optimizer.param_groups:
-            settings = {k: v for k, v in group.items() if k != "params"}
-            for param in group["params"]:
-                single = type(optimizer)([{"params": [param], **settings}], **defaults)
-                param.register_post_accumulate_grad_hook(self._hook(single))
-                self.optimizers.append(single)
-
-    @staticmethod
-    def _hook(single):
-        def step_and_free(param):
-            single.step()
-            param.grad = None
-        return step_and_free
-
-    @property
-    def param_groups(self) -> list[dict]:
-        return [g for opt in self.optimizers for g in opt.param_groups]
-
-    def step(self) -> None:
-        pass
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        pass
-
-    def state_dict(self) -> dict:
-        return {"per_parameter": [opt.state_dict() for opt in self.optimizers]}
-
-    def load_state_dict(self, state: dict) -> None:
-        for opt, saved in zip(self.optimizers, state["per_parameter"], strict=True):
-            opt.load_state_dict(saved)
-
-
-def _check_in_backward(config: TrainConfig, accelerator, prepared) -> None:
-    problems = [text for bad, text in [
-        (config.grad_accumulation != 1, "grad_accumulation=1"),
-        (config.optim.max_grad_norm > 0, "optim.max_grad_norm=0 (no global clipping)"),
-        (accelerator.num_processes > 1, "a single process"),
-        (prepared.fused_backward is not None, f"an optimizer (method {prepared.method} has none)"),
-    ] if bad]
-    if problems:
-        raise ConfigError(f"optim.in_backward=true needs {', '.join(problems)}")
-
-
-def lr_at(step: int, total_steps: int, optim) -> float:
-    """Learning rate of optimizer step ``step`` (0-based): linear warm-up, then the schedule.
-
-    >>> lr_at(0, 100, OptimSection(lr=1.0, warmup_steps=10, schedule="constant"))
-    0.1
-    """
-    warmup = optim.warmup_steps or math.ceil(optim.warmup_ratio * total_steps)
-    if step < warmup:
-        return optim.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total_steps - warmup)
-    if optim.schedule == "cosine":
-        return optim.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-    if optim.schedule == "linear":
-        return optim.lr * (1.0 - progress)
-    return optim.lr
-
-
 def _load_tokenizer(name: str):
-    from sftlab.models import load_tokenizer
-
     try:
         return load_tokenizer(name)
     except OSError as exc:  # a hub id without network, a directory without tokenizer files
@@ -334,13 +196,8 @@ def _load_tokenizer(name: str):
 
 def _load_model(config: TrainConfig):
     """``config.model`` -> a causal LM in training mode (4-bit when the method says so)."""
-    from sftlab.models import load_model, resolve_model
-    from sftlab.train.methods import model_load_kwargs
-
     extra = model_load_kwargs(config.method)
     if extra and config.model.name != "tiny":
-        from transformers import AutoModelForCausalLM
-
         model = AutoModelForCausalLM.from_pretrained(
             resolve_model(config.model.name), dtype=getattr(torch, config.model.dtype), **extra)
     else:
@@ -351,7 +208,7 @@ def _load_model(config: TrainConfig):
 
 
 def _check_lengths(config: TrainConfig, model) -> None:
-    limit = getattr(model.config, "max_position_embeddings", None)
+    limit = context_length(model)
     if limit is not None and config.data.max_length > limit:
         raise ConfigError(f"data.max_length={config.data.max_length} is above the model's "
                           f"max_position_embeddings={limit}; set data.max_length<={limit}")
@@ -384,13 +241,10 @@ def resume(run: Run) -> None:
 
 def loop(run: Run) -> None:
     """Optimizer steps until ``total_steps`` (or early stopping)."""
-    from tqdm.auto import tqdm
-
     config, state, acc = run.config, run.state, run.accelerator
     bar = tqdm(total=run.total_steps, initial=state.step, unit="step", dynamic_ncols=True,
                disable=not (config.progress and acc.is_main_process))
-    window = run_files.Window()
-    pair_sums = dict.fromkeys(PAIR_METRICS, 0.0)
+    window = run_files.Window(run.objective.count_key, run.objective.metric_names)
     while state.step < run.total_steps:
         started = time.perf_counter()  # batch building counts: it is part of a step's cost
         batches = next_step_batches(run)
@@ -401,14 +255,8 @@ def loop(run: Run) -> None:
         state.trained_tokens += stats["tokens"]
         bar.update(1)
         bar.set_postfix(loss=f"{stats['loss']:.4f}", tok_s=f"{window.tokens_per_s():.0f}")
-        for key, value in stats.get("pair_sums", {}).items():
-            pair_sums[key] += value
         if state.step % config.log_every == 0 or state.step == run.total_steps:
-            row = window.flush(state.step, stats)
-            if config.objective == "spin":
-                row = _pair_row(row, pair_sums)
-                pair_sums = dict.fromkeys(PAIR_METRICS, 0.0)
-            log(run, row)
+            log(run, window.flush(state.step, stats))
         if config.eval_every and run.eval_units and state.step % config.eval_every == 0:
             if evaluate_and_check(run):
                 _print(acc, f"early stopping at step {state.step}: eval loss did not improve "
@@ -417,15 +265,6 @@ def loop(run: Run) -> None:
         if config.save_every and state.step % config.save_every == 0:
             save(run)
     bar.close()
-
-
-def _pair_row(row: dict, pair_sums: dict) -> dict:
-    """objective=spin: the window's "labelled" count is pairs; add the SPIN metrics (means
-    over the window's pairs) to the log row."""
-    pairs = row.pop("labelled_tokens")
-    row["pairs"] = pairs
-    row.update({k: round(v / max(pairs, 1), 6) for k, v in pair_sums.items()})
-    return row
 
 
 def next_step_batches(run: Run) -> list:
@@ -442,7 +281,8 @@ def next_step_batches(run: Run) -> list:
     return data.step_batches(
         run.units, state.order, state.step_in_epoch, batch_size=config.batch_size,
         grad_accumulation=config.grad_accumulation, rank=acc.process_index,
-        world_size=acc.num_processes, pad_id=run.pad_id, padding_free=config.data.padding_free)
+        world_size=acc.num_processes, pad_id=run.pad_id, padding_free=config.data.padding_free,
+        make_batch=run.objective.collate)
 
 
 def train_step(run: Run, batches: list) -> dict:
@@ -450,20 +290,20 @@ def train_step(run: Run, batches: list) -> dict:
 
     Loss = (sum of token losses over the step's micro-batches on all processes) /
     (labelled tokens of the whole step): counted first, so each micro-batch's backward
-    already has its final weight (``sftlab.train.loss``). With ``objective=spin`` the same
-    with pairs in place of tokens (``run.count``); ``stats["pair_sums"]`` then holds the
-    step's SPIN metrics summed over its pairs (all processes).
+    already has its final weight (``sftlab.train.loss``). "Tokens" are the objective's
+    units (``objective.count``: labelled tokens, pairs); ``stats["metric_sums"]`` holds its
+    ``metric_names`` summed over the step's units (all processes).
     """
-    acc, config, prepared = run.accelerator, run.config, run.prepared
+    acc, config, prepared, objective = run.accelerator, run.config, run.prepared, run.objective
     device = acc.device
-    step_tokens = step_token_count([b.tensors for b in batches], acc, count=run.count)
+    step_tokens = step_token_count([b.tensors for b in batches], acc, count=objective.count)
     scale = normaliser(step_tokens, acc.num_processes)
     lr = lr_at(run.state.step, run.total_steps, config.optim)
     if run.optimizer is not None:
         for group in run.optimizer.param_groups:
             group["lr"] = lr
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    pair_sums = torch.zeros(len(PAIR_METRICS), dtype=torch.float64, device=device)
+    metric_sums = torch.zeros(len(objective.metric_names), dtype=torch.float64, device=device)
     for index, batch in enumerate(batches):
         last = index == len(batches) - 1
         sync = contextlib.nullcontext() if last else acc.no_sync(run.loss_module)
@@ -476,10 +316,11 @@ def train_step(run: Run, batches: list) -> dict:
             else:
                 acc.backward(loss)
         loss_sum += token_loss_sum.detach().double()
-        if config.objective == "spin":  # the micro-batch's means, weighted by its pairs
+        if objective.metric_names:  # the micro-batch's means, weighted by its units
             metrics = acc.unwrap_model(run.loss_module).metrics
-            pair_sums += torch.tensor([metrics[k] for k in PAIR_METRICS], dtype=torch.float64,
-                                      device=device) * run.count(batch.tensors)
+            means = torch.tensor([metrics[k] for k in objective.metric_names],
+                                 dtype=torch.float64, device=device)
+            metric_sums += means * objective.count(batch.tensors)
     grad_norm = _clip_and_step(run)
     total_loss = acc.reduce(loss_sum, reduction="sum") if acc.num_processes > 1 else loss_sum
     tokens = sum(b.tokens for b in batches)
@@ -487,13 +328,11 @@ def train_step(run: Run, batches: list) -> dict:
     if acc.num_processes > 1:
         counts = acc.reduce(torch.tensor([tokens, padded], device=device), reduction="sum")
         tokens, padded = (int(x) for x in counts.tolist())
-    stats = {"loss": float(total_loss) / max(step_tokens, 1), "lr": lr, "grad_norm": grad_norm,
-             "tokens": tokens, "padded": padded, "labelled": step_tokens}
-    if config.objective == "spin":
-        if acc.num_processes > 1:
-            pair_sums = acc.reduce(pair_sums, reduction="sum")
-        stats["pair_sums"] = dict(zip(PAIR_METRICS, pair_sums.tolist()))
-    return stats
+    if objective.metric_names and acc.num_processes > 1:
+        metric_sums = acc.reduce(metric_sums, reduction="sum")
+    return {"loss": float(total_loss) / max(step_tokens, 1), "lr": lr, "grad_norm": grad_norm,
+            "tokens": tokens, "padded": padded, "labelled": step_tokens,
+            "metric_sums": dict(zip(objective.metric_names, metric_sums.tolist()))}
 
 
 def _clip_and_step(run: Run) -> float | None:
@@ -515,16 +354,16 @@ def log(run: Run, row: dict) -> None:
 
 
 def evaluate(run: Run) -> float:
-    """Held-out loss: sum of token losses / labelled tokens over the whole eval set (with
-    ``objective=spin``: sum of pair losses / pairs)."""
+    """Held-out loss: sum of the units' losses / units over the whole eval set (labelled
+    tokens, pairs: the objective's)."""
     acc, config = run.accelerator, run.config
     run.loss_module.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=acc.device)
     rank_units = run.eval_units[acc.process_index::acc.num_processes]
     with torch.no_grad():
         for start in range(0, len(rank_units), config.batch_size):
-            batch = data.collate(rank_units[start:start + config.batch_size], run.pad_id,
-                                 config.data.padding_free)
+            batch = run.objective.collate(rank_units[start:start + config.batch_size],
+                                          run.pad_id, config.data.padding_free)
             with acc.autocast():
                 loss_sum, count = run.loss_module(**{k: v.to(acc.device) for k, v in batch.tensors.items()})
             totals += torch.stack([loss_sum.double(), count.double()])
@@ -578,8 +417,7 @@ def finish(run: Run) -> TrainResult:
             run.tokenizer.save_pretrained(saved_to)
         acc.wait_for_everyone()
     if acc.is_main_process and config.plot:
-        run_files.plot_loss(run.output_dir, run.history,
-                            "pair" if config.objective == "spin" else "labelled token")
+        run_files.plot_loss(run.output_dir, run.history, run.objective.unit_name)
     losses = [row["loss"] for row in run.history if "loss" in row]
     if saved_to is not None:
         _print(acc, f"saved {saved_to}")

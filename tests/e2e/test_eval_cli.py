@@ -32,3 +32,22 @@ def test_eval_tiny_gsm8k_writes_results_samples_settings(tmp_path, shared_data):
 def test_eval_missing_data_is_one_line_error(tmp_path):
     run = sftlab("eval", "tiny", "--tasks", "gsm8k", "--limit", "1")
     assert run.returncode == 2 and run.stderr.strip().startswith("error:") and "--data-dir" in run.stderr
+
+
+def test_eval_scores_responses_without_a_model(tmp_path, shared_data):
+    responses = tmp_path / "responses.jsonl"
+    responses.write_text(json.dumps({"id": "1000", "response": "no commas here"}) + "\n"
+                         + json.dumps({"id": "1001", "response": "I AM SHOUTING"}) + "\n")
+    out = tmp_path / "out"
+    run = sftlab("eval", "--tasks", "ifeval", "--limit", "2", "--responses", str(responses),
+                 "--data-dir", str(shared_data), "-o", str(out))
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["model"] is None and results["tasks"]["ifeval"]["metrics"]["inst_level_strict_acc"]["n"] == 2
+    assert json.loads((out / "settings.json").read_text())["config"]["responses"] == str(responses)
+
+
+def test_eval_without_model_or_responses_is_one_line_error(shared_data):
+    run = sftlab("eval", "--tasks", "gsm8k", "--data-dir", str(shared_data))
+    assert run.returncode == 2 and run.stderr.strip().startswith("error:") and "MODEL" in run.stderr
+    assert "Traceback" not in run.stderr

@@ -37,7 +37,8 @@ def test_cli_generate_writes_rows_and_settings(tmp_path, tiny_model_dir, capsys)
                  "--max-new-tokens", "6", "--batch-size", "2", "--no-progress"])
     assert code == 0
     rows = _read(out)
-    assert [r["id"] for r in rows] == ["a", "b", "2", "d", "e"]
+    # a row without an id is "<file stem>-<index>", as sftlab synth and read_conversations name it
+    assert [r["id"] for r in rows] == ["a", "b", "in-2", "d", "e"]
     assert rows[1]["messages"] == ROWS[1]["messages"] and rows[0]["prompt"] == "The a of"
     assert all(r["completion_tokens"] == 6 and r["finish_reason"] == "length" for r in rows)
     settings = yaml.safe_load((tmp_path / "out.config.yaml").read_text())
@@ -78,10 +79,11 @@ def test_resume_refuses_output_of_another_input(tmp_path, tiny_model, tiny_token
         generate_file(HFGenerator(tiny_model, tiny_tokenizer), config, progress=False)
 
 
+# the messages are those of the one file reader (sftlab.data.io) and message parser (formats)
 @pytest.mark.parametrize("line, message", [
     ('{"id": 1}', "no prompt"),
-    ('{"messages": [{"role": "bot", "content": "x"}]}', "bad message"),
-    ("{oops", "not valid JSON"),
+    ('{"messages": [{"role": "bot", "content": "x"}]}', "unknown role 'bot'"),
+    ("{oops", "invalid JSON"),
 ])
 def test_malformed_input_is_one_line_error(tmp_path, line, message):
     (tmp_path / "in.jsonl").write_text('{"prompt": "ok"}\n' + line + "\n")
@@ -91,3 +93,23 @@ def test_malformed_input_is_one_line_error(tmp_path, line, message):
     assert result.returncode == 2
     assert f"in.jsonl:2" in result.stderr and message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_alpaca_and_seed_task_rows_generate_with_the_chat_template(tmp_path, tiny_model, tiny_tokenizer):
+    """Rows of any prompt format work, as in sftlab synth: the prompt is the conversation up
+    to its last user turn, with the system turn and the Alpaca input kept."""
+    rows = [{"instruction": "Add the numbers.", "input": "2 and 3", "system": "Be brief."},
+            {"id": "s1", "instruction": "Rewrite the text formally.", "is_classification": False,
+             "instances": [{"input": "gonna be late", "output": ""}]}]
+    _write(tmp_path / "in.jsonl", rows)
+    seen = []
+    generator = HFGenerator(tiny_model, tiny_tokenizer, batch_size=2)
+    real_generate = generator.generate
+    generator.generate = lambda prompts, sampling: seen.extend(prompts) or real_generate(prompts, sampling)
+    config = GenerateConfig(model="tiny", input=str(tmp_path / "in.jsonl"), output=str(tmp_path / "out.jsonl"),
+                            sampling=SamplingConfig(max_new_tokens=3))
+    summary = generate_file(generator, config, progress=False)
+    assert summary["generated"] == 2
+    assert [r["id"] for r in _read(tmp_path / "out.jsonl")] == ["in-0", "s1"]
+    assert [(m.role, m.content) for m in seen[0]] == [("system", "Be brief."), ("user", "Add the numbers.\n\n2 and 3")]
+    assert [(m.role, m.content) for m in seen[1]] == [("user", "Rewrite the text formally.\n\ngonna be late")]

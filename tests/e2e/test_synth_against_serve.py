@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from sftlab.data.synth import distill, evol, self_chat, self_instruct
-from sftlab.data.synth.client import TeacherConfig
+from sftlab.synth import distill, evol, self_chat, self_instruct
+from sftlab.synth.client import TeacherConfig
 from sftlab.infer.server import start_server
 
 

@@ -111,3 +111,72 @@ def test_float_written_without_a_dot_is_a_float():
     assert build_config(OptimSection, {}, ["lr=1e-3"]).lr == 1e-3
     with pytest.raises(ConfigError, match="'lr' must be float"):
         build_config(OptimSection, {"lr": "fast"})
+
+
+@dataclass
+class DocumentedSection:
+    """A section whose fields carry attribute docstrings, as every config's should."""
+
+    rank: int = 16
+    """Adapter rank:
+    the width of the low-rank update."""
+    mode: Literal["auto", "on", "off"] = "auto"
+    """When to apply the ``chat`` template."""
+    undocumented: bool = False
+
+
+@dataclass
+class DocumentedConfig:
+    lora: DocumentedSection = field(default_factory=lambda: DocumentedSection(rank=8))
+    """The adapter section."""
+    precision: Literal["no", "bf16", "fp16"] = "no"
+    """Mixed precision."""
+    name: str = "x"
+    """A free-form name."""
+    sources: list[SourceSection] = field(default_factory=list)
+    """Where the data comes from."""
+
+
+def test_field_docs_carry_docstrings_types_choices_and_section_defaults():
+    from sftlab.config import field_docs
+
+    docs = field_docs(DocumentedConfig)
+    assert list(docs) == ["lora.rank", "lora.mode", "lora.undocumented", "precision", "name", "sources",
+                          "sources[].path", "sources[].weight"]
+    rank = docs["lora.rank"]
+    assert rank.doc == "Adapter rank: the width of the low-rank update."  # one paragraph
+    assert rank.type == "int" and rank.default == 8  # the section's default_factory, not the class
+    assert docs["lora.mode"].choices == ("auto", "on", "off") and docs["lora.mode"].doc == \
+        "When to apply the `chat` template."
+    assert docs["lora.undocumented"].doc == ""
+    assert docs["sources"].type == "list[SourceSection]"
+    assert docs["lora.mode"].signature() == "lora.mode: {auto,on,off} = 'auto'"
+    assert docs["sources[].path"].signature() == "sources[].path: str (required)"
+
+
+def test_format_field_docs_wraps_and_indents_for_an_epilog():
+    from sftlab.config import format_field_docs
+
+    text = format_field_docs(DocumentedConfig, width=40)
+    lines = text.splitlines()
+    assert lines[0].startswith("keys") and "  lora.rank: int = 8" in lines
+    assert "      Adapter rank: the width of the" in lines  # wrapped at 40, indented 6
+    assert all(len(line) <= 40 for line in lines if line.startswith("      "))
+
+
+def test_yaml_booleans_read_back_as_the_strings_they_were(tmp_path):
+    # YAML 1.1 reads `no`, `off`, `on`, `yes` as booleans; a string field means the word
+    (tmp_path / "c.yaml").write_text("precision: no\nname: yes\nlora: {mode: off}\n")
+    config = load_config(DocumentedConfig, tmp_path / "c.yaml")
+    assert (config.precision, config.name, config.lora.mode) == ("no", "yes", "off")
+    assert build_config(DocumentedConfig, {}, ["lora.mode=on", "name=no"]).lora.mode == "on"
+    assert build_config(DocumentedConfig, {}, ["name=no"]).name == "no"
+    with pytest.raises(ConfigError, match="'lora.rank' must be int"):
+        build_config(DocumentedConfig, {}, ["lora.rank=yes"])  # a bool never becomes an int
+    with pytest.raises(ConfigError, match="allowed: no, bf16, fp16"):
+        build_config(DocumentedConfig, {}, ["precision=yes"])  # no word of the Literal: still an error
+
+
+def test_a_partly_given_section_keeps_its_parents_defaults():
+    config = build_config(DocumentedConfig, {"lora": {"mode": "on"}})
+    assert config.lora == DocumentedSection(rank=8, mode="on")

@@ -24,6 +24,9 @@ from __future__ import annotations
 import collections
 import json
 import re
+from typing import Any
+
+import langdetect
 
 from sftlab.errors import ConfigError
 from sftlab.eval.ifeval.registry import CHECKERS
@@ -67,11 +70,6 @@ def _search(pattern: str, text: str) -> list[str]:
 def detect_language(text: str) -> str | None:
     """ISO code from ``langdetect`` (seeded: deterministic), or None when the text has no
     detectable features (empty, digits only)."""
-    try:
-        import langdetect
-    except ModuleNotFoundError:
-        raise ConfigError("IFEval's language checks need langdetect: "
-                          "pip install langdetect==1.0.9") from None
     langdetect.DetectorFactory.seed = 0  # as the reference: deterministic detection
     try:
         return langdetect.detect(text)
@@ -494,3 +492,25 @@ class NoComma(Checker):
 
     def check(self, response: str) -> bool:
         return "," not in response
+
+
+# ----------------------------------------------------------------------------- lookup
+def build_checker(instruction_id: str, kwargs: dict[str, Any] | None = None) -> Checker:
+    """A checker for one instruction of one prompt.
+
+    ``kwargs`` is the prompt's kwargs entry for that instruction, e.g.
+    ``{"relation": "at least", "num_words": 300}``; ``None`` values are dropped (some
+    releases of input_data.jsonl list every argument name with null for unused ones).
+
+    >>> checker = build_checker("punctuation:no_comma", {})
+    >>> checker.check("No commas here."), checker.check("One, two.")
+    (True, False)
+    """
+    cls = CHECKERS.get(instruction_id)
+    arguments = {key: value for key, value in (kwargs or {}).items() if value is not None}
+    return cls(**arguments)
+
+
+def instruction_ids() -> list[str]:
+    """Every registered instruction id, sorted."""
+    return sorted(CHECKERS.names())

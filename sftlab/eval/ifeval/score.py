@@ -19,12 +19,12 @@ The four headline numbers, as reported by the IFEval authors:
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterable
 
+from sftlab.data.io import read_rows
 from sftlab.errors import DataError
-from sftlab.eval.ifeval.registry import build_checker
+from sftlab.eval.ifeval.checkers import build_checker
 
 METRICS = (
     "prompt_level_strict_acc",
@@ -121,21 +121,7 @@ def score_ifeval_responses(input_rows: list[dict[str, Any]],
     return summary
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines file; a bad line is a ``DataError`` naming file and line."""
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise DataError(f"not valid JSON ({error.msg})", file=str(path),
-                                line=number) from None
-    return rows
-
-
 def score_responses_file(responses_path: str | Path, input_path: str | Path) -> dict[str, Any]:
-    """``score_ifeval_responses`` on two JSON-lines files."""
-    return score_ifeval_responses(read_jsonl(input_path), read_jsonl(responses_path))
+    """``score_ifeval_responses`` on two files (JSONL or a JSON list, read by
+    ``sftlab.data.io``: a bad line is a ``DataError`` naming file and line)."""
+    return score_ifeval_responses(read_rows(input_path), read_rows(responses_path))

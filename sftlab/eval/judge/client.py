@@ -15,10 +15,16 @@ import hashlib
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
+import httpx
+
+from sftlab.data.formats import parse_messages
 from sftlab.errors import ConfigError, SftlabError
+from sftlab.infer.base import SamplingConfig
+from sftlab.infer.hf import HFGenerator
 
 ChatMessages = Sequence[dict[str, str]]
 
@@ -42,8 +48,6 @@ class OpenAIChat:
 
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None,
                  api_key_env: str = "OPENAI_API_KEY", timeout: float = 120.0, retries: int = 4) -> None:
-        import httpx
-
         self.base_url = base_url.rstrip("/")
         self.model = model
         key = api_key or os.environ.get(api_key_env)
@@ -63,8 +67,6 @@ class OpenAIChat:
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST with retries on connection errors, 429 and 5xx (backoff 1, 2, 4, ... s)."""
-        import httpx
-
         last = "no attempt"
         for attempt in range(self.retries + 1):
             try:
@@ -94,10 +96,7 @@ class GeneratorChat:
 
     def complete_many(self, batch: Sequence[ChatMessages], *, temperature: float = 0.0,
                       max_tokens: int = 1024) -> list[str]:
-        from sftlab.infer.base import SamplingConfig
-        from sftlab.types import Message
-
-        prompts = [[Message(m["role"], m["content"]) for m in messages] for messages in batch]
+        prompts = [parse_messages(list(messages)) for messages in batch]
         sampling = SamplingConfig(max_new_tokens=max_tokens, temperature=temperature)
         return [g.text for g in self.generator.generate(prompts, sampling)]
 
@@ -143,8 +142,6 @@ class CachedChat:
             return []
         if hasattr(self.client, "complete_many"):
             return self.client.complete_many(batch, **params)
-        from concurrent.futures import ThreadPoolExecutor
-
         with ThreadPoolExecutor(max_workers=workers) as pool:
             return list(pool.map(lambda m: self.client.complete(m, **params), batch))
 
@@ -177,7 +174,5 @@ def make_judge(judge: str, *, base_url: str | None = None, cache_dir: str | Path
     else:
         if not judge:
             raise ConfigError("no judge given; pass --judge MODEL (and --judge-base-url URL for an API)")
-        from sftlab.infer.hf import HFGenerator
-
         client = GeneratorChat(HFGenerator.from_name(judge, batch_size=batch_size))
     return CachedChat(client, cache_dir)

@@ -18,12 +18,14 @@ recorded with score -1 and left out of the averages.
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Sequence
 
+from sftlab.data.io import read_rows
 from sftlab.errors import DataError
+from sftlab.infer.base import SamplingConfig
+from sftlab.types import Message
 
 NEED_REFERENCE = ("math", "reasoning", "coding")
 # FastChat's sampling temperature per category for answer generation
@@ -34,11 +36,12 @@ _RATING_FALLBACK = re.compile(r"\[(\d+\.?\d*)\]")
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of one MT-Bench file, read by ``sftlab.data.io`` (bad lines name file and line)."""
     if not path.is_file():
         raise DataError("MT-Bench file not found", file=str(path),
                         hint="pass --data-dir with question.jsonl, judge_prompts.jsonl, "
                              "reference_answer_gpt-4.jsonl (FastChat's llm_judge data)")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_rows(path)
 
 
 def read_questions(folder: str | Path) -> list[dict[str, Any]]:
@@ -81,9 +84,6 @@ def generate_answers(generator, questions: Sequence[dict[str, Any]], *, max_new_
                      seed: int = 0) -> dict[int, list[str]]:
     """Both turns for every question: turn 2 sees the question 1, the model's answer 1, then
     question 2. Questions are batched by category (FastChat's temperature per category)."""
-    from sftlab.infer.base import SamplingConfig
-    from sftlab.types import Message
-
     answers: dict[int, list[str]] = {}
     for category in sorted({q["category"] for q in questions}):
         group = [q for q in questions if q["category"] == category]

@@ -15,12 +15,16 @@ can be audited.
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Sequence
 
+from tqdm import tqdm
+
+from sftlab.data.io import read_rows
 from sftlab.errors import DataError
+from sftlab.infer.base import SamplingConfig
+from sftlab.types import Message
 
 JUDGE_SYSTEM = (
     "You are a careful, impartial judge of AI assistants. You compare two responses to the "
@@ -41,15 +45,24 @@ _VERDICT = re.compile(r"\[\[\s*([ABC])\s*\]\]")
 
 def read_outputs(path: str | Path) -> list[dict[str, Any]]:
     """AlpacaEval outputs (a JSON list, or JSONL) of ``{"instruction", "output", "generator"}``."""
+    return _read_rows_with(path, "outputs", ("instruction", "output"))
+
+
+def read_annotations(path: str | Path) -> list[dict[str, Any]]:
+    """AlpacaEval annotations (a JSON list, or JSONL), as ``judge_pairs`` writes them: rows
+    with ``output_1`` (baseline) and ``output_2`` (model) strings and a ``preference``."""
+    return _read_rows_with(path, "annotations", ("output_1", "output_2"))
+
+
+def _read_rows_with(path: str | Path, what: str, keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The rows of a JSON list or JSONL file (``sftlab.data.io``); each needs ``keys`` as strings."""
     path = Path(path)
     if not path.is_file():
-        raise DataError("outputs file not found", file=str(path))
-    text = path.read_text(encoding="utf-8")
-    rows = json.loads(text) if text.lstrip().startswith("[") else \
-        [json.loads(line) for line in text.splitlines() if line.strip()]
+        raise DataError(f"{what} file not found", file=str(path))
+    rows = read_rows(path)
     for i, row in enumerate(rows):
-        for key in ("instruction", "output"):
-            if not isinstance(row.get(key), str):
+        for key in keys:
+            if not isinstance(row, dict) or not isinstance(row.get(key), str):
                 raise DataError(f"needs a '{key}' string", file=str(path), index=i, field=key)
     return rows
 
@@ -128,11 +141,6 @@ def combine_verdicts(verdicts: Sequence[str | None]) -> float | None:
 def generate_outputs(generator, instructions: Sequence[str], *, max_new_tokens: int = 1024,
                      batch_size: int = 8, name: str = "model") -> list[dict[str, Any]]:
     """The model's answers to AlpacaEval instructions (one user turn each, greedy)."""
-    from tqdm import tqdm
-
-    from sftlab.infer.base import SamplingConfig
-    from sftlab.types import Message
-
     sampling = SamplingConfig(max_new_tokens=max_new_tokens)
     outputs = []
     chunk = batch_size * 4

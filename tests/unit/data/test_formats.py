@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from sftlab.data.formats import FORMATS, ReadOptions, detect_format, validate
+from sftlab.data.formats import FORMATS, ReadOptions, detect_format, parse_messages, parse_turns, validate
 from sftlab.errors import DataError
 from sftlab.types import Conversation, Message
 
@@ -167,6 +167,35 @@ def test_oasst_unknown_role_names_path():
     row["prompt"]["replies"][1]["role"] = "moderator"
     error = error_of("oasst", row)
     assert error.field == "prompt.replies[1].role" and "moderator" in error.message
+
+
+def test_answers_are_optional_only_for_prompts():
+    """require_assistant=False (prompt files): a row may leave its answer out."""
+    for format, row in [("alpaca", {"instruction": "i"}), ("dolly", {"instruction": "i"}),
+                        ("xp3", {"inputs": "i"}), ("prompt_completion", {"prompt": "i"})]:
+        [conversation] = read(format, row, require_assistant=False)
+        assert pairs(conversation) == [("user", "i")]
+        assert error_of(format, row).reason == "missing field"
+
+
+def test_alpaca_prompt_without_output_names_the_instruction_field():
+    row = {"instruction": "i", "history": [["a", "b"]], "system": "s"}
+    [conversation] = read("alpaca", row, require_assistant=False)
+    assert pairs(conversation)[-1] == ("user", "i")
+    assert error_of("alpaca", {"instruction": 5}, require_assistant=False).field == "instruction"
+
+
+def test_parse_messages_is_the_one_message_parser():
+    assert parse_messages([{"role": "developer", "content": "s"},
+                           {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]) \
+        == [Message("system", "s"), Message("user", "ab")]
+    with pytest.raises(DataError) as caught:
+        parse_messages([{"role": "user", "content": "a"}, {"role": "user"}], "chosen")
+    assert caught.value.field == "chosen[1].content" and caught.value.reason == "missing field"
+    with pytest.raises(DataError) as caught:
+        parse_messages("hi", "prompt")
+    assert caught.value.field == "prompt" and caught.value.reason == "wrong type"
+    assert parse_turns("hi", "prompt", "user") == [Message("user", "hi")]
 
 
 # --- validation ---------------------------------------------------------------------------

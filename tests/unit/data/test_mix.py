@@ -1,4 +1,5 @@
-"""Mixtures: exact and near-duplicate removal, decontamination, caps and weights, the CLI."""
+"""Mixtures (sftlab.data.mix) and their engine (sftlab.data.dedup): exact and near-duplicate
+removal, decontamination, caps and weights, the CLI."""
 from __future__ import annotations
 
 import json
@@ -9,17 +10,15 @@ import pytest
 import yaml
 
 from sftlab.config import build_config, load_config
+from sftlab.data.dedup import exact_duplicates, near_duplicates, words
 from sftlab.data.mix import (
     DecontaminateConfig,
     EvalFileConfig,
     MixConfig,
     build_mixture,
     contaminated,
-    exact_duplicates,
     mixture_counts,
-    near_duplicates,
     sample_mixture,
-    words,
 )
 from sftlab.errors import ConfigError
 from sftlab.types import Conversation, Message

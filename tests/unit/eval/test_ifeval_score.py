@@ -82,6 +82,9 @@ def test_score_responses_file_reads_jsonl(tmp_path):
     responses.write_text("{broken\n")
     with pytest.raises(DataError, match="out.jsonl:1"):
         score_responses_file(responses, inputs)
+    listed = tmp_path / "out.json"  # a JSON list reads as well (sftlab.data.io)
+    listed.write_text(json.dumps([{"prompt": "p1", "response": "fine"}]))
+    assert score_responses_file(listed, inputs)["prompt_level_strict_acc"] == 1.0
 
 
 def test_every_prompt_scored_against_itself_is_sane(shared_data):

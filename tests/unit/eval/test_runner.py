@@ -4,7 +4,8 @@ import json
 import pytest
 
 from sftlab.errors import ConfigError, DataError
-from sftlab.eval.runner import EvalConfig, apply_chat_mode, evaluate, format_table, limit_docs
+from sftlab.eval.results import format_table
+from sftlab.eval.runner import EvalConfig, apply_chat_mode, evaluate, limit_docs
 from sftlab.infer.base import Generation
 from sftlab.types import Message
 

@@ -1,10 +1,12 @@
 """The sandbox runs code in a separate limited process and fails dangerous code safely."""
 import os
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
+from sftlab.eval import sandbox
 from sftlab.eval.sandbox import SandboxLimits, isolation, run_many, run_python
 
 QUICK = SandboxLimits(timeout=3.0)
@@ -102,14 +104,11 @@ def test_run_many_keeps_order():
 
 
 def test_fallback_without_namespaces_or_root(monkeypatch):
-    """Where neither namespaces nor a uid switch are available (an ordinary user), the
-    rlimits and Python-level guards still apply and the temporary directory is removed."""
-    import tempfile
-
-    from sftlab.eval import sandbox
-
-    monkeypatch.setattr(sandbox, "isolation", lambda: {"namespaces": False,
-                                                       "drop_privileges": False})
+    """Where namespaces are refused, the explicit opt-out (SFTLAB_UNSAFE_SANDBOX=1) runs
+    without them: the rlimits and Python-level guards still apply and the temporary
+    directory is removed."""
+    monkeypatch.setenv(sandbox.UNSAFE_ENV, "1")
+    monkeypatch.setattr(sandbox, "NAMESPACES", ["false"])  # namespaces refused: not used
     before = set(Path(tempfile.gettempdir()).glob("sftlab-sandbox-*"))
     assert run_python("import os; print(os.path.basename(os.getcwd())[:15])", QUICK).stdout == (
         "sftlab-sandbox-")

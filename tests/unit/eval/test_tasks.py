@@ -4,7 +4,7 @@ import json
 import pytest
 
 from sftlab.errors import DataError
-from sftlab.eval.base import TASKS, data_path_for
+from sftlab.eval.base import TASKS, data_path_for, read_task_rows
 from sftlab.eval.tasks import BBH_SUBTASKS, Bbh, Gsm8k, Math, MultipleChoice, MultipleChoiceLetters, read_mc
 
 
@@ -93,3 +93,28 @@ def test_mc_prompts():
 def test_registered_names():
     for name in ("gsm8k", "math", "bbh", "mc", "mc_letters"):
         assert name in TASKS
+
+
+def test_task_files_are_read_by_the_one_reader(tmp_path):
+    """``read_task_rows`` is ``sftlab.data.io.read_rows`` with a task hint: JSONL or a JSON
+    list, and a bad line names its file and line."""
+    rows = [{"question": "1+1?", "answer": "#### 2"}, {"question": "2+2?", "answer": "#### 4"}]
+    listed, lines = tmp_path / "test.json", tmp_path / "test.jsonl"
+    listed.write_text(json.dumps(rows))
+    lines.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert read_task_rows(listed) == read_task_rows(lines) == rows
+    lines.write_text(json.dumps(rows[0]) + "\n{oops\n")
+    with pytest.raises(DataError, match="test.jsonl:2: invalid JSON"):
+        read_task_rows(lines)
+    with pytest.raises(DataError, match="--data-dir"):
+        read_task_rows(tmp_path / "missing.jsonl")
+
+
+def test_bbh_file_must_be_one_task_object(tmp_path):
+    (tmp_path / "cot-prompts").mkdir()
+    (tmp_path / "cot-prompts" / "navigate.txt").write_text("canary\n-----\nQ: x\nA: y")
+    (tmp_path / "navigate.json").write_text(json.dumps([{"input": "a", "target": "b"}]))
+    with pytest.raises(DataError, match="not a BBH task file"):
+        Bbh(["navigate"]).docs(str(tmp_path))
+    (tmp_path / "navigate.json").write_text(json.dumps({"examples": [{"input": "a", "target": "b"}]}))
+    assert Bbh(["navigate"]).docs(str(tmp_path))[0]["target"] == "b"

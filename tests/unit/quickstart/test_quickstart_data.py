@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 from sftlab.quickstart import data as qdata
 from sftlab.quickstart.tasks import TASKS, UNSEEN_TASKS, exact_match
@@ -68,3 +70,10 @@ def test_save_load_roundtrip(tmp_path):
     assert again.eval == built.eval
     assert [c.to_dict() for c in again.train] == [c.to_dict() for c in built.train]
     assert json.loads((tmp_path / "eval.jsonl").read_text().splitlines()[0])["answer"]
+
+
+def test_quickstart_config_imports_no_torch():
+    """``sftlab --help`` builds the quickstart options from QuickstartConfig: it must stay light."""
+    code = "import sys, sftlab.quickstart.config; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from sftlab.config import build_config
-from sftlab.data.synth import back_translate as bt
+from sftlab.synth import back_translate as bt
 from sftlab.errors import ConfigError
 from sftlab.types import Conversation, Message
 

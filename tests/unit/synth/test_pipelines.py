@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from sftlab.data.synth import distill, evol, self_chat
-from sftlab.data.synth.client import TeacherConfig
-from sftlab.data.synth.faults import FaultyServer
+from sftlab.synth import distill, evol, self_chat
+from sftlab.synth.client import TeacherConfig
+from sftlab.synth.faults import FaultyServer
 
 
 def scripted(messages):

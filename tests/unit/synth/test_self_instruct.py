@@ -4,10 +4,10 @@ import random
 
 import pytest
 
-from sftlab.data.synth import self_instruct as si
-from sftlab.data.synth.client import HTTPTeacher, TeacherConfig
-from sftlab.data.synth.faults import FaultyServer
-from sftlab.data.synth.rouge import rouge_l
+from sftlab.synth import self_instruct as si
+from sftlab.synth.client import HTTPTeacher, TeacherConfig
+from sftlab.synth.faults import FaultyServer
+from sftlab.synth.rouge import rouge_l
 
 TOPICS = ["volcanoes", "tax forms", "chess openings", "bread baking", "jazz history", "tide pools",
           "bicycle repair", "moon phases", "coral reefs", "paper folding", "rain gardens", "bee hives"]
@@ -48,8 +48,8 @@ def test_near_duplicate_is_rejected_by_rouge(tmp_path):
     assert rouge_l(near, pool[0]) >= 0.7
     report = si.SynthReport("self-instruct")
     config = si.SelfInstructConfig()
-    from sftlab.data.synth.rouge import tokenize
-    from sftlab.data.synth.store import RecordStore
+    from sftlab.synth.rouge import tokenize
+    from sftlab.synth.store import RecordStore
 
     with RecordStore(tmp_path / "x.jsonl") as store:
         kept = si._filter(config, [f"{near}\n10. Name three famous bridges in Europe and their cities."],

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sftlab.config import build_config
-from sftlab.data.synth import spin
+from sftlab.synth import spin
 from sftlab.errors import ConfigError
 from sftlab.models import load_model, load_tokenizer
 from sftlab.train.pairwise import collate_pairs, sequence_logps

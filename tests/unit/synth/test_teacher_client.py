@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from sftlab.data.synth.client import ChatRequest, HTTPTeacher, TeacherConfig, TeacherError
-from sftlab.data.synth.faults import FaultyServer
-from sftlab.data.synth.store import RecordStore
+from sftlab.synth.client import ChatRequest, HTTPTeacher, TeacherConfig, TeacherError
+from sftlab.synth.faults import FaultyServer
+from sftlab.synth.store import RecordStore
 from sftlab.types import Message
 
 

@@ -6,8 +6,11 @@ import random
 import numpy as np
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
+from sftlab.models.tiny import tiny_model
 from sftlab.train import checkpoint
+from sftlab.train.methods import MethodConfig, prepare_model
 
 
 class _Accelerator:
@@ -21,9 +24,6 @@ class _Accelerator:
 
 
 def _prepared(method="full"):
-    from sftlab.models.tiny import tiny_model
-    from sftlab.train.methods import MethodConfig, prepare_model
-
     return prepare_model(tiny_model(seed=0), MethodConfig(name=method))
 
 
@@ -74,8 +74,6 @@ def test_keep_last_and_ignore_half_written(tmp_path):
 
 
 def test_checkpoint_model_dir_loads_with_transformers(tmp_path):
-    from transformers import AutoModelForCausalLM
-
     prepared = _prepared("full")
     path = checkpoint.save_checkpoint(tmp_path, 1, prepared, None, {}, keep_last=1,
                                       accelerator=_Accelerator())
@@ -83,3 +81,34 @@ def test_checkpoint_model_dir_loads_with_transformers(tmp_path):
     ids = torch.tensor([[1, 5, 9, 2]])
     with torch.no_grad():
         torch.testing.assert_close(loaded(ids).logits, prepared.model(ids).logits)
+
+
+class _Planted:
+    """A pickle payload: unpickling it calls ``open(marker, "w")``, creating the marker."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("planted_in", ["optimizer.pt", "rng-0.pt"])
+def test_resume_refuses_a_pickle_planted_in_a_checkpoint(tmp_path, planted_in):
+    prepared = _prepared("full")
+    optimizer = _train_one_step(prepared)
+    path = checkpoint.save_checkpoint(tmp_path / "run", 1, prepared, optimizer, {},
+                                      keep_last=1, accelerator=_Accelerator())
+    # the payload is live: a full unpickler runs it
+    probe = tmp_path / "probe"
+    torch.save({"x": _Planted(probe)}, tmp_path / "probe.pt")
+    torch.load(tmp_path / "probe.pt", weights_only=False)
+    assert probe.exists()
+
+    marker = tmp_path / "marker"
+    saved = torch.load(path / planted_in, weights_only=True)  # what we wrote is plain data
+    torch.save({**saved, "extra": _Planted(marker)}, path / planted_in)
+    fresh = _prepared("full")
+    with pytest.raises(checkpoint.UnsafeCheckpointError, match=planted_in):
+        checkpoint.load_checkpoint(path, fresh, torch.optim.AdamW(fresh.parameters, lr=1e-2))
+    assert not marker.exists()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from sftlab.models.layers import decoder_layers
 from sftlab.models.tiny import tiny_model
 from sftlab.train import memory
 
@@ -11,7 +12,7 @@ def test_trims_after_every_nth_layer(monkeypatch):
     calls = []
     monkeypatch.setattr(memory, "_malloc_trim", lambda: calls.append)
     model = tiny_model(num_hidden_layers=4)
-    assert memory.decoder_layers(model) is model.model.layers
+    assert decoder_layers(model) is model.model.layers
     hooks = memory.trim_during_forward(model, every=2)
     assert len(hooks) == 2
     model(input_ids=torch.tensor([[5, 6, 7]]))

@@ -15,11 +15,11 @@ import torch
 from sftlab.config import build_config
 from sftlab.errors import ConfigError
 from sftlab.models.tiny import tiny_model
-from sftlab.train import methods
-from sftlab.train.adapters import AdaptedLinear, load_adapter
-from sftlab.train.methods import (METHODS, MethodConfig, check_method_supported,
-                                  describe_methods, model_load_kwargs, prepare_model,
-                                  trainable_summary)
+from sftlab.models.adapters import AdaptedLinear, load_adapter
+from sftlab.train import quantize
+from sftlab.train.config import MethodConfig, QLoraSection
+from sftlab.train.methods import (METHODS, check_method_supported, describe_methods,
+                                  model_load_kwargs, prepare_model, trainable_summary)
 
 ALL_METHODS = ["full", "freeze", "lora", "dora", "qlora", "prompt", "prefix", "ia3",
                "adapter", "bitfit", "lomo"]
@@ -267,7 +267,7 @@ def test_qlora_quantises_the_base_to_nf4_with_double_quant_and_trains_only_lora(
     assert prepared.summary[1] == lora_total
     prepared.save(tmp_path)
     base = tiny_model()
-    methods.quantize_linear_4bit(base, methods.QLoraSection())
+    quantize.quantize_linear_4bit(base, QLoraSection())
     loaded = PeftModel.from_pretrained(base, str(tmp_path))
     assert torch.allclose(logits(loaded, batch(1)), logits(prepared.model, batch(1)), atol=1e-6)
 
@@ -288,7 +288,7 @@ def test_qlora_from_pretrained_with_the_load_kwargs(tiny_model_dir):
 
 
 def test_check_method_supported_names_the_missing_backend(monkeypatch):
-    methods._check_bitsandbytes.cache_clear()
+    quantize.check_bitsandbytes.cache_clear()
     rng = torch.random.get_rng_state()
     check_method_supported(small_config("qlora"), "cpu")  # bitsandbytes runs 4-bit on CPU
     assert torch.equal(torch.random.get_rng_state(), rng)  # the probe leaves the seed alone
@@ -307,12 +307,12 @@ def test_check_method_supported_names_the_missing_backend(monkeypatch):
             check_method_supported(small_config(name), "cpu", packed=True)
     check_method_supported(small_config("lora"), "cpu", packed=True)
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed
-    methods._check_bitsandbytes.cache_clear()
+    quantize.check_bitsandbytes.cache_clear()
     try:
         with pytest.raises(ConfigError, match="needs bitsandbytes"):
             check_method_supported(small_config("qlora"), "cpu")
     finally:
-        methods._check_bitsandbytes.cache_clear()
+        quantize.check_bitsandbytes.cache_clear()
 
 
 # -- LOMO ----------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import pytest
 
 from sftlab.train.config import OptimSection
 from sftlab.train.data import epoch_order, step_batches, steps_per_epoch
-from sftlab.train.sft import lr_at
+from sftlab.train.optim import lr_at
 from sftlab.types import Tokenized
 
 

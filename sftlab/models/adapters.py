@@ -21,14 +21,18 @@ Saved format (a directory)::
                                  "model.layers.0.input_layernorm.weight", ... (train_norms)
 
     save_adapter(model, "out/adapter");  load_adapter(fresh_base_model, "out/adapter")
+
+The settings are a plain dict, as the JSON file records them (the training config's
+``method.adapter`` section, ``sftlab.train.config.AdapterSection``, as a dict); training
+(``sftlab.train.methods.prepare_adapter``) freezes the base and picks what trains.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from sftlab.errors import ConfigError
@@ -70,29 +74,39 @@ class AdaptedLinear(nn.Module):
         return self.adapter(self.base(x))
 
 
-def add_adapters(model: nn.Module, section) -> list[BottleneckAdapter]:
-    """Wrap every ``nn.Linear`` named in ``section.after`` (an ``AdapterSection``).
+# the settings an adapter file records (all required: save_adapter writes every one)
+SETTINGS = ("bottleneck", "activation", "after", "init_std", "train_norms")
 
-    Returns the new adapters (their parameters are the ones to train). The base model's
-    own parameters are left as they are; ``prepare_adapter`` freezes them first.
+
+def add_adapters(model: nn.Module, settings: dict) -> list[BottleneckAdapter]:
+    """Wrap every ``nn.Linear`` named in ``settings["after"]``.
+
+    ``settings``: ``{"bottleneck": 64, "activation": "gelu", "after": ["o_proj",
+    "down_proj"], "init_std": 0.01, "train_norms": True}`` (``SETTINGS``). Returns the new
+    adapters (their parameters are the ones to train). The base model's own parameters are
+    left as they are; ``prepare_adapter`` freezes them first.
     """
-    if section.bottleneck < 1:
-        raise ConfigError(f"adapter.bottleneck must be >= 1, got {section.bottleneck}")
+    missing = [key for key in SETTINGS if key not in settings]
+    if missing:
+        raise ConfigError(f"adapter settings lack {', '.join(missing)}")
+    bottleneck, after = settings["bottleneck"], settings["after"]
+    if bottleneck < 1:
+        raise ConfigError(f"adapter.bottleneck must be >= 1, got {bottleneck}")
     adapters = []
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
-            if child_name not in section.after or not isinstance(child, nn.Linear):
+            if child_name not in after or not isinstance(child, nn.Linear):
                 continue
             weight = child.weight
-            adapter = BottleneckAdapter(child.out_features, section.bottleneck,
-                                        section.activation, section.init_std,
-                                        dtype=weight.dtype, device=weight.device)
+            adapter = BottleneckAdapter(child.out_features, bottleneck, settings["activation"],
+                                        settings["init_std"], dtype=weight.dtype,
+                                        device=weight.device)
             setattr(parent, child_name, AdaptedLinear(child, adapter))
             adapters.append(adapter)
     if not adapters:
-        raise ConfigError(f"adapter.after={section.after}: no nn.Linear of that name in the "
+        raise ConfigError(f"adapter.after={after}: no nn.Linear of that name in the "
                           f"model (Llama names: o_proj, down_proj)")
-    model.sftlab_adapter = dataclasses.asdict(section)  # what save_adapter writes
+    model.sftlab_adapter = {key: settings[key] for key in SETTINGS}  # what save_adapter writes
     return adapters
 
 
@@ -117,8 +131,6 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_adapter(model: nn.Module, path: str | Path) -> Path:
     """Write ``sftlab_adapter.safetensors`` + ``sftlab_adapter.json`` into directory ``path``."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     if not hasattr(model, "sftlab_adapter"):
         raise ConfigError("save_adapter: the model has no sftlab adapter")
@@ -142,10 +154,6 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
     Every saved tensor must land on an adapter of the same shape, and every adapter must get
     a saved tensor; otherwise this is a ConfigError naming the first mismatch.
     """
-    from safetensors.torch import load_file
-
-    from sftlab.train.methods import AdapterSection
-
     path = Path(path)
     if not is_adapter_dir(path):
         raise ConfigError(f"{path}: not an sftlab adapter (no {CONFIG_FILE})")
@@ -153,9 +161,7 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
     if config.get("format") != "sftlab_adapter" or config.get("version") != FORMAT_VERSION:
         raise ConfigError(f"{path / CONFIG_FILE}: unknown format/version "
                           f"{config.get('format')!r}/{config.get('version')!r}")
-    names = {f.name for f in dataclasses.fields(AdapterSection)}
-    section = AdapterSection(**{k: v for k, v in config.items() if k in names})
-    add_adapters(model, section)
+    add_adapters(model, config)
     saved = load_file(str(path / WEIGHTS_FILE))
     expected = adapter_state_dict(model)
     if set(saved) != set(expected):

@@ -10,17 +10,18 @@ by reason. Records are written as they are accepted and a rerun continues the sa
 """
 from __future__ import annotations
 
-import json
 import random
 import re
 import string
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from sftlab.data.synth.base import SynthReport, make_teacher, pipeline, provenance
-from sftlab.data.synth.client import ChatRequest, Teacher, TeacherConfig
-from sftlab.data.synth.rouge import max_rouge_l, tokenize
-from sftlab.data.synth.store import RecordStore, stable_id
+from tqdm import tqdm
+
+from sftlab.data.io import read_rows
+from sftlab.synth.base import SynthReport, make_teacher, pipeline, provenance
+from sftlab.synth.client import ChatRequest, Teacher, TeacherConfig
+from sftlab.synth.rouge import max_rouge_l, tokenize
+from sftlab.synth.store import RecordStore, stable_id
 from sftlab.types import Message
 
 TEMPLATE_VERSION = "self-instruct/v1"
@@ -87,24 +88,35 @@ Task: {instruction}
 @dataclass
 class SelfInstructConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    """The model that writes instructions, classifies them and writes their instances."""
     seed_tasks: str = "seed_tasks.jsonl"
-    """Self-Instruct's seed file (instruction, instances, is_classification per line)."""
+    """Self-Instruct's seed file (instruction, instances, is_classification per row; JSONL or a JSON list)."""
     output: str = "self_instruct.jsonl"
+    """JSONL file of the generated tasks (append-only: a rerun continues the same pool)."""
     num_instructions: int = 100
     """Stop once this many generated instructions are in the output file."""
     max_requests: int = 200
     """Upper bound on instruction-generation requests (a poor teacher cannot loop forever)."""
     prompt_instructions: int = 8
+    """In-context instructions in each generation prompt."""
     machine_in_prompt: int = 2
+    """How many of them are generated ones (once there are any); the rest are seed tasks."""
     request_batch_size: int = 5
+    """Generation prompts sent per round."""
     temperature: float = 0.7
+    """Teacher sampling temperature for new instructions (0 = greedy)."""
     top_p: float = 0.5
+    """Teacher nucleus-sampling threshold for new instructions."""
     max_tokens: int = 1024
+    """Longest instruction-list continuation, in tokens (instances get a third of it)."""
     rouge_threshold: float = 0.7
     """Reject an instruction whose ROUGE-L to any pool instruction is >= this (the paper's rule)."""
     min_words: int = 4
+    """Reject instructions with fewer words."""
     max_words: int = 150
+    """Reject instructions with more words."""
     seed: int = 42
+    """Seed of the in-context sampling and of the teacher's sampling."""
 
 
 def encode_prompt(instructions: list[str]) -> str:
@@ -176,11 +188,8 @@ def run(config: SelfInstructConfig, teacher: Teacher | None = None) -> SynthRepo
     """Generate until ``num_instructions`` are stored. Batch ``r`` sees only instructions
     from batches before ``r``, so a resumed run redoes the interrupted batch exactly (with
     the response cache, at no cost) and writes the same records an uninterrupted run would."""
-    from tqdm import tqdm
-
     teacher = teacher or make_teacher(config.teacher)
-    seeds = [json.loads(line) for line in Path(config.seed_tasks).read_text().splitlines() if line.strip()]
-    seed_instructions = [task["instruction"] for task in seeds]
+    seed_instructions = [task["instruction"] for task in read_rows(config.seed_tasks)]
     report = SynthReport("self-instruct")
     with RecordStore(config.output) as store:
         pool_tokens = [tokenize(i) for i in seed_instructions + [r["instruction"] for r in store]]

@@ -39,12 +39,20 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sftlab.data.synth.base import SynthReport, pipeline
-from sftlab.data.synth.store import RecordStore, stable_id
+from tqdm.auto import tqdm
+
+from sftlab.data.io import read_conversations
 from sftlab.errors import ConfigError
-from sftlab.train.config import OptimSection
-from sftlab.train.methods import MethodConfig
-from sftlab.train.pairwise import Pair, pair_from_record
+from sftlab.infer.base import SamplingConfig
+from sftlab.infer.hf import HFGenerator
+from sftlab.models import load_model, load_tokenizer, pad_id
+from sftlab.synth.base import SynthReport, pipeline
+from sftlab.synth.store import RecordStore, stable_id
+from sftlab.train.checkpoint import quiet_transformers
+from sftlab.train.config import (DataSection, MethodConfig, ModelSection, OptimSection,
+                                 SpinSection, TrainConfig)
+from sftlab.train.pairwise import Pair, pair_from_record, reference_logps
+from sftlab.train.sft import train
 from sftlab.types import Message
 
 TEMPLATE_VERSION = "spin/v1"
@@ -55,11 +63,16 @@ MERGEABLE = {"full", "freeze", "lora", "dora", "ia3"}
 
 @dataclass
 class SpinGeneration:
+    """The ``generation`` section: how θ_t writes its own responses."""
+
     temperature: float = 0.0
     """0 = greedy (deterministic y'); above 0 samples with ``top_p``, seeded by ``seed + t``."""
     top_p: float = 1.0
+    """Nucleus-sampling threshold (with temperature above 0)."""
     max_new_tokens: int = 256
+    """Longest generated response, in tokens."""
     batch_size: int = 8
+    """Prompts generated together."""
 
 
 @dataclass
@@ -75,6 +88,7 @@ class SpinTrain:
     """The SPIN paper trains at lr 5e-7 (RMSProp) with a linear schedule and 10% warm-up;
     sftlab's optimizers are AdamW or SGD, so tune ``lr`` for yours."""
     epochs: int = 2
+    """Passes over the pairs per iteration."""
     batch_size: int = 8
     """Pairs per micro-batch."""
     grad_accumulation: int = 1
@@ -83,6 +97,7 @@ class SpinTrain:
     """Prompt + response tokens; longer examples are truncated (a pair losing all of a
     response's labels is dropped)."""
     seed: int = 0
+    """Training seed (data order, dropout)."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.grad_accumulation < 1:
@@ -99,17 +114,23 @@ class SpinConfig:
     limit: int | None = None
     """Use only the first N conversations."""
     output: str = "runs/spin/pairs.jsonl"
+    """JSONL file of the (real, generated) pairs of every iteration (append-only: reruns resume)."""
     output_dir: str = "runs/spin"
     """Models of each iteration: ``iter_1`` ... ``iter_T``."""
     iterations: int = 1
+    """Self-play iterations T (each generates, pairs and trains once)."""
     generation: SpinGeneration = field(default_factory=SpinGeneration)
+    """How each iteration's model writes its responses."""
     train: SpinTrain = field(default_factory=SpinTrain)
+    """How each iteration trains (SPIN loss, method, optimizer, batch)."""
     device: str = "cpu"
     """Where generation and the reference log-probs run (``cpu``, ``cuda``, ``cuda:1``,
     ``mps``). Training runs where the training loop's accelerate puts it (the GPU when
     there is one)."""
     seed: int = 0
+    """Sampling seed (iteration t samples with seed + t)."""
     progress: bool = True
+    """Show progress bars."""
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
@@ -122,8 +143,6 @@ class SpinConfig:
 @pipeline("spin", SpinConfig)
 def run(config: SpinConfig) -> SynthReport:
     """All iterations; returns the report (``extra["iterations"]``: per-iteration metrics)."""
-    from sftlab.models import load_tokenizer
-
     report = SynthReport("spin", extra={"iterations": []})
     examples = sft_examples(config, report)
     out = Path(config.output_dir)
@@ -144,8 +163,6 @@ def run(config: SpinConfig) -> SynthReport:
 def sft_examples(config: SpinConfig, report: SynthReport) -> list[tuple[str, list[Message], str]]:
     """``(example_id, prompt messages, real response)`` per conversation: the prompt is
     everything before the LAST assistant turn. Conversations without one are counted."""
-    from sftlab.data.io import read_conversations
-
     conversations = read_conversations(config.data).conversations[:config.limit]
     examples = []
     for index, conversation in enumerate(conversations):
@@ -164,13 +181,6 @@ def iteration_pairs(config: SpinConfig, t: int, source: str, tokenizer, examples
                     report: SynthReport) -> list[Pair]:
     """Generate with θ_t what ``store`` lacks, score both sides with θ_t (the frozen
     reference), write the records; return this iteration's pairs, with reference log-probs."""
-    from tqdm.auto import tqdm
-
-    from sftlab.infer.base import SamplingConfig
-    from sftlab.infer.hf import HFGenerator
-    from sftlab.models import load_model
-    from sftlab.train.pairwise import reference_logps
-
     todo = [e for e in examples if _record_id(config, t, e) not in store]
     if todo:
         model = load_model(source, device=config.device)
@@ -178,7 +188,7 @@ def iteration_pairs(config: SpinConfig, t: int, source: str, tokenizer, examples
         sampling = SamplingConfig(max_new_tokens=config.generation.max_new_tokens,
                                   temperature=config.generation.temperature,
                                   top_p=config.generation.top_p, seed=config.seed + t)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        padding = pad_id(tokenizer)
         size = config.generation.batch_size
         for start in tqdm(range(0, len(todo), size), desc=f"spin generate (iteration {t})",
                           unit="batch", disable=not config.progress):
@@ -188,7 +198,7 @@ def iteration_pairs(config: SpinConfig, t: int, source: str, tokenizer, examples
             records = [_record(config, t, source, e, text) for e, text in zip(batch, texts)]
             made = [(r, _pair(r, tokenizer, config.train.max_length, report)) for r in records]
             made = [(r, p) for r, p in made if p is not None]
-            reference_logps(model, [p for _, p in made], pad_id, config.train.batch_size)
+            reference_logps(model, [p for _, p in made], padding, config.train.batch_size)
             for record, pair in made:
                 record["meta"].update(ref_logp_chosen=pair.ref_real, ref_logp_rejected=pair.ref_generated)
                 report.written += store.write(record)
@@ -203,10 +213,6 @@ def train_iteration(config: SpinConfig, t: int, source: str, tokenizer, pairs: l
                     saved: Path) -> dict:
     """θ_{t+1} = θ_t trained with the SPIN loss on ``pairs`` by the main training loop;
     saved as a full model + tokenizer in ``saved`` (with the loop's run files)."""
-    from sftlab.models import load_model
-    from sftlab.train.checkpoint import quiet_transformers
-    from sftlab.train.sft import train
-
     if not pairs:
         raise ConfigError(f"iteration {t}: no training pair (every pair was dropped; "
                           "raise train.max_length?)")
@@ -231,8 +237,6 @@ def iteration_train_config(config: SpinConfig, source: str, saved: Path):
     """The ``TrainConfig`` of one iteration: ``objective: spin`` with the ``train`` section's
     settings, one log row per step, run files in ``saved`` (the model is saved merged by
     ``train_iteration``, not by the loop)."""
-    from sftlab.train.config import DataSection, ModelSection, SpinSection, TrainConfig
-
     section = config.train
     return TrainConfig(
         model=ModelSection(name=source), data=DataSection(max_length=section.max_length),

@@ -2,7 +2,7 @@
 
 Importing this package registers every pipeline in ``PIPELINES``.
 """
-from sftlab.data.synth import back_translate, distill, evol, self_chat, self_instruct, spin  # noqa: F401  (registration)
-from sftlab.data.synth.base import PIPELINES, SynthReport
+from sftlab.synth import back_translate, distill, evol, self_chat, self_instruct, spin  # noqa: F401  (registration)
+from sftlab.synth.base import PIPELINES, SynthReport
 
 __all__ = ["PIPELINES", "SynthReport"]

@@ -42,10 +42,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from sftlab.data.synth.base import SynthReport, make_teacher, pipeline
-from sftlab.data.synth.client import ChatRequest, GeneratorTeacher, Teacher, TeacherConfig
-from sftlab.data.synth.store import RecordStore, stable_id
+from tqdm.auto import tqdm
+
+from sftlab.config import load_config
+from sftlab.data.chat import tokenize_conversations
+from sftlab.data.io import default_id, iter_records, read_conversations, write_conversations
 from sftlab.errors import ConfigError, DataError
+from sftlab.infer.hf import HFGenerator
+from sftlab.models import load_model, load_tokenizer
+from sftlab.synth.base import SynthReport, make_teacher, pipeline
+from sftlab.synth.client import ChatRequest, GeneratorTeacher, Teacher, TeacherConfig
+from sftlab.synth.store import RecordStore, stable_id
+from sftlab.train.config import TrainConfig
+from sftlab.train.sft import train
 from sftlab.types import Conversation, Message
 
 TEMPLATE_VERSION = "back-translate/v1"
@@ -118,14 +127,19 @@ class StageTraining:
     sections are ignored: the pipeline supplies both."""
 
     train_yaml: str | None = None
+    """A ``sftlab train`` YAML the other fields start from (None: ``TrainConfig``'s defaults)."""
     method: str | None = None
     """``full``, ``lora``, ... (any ``sftlab train`` method that saves a model or PEFT adapter)."""
     lr: float | None = None
+    """Peak learning rate."""
     steps: int | None = None
     """Optimizer steps; 0 means ``epochs`` passes."""
     epochs: int | None = None
+    """Passes over the stage's training pairs (when ``steps`` is 0)."""
     batch_size: int | None = None
+    """Examples per micro-batch."""
     max_length: int | None = None
+    """Tokens per example; longer examples are truncated."""
 
 
 @dataclass
@@ -136,29 +150,38 @@ class BackTranslateConfig:
     """Seed (instruction, response) pairs, any format ``sftlab data`` reads; the first
     user/assistant exchange of each conversation is used."""
     seed_limit: int | None = None
+    """Use only the first N seed pairs (None: all)."""
     unlabelled: str = "texts.jsonl"
     """JSONL rows with a ``text`` field (and optionally ``id``)."""
     unlabelled_limit: int | None = None
+    """Use only the first N unlabelled texts (None: all)."""
     output: str = "back_translated.jsonl"
+    """JSONL file of the pairs curated in the last iteration."""
     work_dir: str | None = None
     """Models and intermediate files; default ``<output>.work``."""
     backward: StageTraining = field(default_factory=StageTraining)
+    """How the backward model M_yx (response -> instruction) is fine-tuned."""
     forward: StageTraining = field(default_factory=StageTraining)
+    """How the forward models M_0, M_1, ... (instruction -> response) are fine-tuned."""
     forward_model: str | None = None
     """Use this model as M_0 instead of training one on the seeds."""
     scorer: Literal["forward", "teacher"] = "forward"
     """Who rates the pairs: the forward model M_t (self-curation) or ``teacher``."""
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    """The rater with ``scorer: teacher``."""
     threshold: int = 5
     """Keep pairs rated at least this (1-5); 5 is the paper's A_5 set."""
     iterations: int = 1
+    """Curation rounds; each retrains the forward model on seed + last round's pairs and re-rates."""
     tag_sources: bool = False
     """Iterations >= 1 train M_t with the paper's source tags: a system turn ``SEED_TAG`` on
     seed pairs and ``AUGMENTED_TAG`` on curated ones; M_t then rates with ``SEED_TAG``."""
     temperature: float = 0.0
     """Sampling temperature of instruction generation and rating (0 = greedy)."""
     instruction_max_tokens: int = 128
+    """Longest generated instruction, in tokens."""
     rating_max_tokens: int = 256
+    """Longest rating (reasoning + score), in tokens."""
     batch_size: int = 8
     """Prompts per generation call."""
     max_text_chars: int = 8000
@@ -166,7 +189,9 @@ class BackTranslateConfig:
     device: str = "cpu"
     """Where the trained models generate (training places itself via accelerate)."""
     seed: int = 0
+    """Seed of training and of sampling."""
     progress: bool = True
+    """Show progress bars."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.threshold <= 5:
@@ -207,8 +232,6 @@ def run(config: BackTranslateConfig, teacher: Teacher | None = None) -> SynthRep
 
 def seed_pairs(config: BackTranslateConfig) -> list[Conversation]:
     """First user/assistant exchange of each seed conversation (system turns dropped)."""
-    from sftlab.data.io import read_conversations
-
     pairs = []
     for conversation in read_conversations(config.seeds).conversations[:config.seed_limit]:
         turns = [m for m in conversation.messages if m.role != "system"]
@@ -221,9 +244,7 @@ def seed_pairs(config: BackTranslateConfig) -> list[Conversation]:
 
 def read_texts(path: str | Path, limit: int | None = None) -> list[dict]:
     """Unlabelled texts: rows ``{"text": ..., "id"?: ...}`` (JSONL, or a JSON list) ->
-    ``[{"id", "text"}]``; ids default to ``<file stem>-<0-based line>``."""
-    from sftlab.data.io import iter_records
-
+    ``[{"id", "text"}]``; ids default to ``<file stem>-<record index>`` (``sftlab.data.io.default_id``)."""
     path = Path(path)
     texts = []
     for record in iter_records(path):
@@ -234,8 +255,7 @@ def read_texts(path: str | Path, limit: int | None = None) -> list[dict]:
             raise DataError("no 'text' string in this row", file=str(path), line=record.line,
                             index=record.index, field="text",
                             hint="write one JSON object per line with a 'text' field")
-        position = record.line - 1 if record.line is not None else record.index
-        texts.append({"id": str(row.get("id", f"{path.stem}-{position}")), "text": row["text"]})
+        texts.append({"id": str(row.get("id", default_id(path, record.index))), "text": row["text"]})
     return texts[:limit]
 
 
@@ -243,11 +263,6 @@ def train_stage(run_dir: Path, conversations: list[Conversation], config: BackTr
                 stage: StageTraining) -> Path:
     """Fine-tune ``config.model`` on ``conversations`` into ``run_dir`` (a ``sftlab train``
     run directory, loadable with ``load_model(run_dir)``); skipped when already done."""
-    from sftlab.data.chat import tokenize_conversations
-    from sftlab.data.io import write_conversations
-    from sftlab.models import load_model, load_tokenizer
-    from sftlab.train.sft import train
-
     if (run_dir / STAGE_MARKER).exists():
         return run_dir
     train_config = stage_train_config(stage, config, run_dir)
@@ -271,9 +286,6 @@ def train_stage(run_dir: Path, conversations: list[Conversation], config: BackTr
 
 def stage_train_config(stage: StageTraining, config: BackTranslateConfig, run_dir: Path):
     """``StageTraining`` -> a full ``TrainConfig`` (YAML or defaults, then the set fields)."""
-    from sftlab.config import load_config
-    from sftlab.train.config import TrainConfig
-
     train_config = load_config(TrainConfig, stage.train_yaml, []) if stage.train_yaml else TrainConfig()
     train_config.model.name = config.model
     for value, (section, name) in [(stage.method, ("method", "name")), (stage.lr, ("optim", "lr")),
@@ -292,9 +304,6 @@ def stage_train_config(stage: StageTraining, config: BackTranslateConfig, run_di
 def _model_teacher(run_dir: Path | str, config: BackTranslateConfig) -> GeneratorTeacher:
     """A trained model (run directory or model path) behind the teacher interface, uncached:
     a retrained model at the same path must not reuse old answers (the stores resume instead)."""
-    from sftlab.infer.hf import HFGenerator
-    from sftlab.models import load_model, load_tokenizer
-
     generator = HFGenerator(load_model(str(run_dir), device=config.device), load_tokenizer(str(run_dir)),
                             config.batch_size)
     return GeneratorTeacher(generator, str(run_dir), cache_dir=None)
@@ -305,8 +314,6 @@ def augment(config: BackTranslateConfig, backward: Path, texts: list[dict], path
     """Self-augmentation: ``M_yx`` writes an instruction for every usable text. Returns the
     candidates ``{"id", "text_id", "text", "instruction"}`` in text order (resumable store at
     ``path``; empty instructions are kept there and counted at curation)."""
-    from tqdm.auto import tqdm
-
     wanted = [_candidate_id(x, config) for x in usable(texts, config)[0]]
     with RecordStore(path) as store:
         todo = [x for x in usable(texts, config)[0] if _candidate_id(x, config) not in store]
@@ -370,8 +377,6 @@ def rate(config: BackTranslateConfig, t: int, scorer: Teacher, candidates: list[
          report: SynthReport) -> dict[str, dict]:
     """Self-curation ratings of every candidate with an instruction: ``{candidate id:
     {"id", "score": 1-5 or None, "rating": raw text}}`` (resumable store at ``path``)."""
-    from tqdm.auto import tqdm
-
     with RecordStore(path) as store:
         todo = [c for c in candidates if c["instruction"] and c["id"] not in store]
         for start in tqdm(range(0, len(todo), config.batch_size), desc="back-translate: ratings",

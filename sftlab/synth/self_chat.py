@@ -10,9 +10,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from sftlab.data.synth.base import SynthReport, make_teacher, pipeline, provenance, read_prompts
-from sftlab.data.synth.client import ChatRequest, Teacher, TeacherConfig
-from sftlab.data.synth.store import RecordStore, stable_id
+from tqdm import tqdm
+
+from sftlab.data.prompts import read_prompts
+from sftlab.synth.base import SynthReport, make_teacher, pipeline, provenance
+from sftlab.synth.client import ChatRequest, Teacher, TeacherConfig
+from sftlab.synth.store import RecordStore, stable_id
 from sftlab.types import Conversation, Message
 
 TEMPLATE_VERSION = "self-chat/v1"
@@ -31,16 +34,22 @@ _GOODBYE = re.compile(r"^(bye|goodbye|thanks?( you)?[.!]*|no more questions?[.!]
 @dataclass
 class SelfChatConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    """The model that writes both sides of each chat."""
     prompts: str = "topics.jsonl"
-    """Seed topics: rows with `prompt` (or `instruction`), e.g. a Quora or Stack Overflow question."""
+    """Seed topics: a prompt file with `prompt` (or `instruction`, or `messages`) rows, e.g. a
+    Quora or Stack Overflow question; the last user turn of each row is the topic."""
     output: str = "self_chat.jsonl"
+    """JSONL file of the conversations (append-only: a rerun resumes it)."""
     max_turns: int = 4
     """Most human turns per conversation."""
     max_calls: int = 4
     """Most teacher calls per conversation (each continues the transcript)."""
     temperature: float = 0.7
+    """Teacher sampling temperature (0 = greedy)."""
     max_tokens: int = 1024
+    """Longest continuation per teacher call, in tokens."""
     seed: int = 0
+    """Teacher sampling seed (call k of a chat uses seed + k)."""
 
 
 def parse_transcript(text: str) -> list[Message]:
@@ -64,17 +73,15 @@ def parse_transcript(text: str) -> list[Message]:
 
 @pipeline("self-chat", SelfChatConfig)
 def run(config: SelfChatConfig, teacher: Teacher | None = None) -> SynthReport:
-    from tqdm import tqdm
-
     teacher = teacher or make_teacher(config.teacher)
     report = SynthReport("self-chat")
     topics = read_prompts(config.prompts)
     with RecordStore(config.output) as store:
         for topic in tqdm(topics, desc="self-chat", unit="chat"):
-            record_id = stable_id("self-chat", topic["id"], topic["prompt"], config.seed)
+            record_id = stable_id("self-chat", topic.id, topic.text, config.seed)
             if record_id in store:
                 continue
-            messages, calls = _chat(config, teacher, topic["prompt"])
+            messages, calls = _chat(config, teacher, topic.text)
             report.requests += calls
             while messages and messages[-1].role != "assistant":
                 messages.pop()
@@ -82,7 +89,7 @@ def run(config: SelfChatConfig, teacher: Teacher | None = None) -> SynthReport:
                 report.rejected["no complete exchange"] += 1
                 continue
             conversation = Conversation(messages, id=record_id, source=f"self-chat:{teacher.model}",
-                                        meta={"topic": topic["prompt"], "provenance": provenance(
+                                        meta={"topic": topic.text, "provenance": provenance(
                                             "self-chat", teacher, TEMPLATE_VERSION, config.seed, 0)})
             store.write(conversation.to_dict())
             report.written += 1

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol, Sequence
 
+import httpx
+
 from sftlab.errors import SftlabError
 from sftlab.infer.base import Generator, SamplingConfig
 from sftlab.types import Message
@@ -33,13 +35,18 @@ class TeacherError(SftlabError):
 @dataclass
 class TeacherConfig:
     base_url: str = "http://127.0.0.1:8000/v1"
-    """OpenAI-compatible base URL, ending in /v1."""
+    """OpenAI-compatible base URL, ending in /v1; ``local`` runs ``model`` in-process instead."""
     model: str = "default"
+    """Model name sent to the endpoint; with ``base_url: local``, the model to load (``tiny``,
+    ``default``, a Hub name or a directory)."""
     api_key_env: str = "OPENAI_API_KEY"
     """Name of the environment variable holding the API key (never the key itself)."""
     concurrency: int = 4
+    """Requests in flight at once."""
     timeout: float = 120.0
+    """Seconds to wait for one response before retrying."""
     max_retries: int = 6
+    """Retries of a request that timed out or got 408/409/429/5xx, before giving up."""
     backoff: float = 0.5
     """First retry waits this long (seconds); each later one twice as long, with jitter."""
     cache_dir: str | None = None
@@ -97,14 +104,13 @@ class ResponseCache:
 class HTTPTeacher:
     """Chat completions over HTTP with retries and a cache.
 
-    >>> teacher = HTTPTeacher(TeacherConfig(base_url="http://127.0.0.1:8000/v1"))  # doctest: +SKIP
-    >>> teacher.complete([ChatRequest([Message("user", "Name a colour.")])])  # doctest: +SKIP
-    ['Blue.']
+    Example (needs a server, e.g. ``sftlab serve default --port 8000``)::
+
+        teacher = HTTPTeacher(TeacherConfig(base_url="http://127.0.0.1:8000/v1"))
+        teacher.complete([ChatRequest([Message("user", "Name a colour.")])])   # ['Blue.']
     """
 
     def __init__(self, config: TeacherConfig) -> None:
-        import httpx
-
         self.config = config
         self.model = config.model
         self.cache = ResponseCache(config.cache_dir)
@@ -129,8 +135,6 @@ class HTTPTeacher:
         return text
 
     def _post_with_retries(self, request: ChatRequest) -> str:
-        import httpx
-
         body = {"model": self.model, "messages": [m.to_dict() for m in request.messages],
                 "temperature": request.temperature, "top_p": request.top_p,
                 "max_tokens": request.max_tokens, "seed": request.seed}

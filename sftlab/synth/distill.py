@@ -3,15 +3,20 @@
 With ``orca_system_prompts`` on, each instruction gets one of several system messages
 asking for explanations and step-by-step reasoning (Orca, Mukherjee et al. 2023), chosen
 deterministically from the instruction id, and the system message is kept in the record.
+A prompt row's own system turn (and any earlier turns) go to the teacher and into the
+record as they are; an Orca system prompt is only added to a prompt without one.
 """
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
 
-from sftlab.data.synth.base import SynthReport, make_teacher, pipeline, provenance, read_prompts
-from sftlab.data.synth.client import ChatRequest, Teacher, TeacherConfig
-from sftlab.data.synth.store import RecordStore, stable_id
+from tqdm import tqdm
+
+from sftlab.data.prompts import PromptRow, read_prompts
+from sftlab.synth.base import SynthReport, make_teacher, pipeline, prompt_key, provenance
+from sftlab.synth.client import ChatRequest, Teacher, TeacherConfig
+from sftlab.synth.store import RecordStore, stable_id
 from sftlab.types import Conversation, Message
 
 TEMPLATE_VERSION = "distill/v1"
@@ -31,22 +36,30 @@ ORCA_SYSTEM_PROMPTS = (
 @dataclass
 class DistillConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    """The model that writes the answers."""
     prompts: str = "instructions.jsonl"
-    """Rows with `instruction` (+ `input`), `prompt`, or `messages`."""
+    """Prompt file (JSON list or JSONL): rows with `instruction` (+ `input`), `prompt`, or
+    `messages` (the conversation up to its last user turn is the prompt)."""
     output: str = "distilled.jsonl"
+    """JSONL file of the answered conversations (append-only: a rerun resumes it)."""
     orca_system_prompts: bool = False
+    """Give each prompt without a system turn one of Orca's explain-your-reasoning system prompts."""
     temperature: float = 0.7
+    """Teacher sampling temperature (0 = greedy)."""
     top_p: float = 1.0
+    """Teacher nucleus-sampling threshold."""
     max_tokens: int = 1024
+    """Longest answer, in tokens."""
     batch_size: int = 16
+    """Prompts sent to the teacher per batch."""
     min_response_chars: int = 1
+    """Answers shorter than this (after stripping) are rejected."""
     seed: int = 0
+    """Teacher sampling seed, also picks the Orca system prompt of each instruction."""
 
 
 @pipeline("distill", DistillConfig)
 def run(config: DistillConfig, teacher: Teacher | None = None) -> SynthReport:
-    from tqdm import tqdm
-
     teacher = teacher or make_teacher(config.teacher)
     report = SynthReport("distill")
     prompts = read_prompts(config.prompts)
@@ -68,7 +81,7 @@ def run(config: DistillConfig, teacher: Teacher | None = None) -> SynthReport:
                 conversation = Conversation(
                     turns + [Message("assistant", answer.strip())], id=_record_id(prompt, config),
                     source=f"distill:{teacher.model}",
-                    meta={"prompt_id": prompt["id"],
+                    meta={"prompt_id": prompt.id,
                           "provenance": provenance("distill", teacher, TEMPLATE_VERSION, config.seed, 0)})
                 store.write(conversation.to_dict())
                 report.written += 1
@@ -77,13 +90,14 @@ def run(config: DistillConfig, teacher: Teacher | None = None) -> SynthReport:
     return report
 
 
-def _record_id(prompt: dict, config: DistillConfig) -> str:
-    return stable_id("distill", prompt["id"], prompt["prompt"], config.orca_system_prompts, config.seed)
+def _record_id(prompt: PromptRow, config: DistillConfig) -> str:
+    return stable_id("distill", prompt.id, prompt_key(prompt), config.orca_system_prompts, config.seed)
 
 
-def _messages(prompt: dict, config: DistillConfig) -> list[Message]:
-    turns = [Message("user", prompt["prompt"])]
-    if config.orca_system_prompts:
-        system = random.Random(f"{config.seed}:{prompt['id']}").choice(ORCA_SYSTEM_PROMPTS)
+def _messages(prompt: PromptRow, config: DistillConfig) -> list[Message]:
+    """The prompt's turns, with an Orca system prompt first when asked for and it has none."""
+    turns = list(prompt.messages)
+    if config.orca_system_prompts and turns[0].role != "system":
+        system = random.Random(f"{config.seed}:{prompt.id}").choice(ORCA_SYSTEM_PROMPTS)
         turns.insert(0, Message("system", system))
     return turns

@@ -9,7 +9,8 @@ instruction with the teacher, and eliminates failed evolutions as the paper does
   3. the response holds only punctuation and stop words,
   4. the evolved instruction copies the evolving prompt's wording ("#Rewritten Prompt#", ...).
 Eliminated instructions are counted by reason; the original stays in the pool for the next
-round, as in the paper.
+round, as in the paper. What evolves is each prompt row's last user turn (an Alpaca
+instruction with its input); a system turn or earlier turns of the row are not used.
 """
 from __future__ import annotations
 
@@ -17,9 +18,13 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from sftlab.data.synth.base import SynthReport, make_teacher, pipeline, provenance, read_prompts
-from sftlab.data.synth.client import ChatRequest, Teacher, TeacherConfig
-from sftlab.data.synth.store import RecordStore, stable_id
+from tqdm import tqdm
+
+from sftlab.data.prompts import read_prompts
+from sftlab.errors import ConfigError
+from sftlab.synth.base import SynthReport, make_teacher, pipeline, provenance
+from sftlab.synth.client import ChatRequest, Teacher, TeacherConfig
+from sftlab.synth.store import RecordStore, stable_id
 from sftlab.types import Conversation, Message
 
 TEMPLATE_VERSION = "evol-instruct/v1"
@@ -63,15 +68,25 @@ STOP_WORDS = set("a an the and or but if of to in on at by for with is are was w
 @dataclass
 class EvolConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    """The model that evolves, answers and judges the instructions."""
     prompts: str = "instructions.jsonl"
+    """Prompt file of the instructions to evolve (JSON list or JSONL, any prompt row format;
+    the last user turn of each row is the instruction)."""
     output: str = "evol.jsonl"
+    """JSONL file of the evolved, answered instructions (append-only: a rerun resumes it)."""
     rounds: int = 3
+    """Evolution rounds; each evolves the survivors of the previous one."""
     operators: list[str] = field(default_factory=lambda: list(OPERATORS))
+    """Operators to draw from: add_constraints, deepen, concretize, increase_reasoning,
+    complicate_input (in depth) and breadth (a new, rarer instruction)."""
     temperature: float = 0.7
+    """Teacher sampling temperature (0 = greedy)."""
     max_tokens: int = 1024
+    """Longest evolved instruction or answer, in tokens."""
     judge_equality: bool = True
     """Ask the teacher whether the evolved instruction equals the original (rule 1)."""
     seed: int = 0
+    """Seed of the operator choice and of the teacher's sampling."""
 
 
 def elimination_reason(original: str, evolved: str, response: str, judged_equal: bool) -> str | None:
@@ -104,16 +119,12 @@ def evolve_prompt(operator: str, instruction: str) -> str:
 
 @pipeline("evol-instruct", EvolConfig)
 def run(config: EvolConfig, teacher: Teacher | None = None) -> SynthReport:
-    from tqdm import tqdm
-
     unknown = set(config.operators) - set(OPERATORS)
     if unknown:
-        from sftlab.errors import ConfigError
-
         raise ConfigError(f"unknown evol operators {sorted(unknown)} (choose from: {', '.join(OPERATORS)})")
     teacher = teacher or make_teacher(config.teacher)
     report = SynthReport("evol-instruct")
-    pool = [(p["id"], p["prompt"]) for p in read_prompts(config.prompts)]
+    pool = [(prompt.id, prompt.text) for prompt in read_prompts(config.prompts)]
     with RecordStore(config.output) as store:
         for round_index in tqdm(range(1, config.rounds + 1), desc="evol-instruct", unit="round"):
             pool = _evolve_round(config, teacher, pool, round_index, store, report)

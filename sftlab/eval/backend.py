@@ -1,0 +1,139 @@
+"""Where an evaluation's answers come from: a local model, a served endpoint, or a file.
+
+``EvalBackend`` loads what a task needs, once, when it first needs it:
+
+- log-likelihood tasks always read a local model's logits (``local_model``);
+- generation tasks use ``generator()``: an ``OpenAIGenerator`` when ``base_url`` is set,
+  else an ``HFGenerator`` over the local model;
+- with ``responses`` set, nothing generates: ``read_responses`` + ``match_responses``
+  pair every item with its precomputed answer, and no model is loaded at all.
+
+    backend = EvalBackend("tiny", batch_size=8)
+    backend.generator().generate(["Q: 2+2?\\nA:"], SamplingConfig(max_new_tokens=8))
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from sftlab.errors import ConfigError, DataError
+from sftlab.eval.remote import OpenAIGenerator
+from sftlab.infer.hf import HFGenerator, prompt_to_ids
+from sftlab.models import context_length
+
+
+class EvalBackend:
+    """The model, tokenizer or remote generator of one evaluation, loaded lazily.
+
+    ``generator`` / ``model`` + ``tokenizer`` may be given ready-made (tests, the
+    quickstart); otherwise they are loaded from ``model`` (a name or directory).
+    """
+
+    def __init__(self, model: str | None, *, adapter: str | None = None, dtype: str = "float32",
+                 device: str = "cpu", batch_size: int = 8, base_url: str | None = None,
+                 api_model: str | None = None, responses: str | None = None,
+                 generator=None, loaded_model=None, tokenizer=None) -> None:
+        self.model_name, self.adapter, self.dtype, self.device = model, adapter, dtype, device
+        self.batch_size, self.base_url, self.api_model, self.responses = batch_size, base_url, api_model, responses
+        self._generator, self._model, self._tokenizer = generator, loaded_model, tokenizer
+
+    def local_model(self):
+        """``(model, tokenizer)``, the model in eval mode on ``device``."""
+        if self._model is None:
+            # sftlab.models imports torch and transformers: only runs that need a local
+            # model pay for it (a responses-only run and `sftlab eval --help` do not)
+            from sftlab.models import load_model
+
+            self._model = load_model(self._name(), adapter=self.adapter, dtype=self.dtype,
+                                     device=self.device).eval()
+        return self._model, self.tokenizer()
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from sftlab.models import load_tokenizer  # torch-heavy: see local_model
+
+            self._tokenizer = load_tokenizer(self._name(), adapter=self.adapter)
+        return self._tokenizer
+
+    def generator(self):
+        """The remote generator when ``base_url`` is set, else one over the local model."""
+        if self._generator is None:
+            if self.base_url:
+                self._generator = OpenAIGenerator(self.base_url, self.api_model)
+            else:
+                model, tokenizer = self.local_model()
+                self._generator = HFGenerator(model, tokenizer, batch_size=self.batch_size,
+                                              name=self.model_name)
+        return self._generator
+
+    def render(self, prompt) -> Any:
+        """The prompt as the model sees it: chat-templated text when we hold the tokenizer,
+        else the messages themselves (a remote server applies its own template)."""
+        if isinstance(prompt, str):
+            return prompt
+        messages = [m.to_dict() for m in prompt]
+        tokenizer = self._tokenizer if self.responses is None else None
+        if tokenizer is not None and getattr(tokenizer, "chat_template", None):
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return messages
+
+    def context_length(self) -> int | None:
+        """The local model's context in tokens; None for a remote model."""
+        if self.base_url or (self._model is None and self._generator is not None):
+            return None
+        model, _ = self.local_model()
+        return context_length(model)
+
+    def count_tokens(self, prompt) -> int:
+        return len(prompt_to_ids(self.tokenizer(), prompt))
+
+    def chat_template_hash(self) -> str | None:
+        template = getattr(self._tokenizer, "chat_template", None)
+        return hashlib.sha256(template.encode()).hexdigest() if isinstance(template, str) else None
+
+    def _name(self) -> str:
+        if not self.model_name:
+            raise ConfigError("this evaluation needs a MODEL (log-likelihood tasks and generation "
+                              "without --responses run one)")
+        return self.model_name
+
+
+# ---------------------------------------------------------------- precomputed responses
+
+def read_responses(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a JSON list or JSONL file; each needs a ``response`` (or ``output``/``text``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("responses file not found", file=str(path))
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        rows = json.loads(text)
+    else:
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    for i, row in enumerate(rows):
+        response = next((row[k] for k in ("response", "output", "text", "completion") if k in row), None)
+        if not isinstance(response, str):
+            raise DataError("no 'response' string", file=str(path), index=i, field="response")
+        row["response"] = response
+    return rows
+
+
+def match_responses(docs, prompts, rows) -> list[str]:
+    """Pair each doc with a response: by ``id``, else by prompt text, else by position."""
+    by_id = {str(r["id"]): r["response"] for r in rows if "id" in r}
+    by_prompt = {r["prompt"]: r["response"] for r in rows if isinstance(r.get("prompt"), str)}
+    outputs = []
+    for index, (doc, prompt) in enumerate(zip(docs, prompts)):
+        text = prompt if isinstance(prompt, str) else (prompt[-1].content if prompt else "")
+        if str(doc["id"]) in by_id:
+            outputs.append(by_id[str(doc["id"])])
+        elif text in by_prompt:
+            outputs.append(by_prompt[text])
+        elif not by_id and not by_prompt and index < len(rows):
+            outputs.append(rows[index]["response"])
+        else:
+            raise DataError(f"no response for item '{doc['id']}'",
+                            hint="give each row the item's 'id' or its 'prompt' text")
+    return outputs

@@ -1,0 +1,51 @@
+"""The settings of ``sftlab quickstart``: a plain dataclass, light to import.
+
+``sftlab --help`` builds the quickstart's options from these fields (their docstrings are
+the help text), so this module imports nothing heavy; the pipeline that runs them is
+``sftlab.quickstart.pipeline``.
+
+    config = QuickstartConfig(model="tiny", fast=True)
+    config.train_per_task, config.eval_per_task    # (4, 2): ``fast`` shrinks the run
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class QuickstartConfig:
+    """Settings of ``sftlab quickstart``, saved as quickstart_config.json in the run directory."""
+
+    model: str = "default"
+    """The model to tune: ``default`` (SmolLM2-135M-Instruct), ``tiny`` or a directory."""
+    output_dir: str = ""
+    """Run directory; empty: ``runs/quickstart-<date>-<time>``."""
+    seed: int = 0
+    """Seeds the data build (which instances and templates), training and the bootstrap."""
+    train_per_task: int = 64
+    """Training instances per seen task (12 seen tasks)."""
+    eval_per_task: int = 12
+    """Held-out instances per task for evaluation."""
+    epochs: int = 1
+    """Passes over the training data."""
+    batch_size: int = 4
+    """Packed rows of ``max_length`` tokens per optimizer step."""
+    lr: float = 1e-3
+    """Peak AdamW learning rate (cosine schedule, 10% warm-up)."""
+    lora_rank: int = 16
+    """LoRA rank (alpha is twice the rank)."""
+    max_length: int = 256
+    """Tokens per packed training row; longer examples are truncated."""
+    max_new_tokens: int = 24
+    """Answer length limit at evaluation (answers are short: exact match)."""
+    eval_batch_size: int = 16
+    """Prompts generated together at evaluation."""
+    threads: int = 0
+    """torch threads (0: all cores)."""
+    fast: bool = False
+    """A tiny version for tests: few instances, a few steps."""
+
+    def __post_init__(self) -> None:
+        if self.fast:
+            self.train_per_task, self.eval_per_task = min(self.train_per_task, 4), min(self.eval_per_task, 2)
+            self.max_new_tokens = min(self.max_new_tokens, 8)

@@ -1,0 +1,12 @@
+"""Training objectives: what the one loop trains, registered by name (``TrainConfig.objective``).
+
+``base.py`` is the contract every objective fulfils (and how DPO, KTO, reward modelling
+and PPO/GRPO will plug in); one file per objective registers itself:
+
+    sft    token cross-entropy on labelled tokens (``sft.py``)
+    spin   SPIN's pairwise loss against the previous iterate (``spin.py``)
+"""
+from sftlab.train.objectives import sft, spin  # noqa: F401  (register themselves)
+from sftlab.train.objectives.base import OBJECTIVES, Objective
+
+__all__ = ["OBJECTIVES", "Objective"]
