@@ -334,3 +334,15 @@ def _criteria(tracker: _RowTracker) -> StoppingCriteriaList:
 def _rng_devices(model) -> list:
     device = getattr(model, "device", None)
     return [device] if device is not None and device.type == "cuda" else []
+
+
+def generate(model: str, prompts: Sequence[Prompt], sampling: SamplingConfig | None = None, *,
+             adapter=None, batch_size: int = 8, device: str = "cpu") -> list[Generation]:
+    """Load ``model`` (``default``, ``tiny``, a directory, a run or a hub id) and complete
+    ``prompts`` (strings are raw text; message lists get the chat template)::
+
+        generate("default", [[Message("user", "Name three primes.")]],
+                 SamplingConfig(max_new_tokens=32))[0].text
+    """
+    generator = HFGenerator.from_name(model, adapter=adapter, batch_size=batch_size, device=device)
+    return generator.generate(prompts, sampling)
