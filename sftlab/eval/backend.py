@@ -14,14 +14,14 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
+from sftlab.data.io import read_rows
 from sftlab.errors import ConfigError, DataError
 from sftlab.eval.remote import OpenAIGenerator
 from sftlab.infer.hf import HFGenerator, prompt_to_ids
-from sftlab.models import context_length
+from sftlab.models import context_length, load_model, load_tokenizer
 
 
 class EvalBackend:
@@ -42,18 +42,12 @@ class EvalBackend:
     def local_model(self):
         """``(model, tokenizer)``, the model in eval mode on ``device``."""
         if self._model is None:
-            # sftlab.models imports torch and transformers: only runs that need a local
-            # model pay for it (a responses-only run and `sftlab eval --help` do not)
-            from sftlab.models import load_model
-
             self._model = load_model(self._name(), adapter=self.adapter, dtype=self.dtype,
                                      device=self.device).eval()
         return self._model, self.tokenizer()
 
     def tokenizer(self):
         if self._tokenizer is None:
-            from sftlab.models import load_tokenizer  # torch-heavy: see local_model
-
             self._tokenizer = load_tokenizer(self._name(), adapter=self.adapter)
         return self._tokenizer
 
@@ -107,11 +101,7 @@ def read_responses(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise DataError("responses file not found", file=str(path))
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        rows = json.loads(text)
-    else:
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    rows = read_rows(path)
     for i, row in enumerate(rows):
         response = next((row[k] for k in ("response", "output", "text", "completion") if k in row), None)
         if not isinstance(response, str):
