@@ -8,6 +8,8 @@ import os
 import stat
 from pathlib import Path
 
+from sftlab.errors import DataError
+
 OUTPUT_FORMATS = ["jsonl", "alpaca", "sharegpt", "openai"]
 
 CONVERT_HELP = """\
@@ -123,6 +125,8 @@ def _plot_path(args) -> Path:
     """--plot, else ``<data>.tokens.png`` beside the data, else in the current folder
     when the data's folder is read-only (a shared data set)."""
     if args.plot:
+        if Path(args.plot).is_dir():
+            raise DataError("--plot is a directory", file=args.plot, hint="give a .png file name")
         return Path(args.plot)
     beside = Path(f"{args.input}.tokens.png")
     # permission bits, not os.access: the latter says yes to root even on a read-only share

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import argparse
 import textwrap
+from pathlib import Path
 
 from sftlab.config import format_field_docs, load_config
 from sftlab.data.mix import MixConfig, build_mixture, mix_summary, write_mixture
+from sftlab.data.promptsource import MAX_RENDER_CHARS
+from sftlab.errors import DataError
 
 MIX_EXAMPLE = textwrap.dedent("""\
     example:
@@ -72,6 +75,9 @@ def register(subparsers) -> None:
     apply.add_argument("--per-row", choices=["one", "all"], default="one",
                        help="one random template per row (Flan) or every template (P3)")
     apply.add_argument("--seed", type=int, default=0, help="seed of the template and exemplar choice (default 0)")
+    apply.add_argument("--max-render-chars", type=int, default=MAX_RENDER_CHARS,
+                       help=f"PromptSource: longest text one render may produce (default {MAX_RENDER_CHARS}); "
+                            "a longer one is an error naming the template and row")
     apply.set_defaults(handler=run_apply_template)
 
 
@@ -85,23 +91,32 @@ def run_mix(args: argparse.Namespace) -> int:
 
 
 def run_apply_template(args: argparse.Namespace) -> int:
-    from sftlab.data.io import read_rows, write_conversations
+    from sftlab.data.io import at_row, read_objects, write_conversations
 
-    rows = read_rows(args.data)
+    path = Path(args.data)
+    records = read_objects(path)
+    rows = [record.value for record in records]
+    try:
+        conversations = _apply(args, rows)
+    except DataError as error:
+        raise at_row(error, path, records) from None
+    write_conversations(conversations, args.output, "canonical")
+    print(f"wrote {len(conversations)} records from {len(rows)} rows to {args.output}")
+    return 0
+
+
+def _apply(args: argparse.Namespace, rows: list[dict]) -> list:
     if args.promptsource:
         from sftlab.data.promptsource import apply_promptsource, load_templates
 
         skipped: list = []
         conversations = apply_promptsource(rows, load_templates(args.promptsource), seed=args.seed,
-                                           skipped=skipped)
+                                           skipped=skipped, max_chars=args.max_render_chars)
         if skipped:
             print(f"left out {len(skipped)} row x template pairs that rendered empty")
-    else:
-        from sftlab.data.templates import integrate
+        return conversations
+    from sftlab.data.templates import integrate
 
-        which = args.templates if args.templates in ("train", "held_out", "all") else args.templates.split(",")
-        conversations = integrate(rows, args.task, templates=which, few_shot=args.few_shot,
-                                  options_in_prompt=not args.no_options, per_row=args.per_row, seed=args.seed)
-    write_conversations(conversations, args.output, "canonical")
-    print(f"wrote {len(conversations)} records from {len(rows)} rows to {args.output}")
-    return 0
+    which = args.templates if args.templates in ("train", "held_out", "all") else args.templates.split(",")
+    return integrate(rows, args.task, templates=which, few_shot=args.few_shot,
+                     options_in_prompt=not args.no_options, per_row=args.per_row, seed=args.seed)

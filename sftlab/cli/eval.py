@@ -17,8 +17,8 @@ from sftlab.errors import ConfigError, DataError
 from sftlab.eval.judge import mt_bench
 from sftlab.eval.judge.client import make_judge
 from sftlab.eval.judge.config import AlpacaEvalConfig, MTBenchConfig, WinrateConfig
-from sftlab.eval.judge.lc import estimate_difficulty, summarize_annotations
-from sftlab.eval.judge.pairwise import generate_outputs, judge_pairs, read_outputs
+from sftlab.eval.judge.lc import estimate_difficulty, load_lc_table, summarize_annotations, table_difficulty
+from sftlab.eval.judge.pairwise import generate_outputs, judge_pairs, read_annotations, read_outputs
 from sftlab.eval.results import format_table
 from sftlab.eval.runner import EvalConfig, evaluate
 from sftlab.infer.hf import HFGenerator
@@ -34,6 +34,7 @@ EVAL_EXAMPLES = """examples:
   sftlab eval default --tasks gsm8k,bbh --num-fewshot 3 --chat-template on --data-dir ../shared/data -o out/base
   sftlab eval runs/lora1 --tasks gsm8k=../shared/data/gsm8k/test.jsonl --limit 100 -o out/lora1
   sftlab eval served --tasks gsm8k --base-url http://127.0.0.1:8000/v1 --api-model default --data-dir ../shared/data
+  sftlab eval tiny --tasks humaneval --limit 2 --num-samples 3 --temperature 0.8 --max-new-tokens 16 --data-dir ../shared/data
 
 tasks: gsm8k, math, bbh (27 subtasks), mc, mc_letters (log-likelihood), ifeval, humaneval
 (when installed). Data: --data-dir DIR holds gsm8k/test.jsonl, bbh/, math/test.jsonl, ...;
@@ -58,6 +59,8 @@ EVAL_FLAGS = {
     "base_url": "--base-url",
     "api_model": "--api-model",
     "max_new_tokens": "--max-new-tokens",
+    "num_samples": "--num-samples",
+    "temperature": "--temperature",
     "seed": "--seed",
     "device": "--device",
     "dtype": "--dtype",
@@ -69,6 +72,8 @@ JUDGE_FLAGS = {
     "judge.base_url": "--judge-base-url",
     "judge.api_key_env": "--api-key-env",
     "judge.cache_dir": "--cache-dir",
+    "judge.max_tokens": "--judge-max-tokens",
+    "judge.probe": "--judge-probe",
     "limit": "--limit",
     "batch_size": "--batch-size",
     "adapter": "--adapter",
@@ -119,8 +124,9 @@ def _register_judge(subparsers) -> None:
         "annotations": Flag("annotations", nargs="+", metavar="ANNOTATIONS"),
         "json": "--json", "seed": "--seed"},
         epilog="example:\n  sftlab judge winrate out/alpaca/annotations.json --json\n"
-               "Several files (models judged on the same instructions) also estimate "
-               "the instruction-difficulty term of the GLM.")
+               "AlpacaEval's instructions use the shipped instruction difficulty (length_controlled_v1); "
+               "several files on other instructions estimate it from the files. The output names "
+               "the LC variant.")
     w.set_defaults(handler=run_winrate)
 
     a = group.add_parser("alpaca-eval", help="pairwise judging against AlpacaEval baseline outputs",
@@ -142,15 +148,18 @@ def _register_judge(subparsers) -> None:
     add_config_arguments(m, MTBenchConfig, flags={
         "model": Flag("model", nargs="?", metavar="MODEL"), "answers": "--answers",
         "data_dir": Flag("--data-dir", required=True), **JUDGE_FLAGS},
-        epilog="example:\n  sftlab judge mt-bench tiny --data-dir ../shared/data/mt_bench "
-               "--judge tiny --limit 4 --max-new-tokens 64 -o out/mt")
+        epilog="example (a smoke run: the tiny judge writes no ratings, --judge-probe 0 lets it finish):\n"
+               "  sftlab judge mt-bench tiny --data-dir ../shared/data/mt_bench --judge tiny --limit 2 "
+               "--max-new-tokens 32 --judge-max-tokens 32 --judge-probe 0 --cache-dir '' -o out/mt")
     m.set_defaults(handler=run_mt_bench)
 
 
 def run_winrate(args) -> int:
     config = config_from_args(WinrateConfig, args)
     sets = [_read_annotations(path) for path in config.annotations]
-    if len(sets) > 1:
+    table = load_lc_table()
+    in_table = all(table_difficulty([row.get("instruction") for row in rows], table) is not None for rows in sets)
+    if len(sets) > 1 and not in_table:  # not AlpacaEval's instructions: difficulty from the files
         difficulty = estimate_difficulty(sets)
         for annotations in sets:
             for row in annotations:
@@ -165,23 +174,22 @@ def run_winrate(args) -> int:
               f"{s['win_rate']:>6.2f} ± {s['standard_error']:<5.2f} "
               f"{s['length_controlled_winrate']:>6.2f} ± {s['lc_standard_error']:<5.2f} "
               f"{s['n_total']:>5} {s['avg_length']:>8.0f}")
+    for variant in sorted({s["lc_variant"] for s in summaries.values()}):
+        print(f"LC variant: {variant}")
     return 0
 
 
 def _read_annotations(path: str) -> list[dict]:
-    file = Path(path)
-    if not file.is_file():
-        raise DataError("annotations file not found", file=path)
-    text = file.read_text(encoding="utf-8")
-    try:
-        rows = json.loads(text) if text.lstrip().startswith("[") else \
-            [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as exc:
-        raise DataError(f"invalid JSON ({exc.msg})", file=path, line=exc.lineno) from exc
-    for i, row in enumerate(rows):
-        for key in ("output_1", "output_2"):
-            if not isinstance(row.get(key), str):
-                raise DataError(f"needs a '{key}' string", file=path, index=i, field=key)
+    """The rows of an annotations file; rows without a verdict (null preference) are counted
+    and said, since the win rate leaves them out."""
+    rows = read_annotations(path)
+    unjudged = sum(row.get("preference") is None for row in rows)
+    if unjudged == len(rows):
+        raise DataError("no row has a preference (all null: the judge gave no verdict)", file=path,
+                        field="preference", hint="rerun the judge, or give preferences 1 to 2")
+    if unjudged:
+        print(f"note: {path}: {unjudged} of {len(rows)} rows have no preference (null) and are left "
+              f"out of the win rate", file=sys.stderr)
     return rows
 
 
@@ -207,7 +215,8 @@ def run_alpaca_eval(args) -> int:
                                    max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
                                    name=Path(config.model).name)
     judge = _judge(config)
-    annotations = judge_pairs(baseline, outputs, judge, both_orders=not config.one_order)
+    annotations = judge_pairs(baseline, outputs, judge, both_orders=not config.one_order,
+                              max_tokens=config.judge.max_tokens or 512, probe=config.judge.probe)
     summary = summarize_annotations(annotations, seed=config.seed)
     summary.update(judge=judge.model, cache_hits=judge.hits, cache_misses=judge.misses,
                    both_orders=not config.one_order)
@@ -231,7 +240,8 @@ def run_mt_bench(args) -> int:
         answers = mt_bench.generate_answers(_generator(config), questions, max_new_tokens=config.max_new_tokens,
                                             seed=config.seed)
     judge = _judge(config)
-    judgments = mt_bench.judge_answers(questions, answers, judge, config.data_dir)
+    judgments = mt_bench.judge_answers(questions, answers, judge, config.data_dir,
+                                       max_tokens=config.judge.max_tokens or 2048, probe=config.judge.probe)
     summary = mt_bench.summarize(judgments)
     summary.update(judge=judge.model, cache_hits=judge.hits, cache_misses=judge.misses)
     out = Path(config.output_dir)

@@ -11,9 +11,11 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from sftlab.cli.options import Flag, add_config_arguments, config_from_args
+from sftlab.errors import ConfigError
 from sftlab.infer.base import SamplingConfig
 from sftlab.infer.files import GenerateConfig
 
@@ -64,12 +66,26 @@ class ServeConfig:
     port: int = 8000
     """TCP port to listen on."""
     api_key: str | None = None
-    """Require `Authorization: Bearer KEY` on every request; none: $SFTLAB_API_KEY if set,
-    else no key."""
+    """Require `Authorization: Bearer KEY` on every request (401 otherwise). A key on the
+    command line shows in `ps`: prefer api_key_file or $SFTLAB_API_KEY. None: api_key_file's
+    key, else $SFTLAB_API_KEY if set, else no key."""
+    api_key_file: str | None = None
+    """A file holding the API key (its first line; surrounding whitespace ignored), used when
+    api_key is not set."""
+    served_model_name: list[str] = field(default_factory=list)
+    """The model name(s) requests may ask for (repeat the flag); the first is reported in
+    /v1/models and in answers to requests naming none; any other name is 404
+    model_not_found. None given: the model argument as written."""
     batch_window_ms: float = 10.0
     """How long to collect concurrent requests into one batch, in milliseconds."""
     max_tokens: int = 256
     """Completion length of a request that does not set max_tokens."""
+    max_body_bytes: int = 4 * 1024 * 1024
+    """Largest request body in bytes (default 4 MiB); a larger one is refused with 413 before
+    it is read. Prompts that do not fit the model's context are 400 context_length_exceeded."""
+    shutdown_timeout_s: float = 5.0
+    """On SIGTERM or Ctrl-C: seconds requests in flight get to finish before they are
+    cancelled. SIGTERM then exits with status 0."""
 
 
 @dataclass
@@ -81,9 +97,22 @@ class ExportConfig:
     output: str = ""
     """The new directory to write (safetensors, tokenizer, chat template, sftlab_export.json)."""
     merge: bool = False
-    """Fold a LoRA adapter into the base weights, so the result loads without PEFT."""
+    """Fold the adapter into the base weights, so the result loads without PEFT (LoRA, DoRA,
+    QLoRA and IA3 adapters; prompt, prefix and bottleneck adapters cannot be merged)."""
     base: str | None = None
     """Base model of the adapter; none: the one its adapter_config.json names."""
+    gguf: bool = False
+    """Also write OUTPUT/gguf/<name>-<gguf_type>.gguf (llama.cpp, Ollama, LM Studio) with the chat
+    template and stop tokens inside; an adapter is merged first. Llama- and Qwen2-style
+    models with byte-level BPE tokenizers."""
+    gguf_type: Literal["f32", "f16", "q8_0"] = "f16"
+    """GGUF weight type: f32 (exact), f16 (half the size), q8_0 (8-bit blocks, a quarter)."""
+    ollama: bool = False
+    """Also write an Ollama Modelfile beside the GGUF (needs --gguf): the chat template in
+    Ollama's Go syntax, the stop tokens and the system prompt (`ollama create NAME -f
+    OUTPUT/gguf/Modelfile`)."""
+    system: str | None = None
+    """The Modelfile's SYSTEM prompt; none: the chat template's own default, if it has one."""
 
 
 # the options every model-loading command shares
@@ -187,10 +216,11 @@ def _register_generate(subparsers) -> None:
 def _generate(args) -> int:
     # lazy: the prompt reader pulls in the data formats, generation torch
     from sftlab.data.prompts import read_prompts
-    from sftlab.infer.files import generate_file
+    from sftlab.infer.files import check_output, generate_file
 
     config = config_from_args(GenerateConfig, args)
-    read_prompts(config.input)  # a malformed input fails before the model loads
+    read_prompts(config.input)  # a malformed input or output path fails before the model loads
+    check_output(Path(config.output))
     generator = _generator(config, backend=args.backend, trust_remote_code=args.trust_remote_code)
     summary = generate_file(generator, config, progress=not args.no_progress)
     print(json.dumps(summary))
@@ -227,12 +257,14 @@ def _register_serve(subparsers) -> None:
         subparsers, "serve", "serve a model over an OpenAI-compatible HTTP API",
         "Serve /v1/chat/completions, /v1/completions (both with streaming) and /v1/models. "
         "Concurrent requests are batched into one generate call. Binds to 127.0.0.1 unless "
-        "--host says otherwise; with --api-key (or $SFTLAB_API_KEY) requests need "
-        "'Authorization: Bearer KEY'.")
+        "--host says otherwise; with --api-key-file (or $SFTLAB_API_KEY, or --api-key) requests "
+        "need 'Authorization: Bearer KEY'. SIGTERM shuts down gracefully and exits 0.")
     add_config_arguments(parser, ServeConfig, flags={
         **MODEL_FLAGS, "batch_size": "--batch-size", "trust_remote_code": "--trust-remote-code",
-        "host": "--host", "port": "--port", "api_key": "--api-key", "batch_window_ms": "--batch-window-ms",
-        "max_tokens": "--max-tokens"},
+        "host": "--host", "port": "--port", "api_key": "--api-key", "api_key_file": "--api-key-file",
+        "served_model_name": Flag("--served-model-name", append=True, metavar="NAME"),
+        "batch_window_ms": "--batch-window-ms", "max_tokens": "--max-tokens", "max_body_bytes": "--max-body-bytes",
+        "shutdown_timeout_s": "--shutdown-timeout-s"},
         epilog="example:\n  sftlab serve default --port 8000   # then: OpenAI(base_url='http://127.0.0.1:8000/v1')")
     parser.set_defaults(handler=_serve)
 
@@ -241,13 +273,32 @@ def _serve(args) -> int:
     from sftlab.infer.server import serve  # lazy: loads fastapi, uvicorn and torch
 
     config = config_from_args(ServeConfig, args)
-    api_key = config.api_key or os.environ.get("SFTLAB_API_KEY")
+    api_key = _api_key(config)
     if config.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        print(f"warning: serving on {config.host} without --api-key: anyone who can reach it can use it",
+        print(f"warning: serving on {config.host} without an API key: anyone who can reach it can use it",
               file=sys.stderr)
     serve(_generator(config, trust_remote_code=config.trust_remote_code), host=config.host, port=config.port,
-          api_key=api_key, batch_window_ms=config.batch_window_ms, default_max_tokens=config.max_tokens)
+          api_key=api_key, model_name=config.served_model_name or config.model,
+          batch_window_ms=config.batch_window_ms, default_max_tokens=config.max_tokens,
+          max_body_bytes=config.max_body_bytes, shutdown_timeout_s=config.shutdown_timeout_s)
     return 0
+
+
+def _api_key(config: ServeConfig) -> str | None:
+    """The key from api_key, else api_key_file, else $SFTLAB_API_KEY; None: no key."""
+    if config.api_key:
+        return config.api_key
+    if config.api_key_file:
+        try:
+            with open(config.api_key_file, encoding="utf-8") as handle:
+                key = handle.readline().strip()
+        except OSError as exc:
+            raise ConfigError(f"api_key_file {config.api_key_file}: cannot read it ({exc.strerror}); "
+                              "give a readable file holding the key") from None
+        if not key:
+            raise ConfigError(f"api_key_file {config.api_key_file}: the first line is empty; write the key there")
+        return key
+    return os.environ.get("SFTLAB_API_KEY") or None
 
 
 # -- export -----------------------------------------------------------------------------------
@@ -258,11 +309,14 @@ def _register_export(subparsers) -> None:
         subparsers, "export", "export a trained model or adapter (optionally merged)",
         "Write a standalone model directory from a run, adapter or model directory: safetensors, "
         "tokenizer and chat template. --merge folds a LoRA adapter into the base weights so the "
-        "result loads without PEFT.")
+        "result loads without PEFT. --gguf adds a GGUF file, --ollama a Modelfile for it.")
     add_config_arguments(parser, ExportConfig, flags={
         "source": Flag("source", nargs="?", metavar="RUN_OR_ADAPTER", required=True),
-        "output": Flag("--output", "-o", required=True), "merge": "--merge", "base": "--base"},
-        epilog="example:\n  sftlab export runs/lora1 -o exported/lora1 --merge")
+        "output": Flag("--output", "-o", required=True), "merge": "--merge", "base": "--base",
+        "gguf": "--gguf", "gguf_type": "--gguf-type",
+        "ollama": "--ollama", "system": "--system"},
+        epilog="examples:\n  sftlab export runs/lora1 -o exported/lora1 --merge\n"
+               "  sftlab export runs/lora1 -o exported/lora1 --gguf --gguf-type q8_0 --ollama")
     parser.set_defaults(handler=_export)
 
 
@@ -270,6 +324,8 @@ def _export(args) -> int:
     from sftlab.models.export import export_model  # lazy: loads torch and transformers
 
     config = config_from_args(ExportConfig, args)
-    out = export_model(config.source, config.output, merge=config.merge, base=config.base)
+    out = export_model(config.source, config.output, merge=config.merge, base=config.base,
+                       gguf_type=config.gguf_type if config.gguf else None, ollama=config.ollama,
+                       system=config.system)
     print(f"exported to {out}")
     return 0

@@ -511,21 +511,50 @@ def read_oasst(row: dict, options: ReadOptions) -> ConversationList:
     return ConversationList(conversations, dropped)
 
 
-def _prune(message: dict, options: ReadOptions, dropped: dict[str, int], field: str) -> dict | None:
-    """A copy of the tree without dropped subtrees (None if ``message`` itself is dropped);
-    checks role and text on the way, so later steps can trust the tree."""
-    role = require(message, "role", field=f"{field}.role")
+def _prune(root: dict, options: ReadOptions, dropped: dict[str, int], field: str) -> dict | None:
+    """A copy of the tree without dropped subtrees (None if the root itself is dropped);
+    checks role and text on the way, so later steps can trust the tree. Walks with a stack,
+    not recursion: a tree can be thousands of messages deep."""
+    kept_root = None
+    stack: list[tuple[Any, _Place, list | None]] = [(root, (None, field), None)]
+    while stack:
+        message, place, siblings = stack.pop()
+        _check_oasst_message(message, place)
+        reason = _drop_reason(message, options)
+        if reason:
+            dropped[reason] = dropped.get(reason, 0) + 1
+            continue
+        replies = optional(message, "replies", list, [])
+        kept = {**message, "replies": []}
+        if siblings is None:
+            kept_root = kept
+        else:
+            siblings.append(kept)
+        stack += [(replies[index], (place, f"replies[{index}]"), kept["replies"])
+                  for index in reversed(range(len(replies)))]
+    return kept_root
+
+
+_Place = tuple  # (parent place or None, "prompt" | "replies[i]"): a field name built only on error
+
+
+def _field(place: _Place) -> str:
+    parts = []
+    while place is not None:
+        place, part = place
+        parts.append(part)
+    return ".".join(reversed(parts))
+
+
+def _check_oasst_message(message: Any, place: _Place) -> None:
+    if isinstance(message, dict) and message.get("role") in OASST_ROLES and isinstance(message.get("text"), str):
+        return
+    where = _field(place)
+    role = require(message, "role", field=f"{where}.role")
     if role not in OASST_ROLES:
-        raise DataError(f"unknown role '{role}'", field=f"{field}.role",
+        raise DataError(f"unknown role '{role}'", field=f"{where}.role",
                         hint="Open Assistant roles are prompter and assistant", reason="unknown role")
-    require(message, "text", field=f"{field}.text")
-    reason = _drop_reason(message, options)
-    if reason:
-        dropped[reason] = dropped.get(reason, 0) + 1
-        return None
-    replies = optional(message, "replies", list, [])
-    kept = [_prune(reply, options, dropped, f"{field}.replies[{index}]") for index, reply in enumerate(replies)]
-    return {**message, "replies": [reply for reply in kept if reply is not None]}
+    require(message, "text", field=f"{where}.text")
 
 
 def _drop_reason(message: dict, options: ReadOptions) -> str | None:
@@ -537,22 +566,44 @@ def _drop_reason(message: dict, options: ReadOptions) -> str | None:
     return None
 
 
-def _all_threads(message: dict) -> list[list[dict]]:
-    """Every root-to-leaf path that ends on an assistant message."""
-    below = [path for reply in message["replies"] for path in _all_threads(reply)]
-    if below:
-        return [[message] + path for path in below]
-    return [[message]] if message["role"] == "assistant" else []
+def _ends_thread(root: dict) -> set[int]:
+    """``id`` of every message with an assistant message at or below it: a thread can end
+    in its subtree (a trailing prompter turn with no answer is cut off)."""
+    order, stack = [], [root]
+    while stack:
+        message = stack.pop()
+        order.append(message)
+        stack += message["replies"]
+    ends: set[int] = set()
+    for message in reversed(order):  # children before parents
+        if message["role"] == "assistant" or any(id(reply) in ends for reply in message["replies"]):
+            ends.add(id(message))
+    return ends
 
 
-def _best_thread(message: dict) -> list[dict]:
+def _all_threads(root: dict) -> list[list[dict]]:
+    """Every root-to-leaf path that ends on an assistant message, in depth-first order."""
+    ends = _ends_thread(root)
+    threads, stack = [], [[root]] if id(root) in ends else []
+    while stack:
+        path = stack.pop()
+        below = [reply for reply in path[-1]["replies"] if id(reply) in ends]
+        if not below:
+            threads.append(path)
+        stack += [path + [reply] for reply in reversed(below)]
+    return threads
+
+
+def _best_thread(root: dict) -> list[dict]:
     """Follow the lowest-ranked reply at each step (ties and missing ranks: reply order)."""
-    ranked = sorted(enumerate(message["replies"]), key=lambda item: (_rank(item[1]), item[0]))
-    for _, reply in ranked:
-        path = _best_thread(reply)
-        if path:
-            return [message] + path
-    return [message] if message["role"] == "assistant" else []
+    ends = _ends_thread(root)
+    path = [root] if id(root) in ends else []
+    while path:
+        below = [(index, reply) for index, reply in enumerate(path[-1]["replies"]) if id(reply) in ends]
+        if not below:
+            break
+        path.append(min(below, key=lambda item: (_rank(item[1]), item[0]))[1])
+    return path
 
 
 def _rank(message: dict) -> float:

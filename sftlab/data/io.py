@@ -15,10 +15,13 @@ import dataclasses
 import gzip
 import itertools
 import json
+import re
+import sys
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator
 
 from sftlab.errors import ConfigError, DataError
 from sftlab.data.formats import FORMATS, ReadOptions, detect_format, validate
@@ -26,6 +29,9 @@ from sftlab.types import Conversation
 
 DETECT_ROWS = 8  # rows looked at to detect the format
 KEEP_ERRORS = 20  # errors kept in ReadResult.errors (all are counted)
+# json's C decoder recurses once per level; 20 000 levels fit the default 8 MB stack
+MAX_JSON_DEPTH = 20_000
+LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 @dataclass
@@ -64,10 +70,13 @@ def read_conversations(path: str | Path, format: str | None = None, on_error: st
     format = format or _detect(path, head)
     reader = FORMATS.get(format)
     result = ReadResult([], format)
+    seen: dict[str, str] = {}  # conversation id -> where it first appeared
     for record in itertools.chain(head, records):
         result.records += 1
         try:
-            result.conversations += read_record(reader, record, read_options, path, result.dropped)
+            conversations = read_record(reader, record, read_options, path, result.dropped)
+            check_unique_ids(conversations, record, seen)
+            result.conversations += conversations
         except DataError as error:
             error = locate(error, path, record)
             if read_options.on_error == "fail":
@@ -75,7 +84,23 @@ def read_conversations(path: str | Path, format: str | None = None, on_error: st
             result.skipped[error.reason] += 1
             if len(result.errors) < KEEP_ERRORS:
                 result.errors.append(error)
+    if not result.records:
+        raise DataError("the file holds no records", file=str(path), hint="give at least one record",
+                        reason="no records")
     return result
+
+
+def check_unique_ids(conversations: list[Conversation], record: Record, first: dict[str, str]) -> None:
+    """Raise on a conversation id seen before (ids key resumption, dedup and eval matching);
+    ``first`` maps each id seen so far to where it was."""
+    where = f"line {record.line}" if record.line is not None else f"record {record.index}"
+    for conversation in conversations:
+        key = str(conversation.id)
+        if key in first:
+            raise DataError(f"duplicate id '{key}' (first at {first[key]})", field="id",
+                            hint="give every record its own id", reason="duplicate id")
+    for conversation in conversations:
+        first[str(conversation.id)] = where
 
 
 def make_options(on_error: str, options: dict[str, Any]) -> ReadOptions:
@@ -130,6 +155,8 @@ def file_stem(path: Path) -> str:
 
 def _detect(path: Path, head: list[Record]) -> str:
     rows = [record.value for record in head if not isinstance(record.value, DataError)]
+    if not rows and head:  # not one readable row to go by: the first row's own error says why
+        raise head[0].value
     try:
         return detect_format(rows)
     except DataError as error:
@@ -139,50 +166,115 @@ def _detect(path: Path, head: list[Record]) -> str:
 # --- reading files ----------------------------------------------------------------------
 
 def iter_records(path: Path) -> Iterator[Record]:
-    """Parsed rows of a file; a bad JSONL line yields a ``DataError`` in place of its value."""
-    if not path.exists():
-        raise DataError("file not found", file=str(path), hint="check the path", reason="file not found")
-    text = _read_text(path)
+    """Parsed rows of a file; a bad JSONL line yields a ``DataError`` in place of its value.
+
+    A UTF-8 byte-order mark is ignored and CRLF line ends are fine; bytes that are not
+    UTF-8, a broken ``.gz``, a directory or an empty file raise a ``DataError``.
+    """
+    text = read_text(path)
+    if not text.strip():
+        raise DataError("the file is empty", file=str(path), hint="give a file with at least one record",
+                        reason="empty file")
     if ".jsonl" in path.suffixes:
         return _jsonl_records(text, path)
     return _json_records(text, path)
 
 
 def read_rows(path: str | Path) -> list[dict]:
-    """Every parsed row of a JSON/JSONL(.gz) file; the first bad line raises its ``DataError``."""
-    rows = []
-    for record in iter_records(Path(path)):
+    """Every row of a JSON/JSONL(.gz) file, each a JSON object; the first bad line raises."""
+    return [record.value for record in read_objects(Path(path))]
+
+
+def read_objects(path: Path) -> list[Record]:
+    """Every record of a JSON/JSONL(.gz) file, each a JSON object; the first bad one raises
+    its ``DataError`` (file and line or record index)."""
+    records = []
+    for record in iter_records(path):
         if isinstance(record.value, DataError):
             raise record.value
-        rows.append(record.value)
-    return rows
+        if not isinstance(record.value, dict):
+            raise record_error(record, path, f"expected a JSON object, got {type(record.value).__name__}",
+                               hint="each row must be one {...} object")
+        records.append(record)
+    if not records:
+        raise DataError("the file holds no records", file=str(path), hint="give at least one row")
+    return records
 
 
-def _read_text(path: Path) -> str:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        return handle.read()
+def at_row(error: DataError, path: Path, records: list[Record]) -> DataError:
+    """``error``, raised on row ``error.index`` of ``records`` (read from ``path``), with
+    that row's file line (JSONL) or record index filled in."""
+    if error.file is not None:  # already names its file (a template file, say)
+        return error
+    if error.index is not None and 0 <= error.index < len(records):
+        return locate(error, path, records[error.index])
+    return DataError(error.message, file=str(path), field=error.field, hint=error.hint, reason=error.reason)
+
+
+def record_error(record: Record, path: Path, message: str, *, field: str | None = None,
+                 hint: str | None = None, reason: str | None = None) -> DataError:
+    """A ``DataError`` at ``record``: its file line (JSONL) or record index (JSON array)."""
+    return locate(DataError(message, field=field, hint=hint, reason=reason), path, record)
+
+
+def read_text(path: Path) -> str:
+    """The text of a UTF-8 file (optionally gzipped; a leading byte-order mark is dropped)."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError("is a directory, not a file", file=str(path), hint="give a file inside it",
+                        reason="directory")
+    if not path.exists():
+        raise DataError("file not found", file=str(path), hint="check the path", reason="file not found")
+    try:
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"not a readable gzip file ({exc})", file=str(path),
+                        hint="re-download or re-compress it, or drop the .gz suffix", reason="bad gzip") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"not UTF-8 text: byte 0x{data[exc.start]:02x} at byte {exc.start}", file=str(path),
+                        line=line, hint="re-encode the file as UTF-8", reason="not utf-8") from None
 
 
 def _jsonl_records(text: str, path: Path) -> Iterator[Record]:
     index = 0
-    for number, line in enumerate(text.splitlines(), start=1):
+    # not str.splitlines: U+2028 and friends may sit raw inside a JSON string; a raw \r may not
+    for number, line in enumerate(LINE_END.split(text), start=1):
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = parse_json(line)
         except json.JSONDecodeError as exc:
             value = DataError(f"invalid JSON: {exc.msg} at column {exc.colno}", file=str(path), line=number,
                               hint="each line must be one complete JSON object", reason="invalid json")
+        except RecursionError:
+            value = DataError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", file=str(path), line=number,
+                              hint="flatten the record", reason="too deep")
         yield Record(value, index, number)
         index += 1
+
+
+def parse_json(text: str) -> Any:
+    """``json.loads`` that reads nesting up to about ``MAX_JSON_DEPTH`` levels (an Open
+    Assistant tree thousands of messages deep) and raises ``RecursionError`` past it."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, MAX_JSON_DEPTH))
+    try:
+        return json.loads(text)
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 def _json_records(text: str, path: Path) -> Iterator[Record]:
     """A JSON array (one record per item) or one object (one record, e.g. a Super-NI task);
     a ``.json`` file holding one object per line is read as JSONL."""
     try:
-        rows = json.loads(text)
+        rows = parse_json(text)
+    except RecursionError:
+        raise DataError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels", file=str(path),
+                        hint="flatten the records", reason="too deep") from None
     except json.JSONDecodeError as exc:
         if exc.msg == "Extra data":  # several JSON values: JSON lines under a .json name
             return _jsonl_records(text, path)
@@ -224,15 +316,27 @@ def write_conversations(conversations: Iterable[Conversation], path: str | Path,
         raise ConfigError(f"unknown output format '{format}' (choose from: {', '.join(WRITERS)})")
     path = Path(path)
     rows = [WRITERS[format](conversation) for conversation in conversations]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "wt", encoding="utf-8") as handle:
+    with open_output(path) as handle:
         if ".json" in path.suffixes and ".jsonl" not in path.suffixes:
             json.dump(rows, handle, ensure_ascii=False, indent=2)
             handle.write("\n")
         else:
             handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     return len(rows)
+
+
+def open_output(path: Path) -> IO[str]:
+    """``path`` opened for writing UTF-8 text (gzipped for ``.gz``), its folder created; a
+    path that is a directory or cannot be created raises a ``DataError`` naming it."""
+    if path.is_dir():
+        raise DataError("the output is a directory", file=str(path), hint="give a file name inside it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return gzip.open(path, "wt", encoding="utf-8") if path.suffix == ".gz" else \
+            open(path, "w", encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"cannot create the output file ({exc.strerror or exc})", file=str(path),
+                        hint="check that its folder can be created and written") from None
 
 
 def _with_meta(conversation: Conversation, row: dict) -> dict:

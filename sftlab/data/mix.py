@@ -36,6 +36,7 @@ Config (``sftlab data mix mix.yaml -o mix.jsonl``)::
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from collections import defaultdict
@@ -48,7 +49,7 @@ from tqdm import tqdm
 from sftlab.config import dump_config
 from sftlab.data.dedup import (ALL_ROLES, MessageWords, document, exact_duplicates, message_words,
                                near_duplicates, shared_ngrams, words)
-from sftlab.data.io import iter_records, read_conversations, read_rows, write_conversations
+from sftlab.data.io import at_row, iter_records, read_conversations, read_objects, write_conversations
 from sftlab.data.promptsource import apply_promptsource, load_templates
 from sftlab.data.tasks import read_superni_task
 from sftlab.data.templates import integrate
@@ -84,8 +85,8 @@ class SourceConfig:
     def __post_init__(self) -> None:
         if self.task and self.promptsource:
             raise ConfigError(f"source {self.path}: give 'task' or 'promptsource', not both")
-        if self.weight < 0:
-            raise ConfigError(f"source {self.path}: weight must be >= 0, got {self.weight}")
+        if not (math.isfinite(self.weight) and self.weight >= 0):
+            raise ConfigError(f"source {self.path}: weight must be a finite number >= 0, got {self.weight}")
         if self.max_examples is not None and self.max_examples < 0:
             raise ConfigError(f"source {self.path}: max_examples must be >= 0")
 
@@ -261,14 +262,18 @@ def _read_source(source: SourceConfig, on_error: str) -> tuple[list[Conversation
 
 def _render_source(source: SourceConfig) -> list[Conversation]:
     """Labelled rows (any JSON/JSONL file) -> instructions through task or PromptSource templates."""
-    rows = read_rows(source.path)
-    if source.promptsource:
-        return apply_promptsource(rows, load_templates(source.promptsource), source=source_name(source),
-                                  **source.options)
+    path = Path(source.path)
+    records = read_objects(path)
+    rows = [record.value for record in records]
     try:
+        if source.promptsource:
+            return apply_promptsource(rows, load_templates(source.promptsource), source=source_name(source),
+                                      **source.options)
         return integrate(rows, source.task, **source.options)
     except TypeError as exc:
         raise ConfigError(f"source {source.path}: bad template option ({exc})") from exc
+    except DataError as error:
+        raise at_row(error, path, records) from None
 
 
 def _remove(records: list[Conversation], removed: dict[int, dict[str, Any]], reason: str,

@@ -90,12 +90,18 @@ def read_prompts(path: str | Path) -> list[PromptRow]:
     [('x-0', [Message(role='user', content='Add\\n\\n2 and 3')], None)]
     """
     path = Path(path)
-    prompts = []
+    prompts, seen = [], {}
     for record in iter_records(path):
         try:
-            prompts += record_prompts(record, path)
+            rows = record_prompts(record, path)
+            for row in rows:  # ids key the resumable output: one row per id
+                if row.id in seen:
+                    raise DataError(f"duplicate id '{row.id}' (first at {seen[row.id]})", field="id",
+                                    hint="give every prompt its own id", reason="duplicate id")
+                seen[row.id] = f"line {record.line}" if record.line is not None else f"record {record.index}"
         except DataError as error:
             raise locate(error, path, record) from None
+        prompts += rows
     return prompts
 
 

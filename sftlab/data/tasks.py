@@ -151,11 +151,12 @@ def superni_conversations(task: dict[str, Any], k: int = 2, negative: int = 0,
         outputs = instance.get("output") if isinstance(instance, dict) else None
         if isinstance(outputs, str):
             outputs = [outputs]
-        if not outputs or not all(isinstance(o, str) for o in outputs):
-            raise DataError("an instance needs 'output': a non-empty list of strings",
-                            index=index, field="Instances.output")
+        if not isinstance(outputs, list) or not outputs or not all(isinstance(o, str) for o in outputs):
+            raise DataError(f"an instance needs 'output': a non-empty list of strings, got {outputs!r:.60}",
+                            index=index, field=f"Instances[{index}].output",
+                            hint='write numbers as strings: "output": ["4"]')
         if not isinstance(instance.get("input"), str):
-            raise DataError("an instance needs an 'input' string", index=index, field="Instances.input")
+            raise DataError("an instance needs an 'input' string", index=index, field=f"Instances[{index}].input")
         prompt = prefix + _tk_line("Now complete the following example -\nInput: ", instance["input"])
         conversations.append(Conversation(
             messages=[Message("user", prompt + "\nOutput:"), Message("assistant", outputs[0].strip())],

@@ -125,8 +125,12 @@ def integrate(rows: Sequence[dict[str, Any]], task: TaskSpec | str,
         rng = random.Random(f"{seed}:{task.name}:{index}")
         for template in chosen if per_row == "all" else [rng.choice(chosen)]:
             shots = _exemplars(pool, few_shot, rng, skip=index if same_pool else None)
-            messages = _messages(task, template, row, [pool[i] for i in shots],
-                                 options_in_prompt, few_shot_as_turns)
+            try:
+                messages = _messages(task, template, row, [pool[i] for i in shots],
+                                     options_in_prompt, few_shot_as_turns)
+            except DataError as error:  # the caller knows the file: give it the row
+                raise DataError(error.message, index=index, field=error.field, hint=error.hint,
+                                reason=error.reason) from None
             conversations.append(Conversation(
                 messages=messages,
                 id=f"{task.name}-{row.get('id', index)}-{template.id}",
@@ -173,6 +177,8 @@ def mix_tasks(task_rows: dict[str, Sequence[dict[str, Any]]], cap: int | None = 
 def _exemplars(pool: Sequence[Any], k: int, rng: random.Random, skip: int | None) -> list[int]:
     """``k`` distinct indices into ``pool``, never ``skip`` (the row being rendered)."""
     available = len(pool) - (skip is not None)
+    if k < 0:
+        raise ConfigError(f"few_shot must be >= 0, got {k}")
     if k > available:
         raise ConfigError(f"few_shot={k} needs at least {k} other rows (have {available})")
     if not k:

@@ -17,7 +17,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from sftlab.data.io import read_rows
+from sftlab.data.io import read_objects, record_error
 from sftlab.errors import ConfigError, DataError
 from sftlab.eval.remote import OpenAIGenerator
 from sftlab.infer.hf import HFGenerator, prompt_to_ids
@@ -96,24 +96,44 @@ class EvalBackend:
 
 # ---------------------------------------------------------------- precomputed responses
 
-def read_responses(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a JSON list or JSONL file; each needs a ``response`` (or ``output``/``text``)."""
+class ResponseRows(list):
+    """The rows of a responses file, with the file they came from (``path``) and where each
+    row sits in it (``places``: "line 3" or "record 2"), for errors."""
+
+    path: str = "<responses>"
+    places: list[str] = []
+
+
+def read_responses(path: str | Path) -> ResponseRows:
+    """Rows of a JSON list or JSONL file; each needs a ``response`` (or ``output``/``text``/
+    ``completion``) string. A row that is not an object or lacks a response raises a
+    ``DataError`` naming the file and line (or record)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError("responses file not found", file=str(path))
-    rows = read_rows(path)
-    for i, row in enumerate(rows):
+    rows = ResponseRows()
+    rows.path, rows.places = str(path), []
+    for record in read_objects(path):
+        row = record.value
         response = next((row[k] for k in ("response", "output", "text", "completion") if k in row), None)
         if not isinstance(response, str):
-            raise DataError("no 'response' string", file=str(path), index=i, field="response")
+            raise record_error(record, path, f"no response string (got {response!r:.40})", field="response",
+                               hint="give each row a 'response' string")
         row["response"] = response
+        rows.append(row)
+        rows.places.append(f"line {record.line}" if record.line is not None else f"record {record.index}")
     return rows
 
 
 def match_responses(docs, prompts, rows) -> list[str]:
-    """Pair each doc with a response: by ``id``, else by prompt text, else by position."""
-    by_id = {str(r["id"]): r["response"] for r in rows if "id" in r}
-    by_prompt = {r["prompt"]: r["response"] for r in rows if isinstance(r.get("prompt"), str)}
+    """Pair each doc with a response: by ``id``, else by prompt text, else by position (then
+    the file must hold exactly one row per item). An ``id`` or ``prompt`` given twice is an
+    error, not "the last one wins"."""
+    file = getattr(rows, "path", None)
+    by_id = _unique(rows, "id", str, file)
+    by_prompt = _unique([r if isinstance(r.get("prompt"), str) else {} for r in rows], "prompt", str, file,
+                        getattr(rows, "places", None))
+    if not by_id and not by_prompt and len(rows) != len(docs):
+        raise DataError(f"{len(rows)} responses for {len(docs)} items, matched by position", file=file,
+                        hint="give one row per item, or give each row the item's 'id'")
     outputs = []
     for index, (doc, prompt) in enumerate(zip(docs, prompts)):
         text = prompt if isinstance(prompt, str) else (prompt[-1].content if prompt else "")
@@ -121,9 +141,26 @@ def match_responses(docs, prompts, rows) -> list[str]:
             outputs.append(by_id[str(doc["id"])])
         elif text in by_prompt:
             outputs.append(by_prompt[text])
-        elif not by_id and not by_prompt and index < len(rows):
+        elif not by_id and not by_prompt:
             outputs.append(rows[index]["response"])
         else:
-            raise DataError(f"no response for item '{doc['id']}'",
+            raise DataError(f"no response for item '{doc['id']}'", file=file,
                             hint="give each row the item's 'id' or its 'prompt' text")
     return outputs
+
+
+def _unique(rows, key: str, convert, file: str | None, places: list[str] | None = None) -> dict[str, str]:
+    """``convert(row[key]) -> response`` over the rows holding ``key``; a value twice raises."""
+    places = places if places is not None else getattr(rows, "places", None)
+    found: dict[str, str] = {}
+    first: dict[str, int] = {}
+    for index, row in enumerate(rows):
+        if key not in row:
+            continue
+        value = convert(row[key])
+        if value in found:
+            where = (lambda i: places[i] if places else f"record {i}")
+            raise DataError(f"{key} {value[:60]!r} is given twice ({where(first[value])} and {where(index)})",
+                            file=file, field=key, hint="keep one response per item")
+        found[value], first[value] = row["response"], index
+    return found

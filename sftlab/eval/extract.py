@@ -1,20 +1,22 @@
 """Answer extraction: from a model's free text to the one answer a metric compares.
 
-GSM8K (two extractors, as lm-eval reports them):
-- ``strict``: the number after ``####`` or after "The answer is"; nothing else counts.
-- ``flexible``: the last number anywhere in the text.
+GSM8K: lm-evaluation-harness 0.4.x's filters and exact match, regex for regex:
+- ``strict`` (``strict-match``): the first "The answer is N" (gsm8k-cot) or ``#### N`` (gsm8k);
+- ``flexible`` (``flexible-extract``): the last number-like run of the text;
+- ``lenient`` (sftlab's own, named apart): "####" or "the answer is", numbers compared by value.
 
 MATH: the content of the last ``\\boxed{...}`` (nested braces kept), then a normalisation
 that makes equivalent spellings equal: ``\\dfrac{1}{2}`` = ``\\frac12`` = ``1/2`` = ``0.5``,
 ``10\\%`` = ``10``, ``90^\\circ`` = ``90``, ``\\$5`` = ``5``, ``5.0`` = ``5``,
 ``5 \\text{ cm}`` = ``5``, ``x = 3`` = ``3``, spaces ignored.
 
-BBH: the text after the last "the answer is", without the closing period.
+BBH: lm-eval's bbh_cot_fewshot "get-answer" (the first "the answer is " to one character before
+the end of its line), and sftlab's own ``bbh_answer`` (the last one, without the period).
 
->>> gsm8k_strict("so 5 + 3 = 8.\\n#### 8")
+>>> gsm8k_strict("so 5 + 3 = 8. The answer is 8.")
 '8'
 >>> gsm8k_flexible("I think 1,200 dollars, or maybe $1,250.")
-'1250'
+'$1,250.'
 >>> last_boxed("so $x=\\\\boxed{\\\\frac{1}{2}}$.")
 '\\\\frac{1}{2}'
 >>> math_equal("\\\\dfrac{1}{2}", "0.5")
@@ -27,12 +29,65 @@ from fractions import Fraction
 
 # ---------------------------------------------------------------- GSM8K
 
+# lm-evaluation-harness 0.4.x, tasks/gsm8k/{gsm8k,gsm8k-cot}.yaml: the "regex" filter of each
+# filter list, then "take_first" (the first of the repeats: one response here)
+LM_EVAL_INVALID = "[invalid]"
+GSM8K_STRICT_PATTERNS = {
+    "gsm8k": r"#### (\-?[0-9\.\,]+)",
+    "gsm8k-cot": r"The answer is (\-?[0-9\.\,]+).",
+}
+GSM8K_FLEXIBLE_PATTERN = r"(-?[$0-9.,]{2,})|(-?[0-9]+)"
+# their exact_match: these removed (in order) from prediction and reference, then lower case
+GSM8K_IGNORE = (",", r"\$", "(?s).*#### ", r"\.$")
+
+
+def regex_filter(text: str, pattern: str, group_select: int = 0) -> str:
+    """lm-eval's regex filter: match ``group_select`` of ``re.findall`` (0 = the first, -1 =
+    the last); of a tuple of groups the first non-empty one; stripped; ``[invalid]`` if none."""
+    matches = re.findall(pattern, text)
+    if not matches:
+        return LM_EVAL_INVALID
+    match = matches[group_select]
+    if isinstance(match, tuple):
+        match = next((group for group in match if group), LM_EVAL_INVALID)
+    return match.strip()
+
+
+def gsm8k_strict(text: str, variant: str = "gsm8k-cot") -> str:
+    """lm-eval's ``strict-match``: the first "The answer is N" + one character
+    (``gsm8k-cot``) or the first ``#### N`` (``gsm8k``); ``[invalid]`` when there is none.
+
+    >>> gsm8k_strict("The answer is 5. Or The answer is 6.")  # "." is any character
+    '5.'
+    """
+    return regex_filter(text, GSM8K_STRICT_PATTERNS[variant])
+
+
+def gsm8k_flexible(text: str) -> str:
+    """lm-eval's ``flexible-extract``: the last number-like run (same in both variants)."""
+    return regex_filter(text, GSM8K_FLEXIBLE_PATTERN, group_select=-1)
+
+
+def gsm8k_exact_match(prediction: str, reference: str) -> bool:
+    """lm-eval's exact_match with the gsm8k settings: ``GSM8K_IGNORE`` removed from both,
+    case ignored, punctuation kept (``"$1,200."`` equals ``"1200"``, ``"7.50"`` does not
+    equal ``"7.5"``)."""
+    for pattern in GSM8K_IGNORE:
+        prediction, reference = re.sub(pattern, "", prediction), re.sub(pattern, "", reference)
+    return prediction.lower() == reference.lower()
+
+
+def gsm8k_target(answer: str) -> str:
+    """The reference of a GSM8K ``answer`` field as lm-eval's gsm8k-cot writes it: the text
+    after the last ``####``, stripped (``"...\\n#### 1,234"`` -> ``"1,234"``)."""
+    return answer.split("####")[-1].strip()
+
+
 _NUMBER = r"-?[$0-9.,]*[0-9]"
-_STRICT_PATTERNS = [
+_LENIENT_PATTERNS = [
     re.compile(r"####\s*(" + _NUMBER + r")"),
     re.compile(r"[Tt]he (?:final )?answer is:?\s*\$?\s*(" + _NUMBER + r")"),
 ]
-_ANY_NUMBER = re.compile(_NUMBER)
 
 
 def normalize_number(text: str) -> str:
@@ -47,26 +102,16 @@ def normalize_number(text: str) -> str:
     return format(float(value), "g")
 
 
-def gsm8k_strict(text: str) -> str | None:
-    """The number after ``####`` (first) or "The answer is" (last occurrence); else None."""
-    for pattern in _STRICT_PATTERNS:
+def gsm8k_lenient(text: str) -> str | None:
+    """sftlab's own, more lenient extraction (metric ``exact_match_lenient``, not lm-eval's):
+    the number after the last ``####``, else after the last "the (final) answer is"
+    (either case of "The", optional ":" and "$"), compared by value (``7.50`` = ``7.5``);
+    else None."""
+    for pattern in _LENIENT_PATTERNS:
         matches = pattern.findall(text)
         if matches:
             return normalize_number(matches[-1])
     return None
-
-
-def gsm8k_flexible(text: str) -> str | None:
-    """The last number in the text (commas and dollar signs dropped); else None."""
-    matches = _ANY_NUMBER.findall(text)
-    if not matches:
-        return None
-    return normalize_number(matches[-1])
-
-
-def gsm8k_target(answer: str) -> str:
-    """The reference number of a GSM8K ``answer`` field (``"...\\n#### 1,234"`` -> ``"1234"``)."""
-    return normalize_number(answer.split("####")[-1])
 
 
 # ---------------------------------------------------------------- MATH
@@ -84,15 +129,26 @@ def last_boxed(text: str) -> str | None:
         # "\boxed 5": the answer runs to the next space or dollar sign
         match = re.match(r"\\(?:boxed|fbox)\s+([^\s$]+)", rest)
         return match.group(1) if match else None
+    end = closing_brace(rest, brace)
+    return None if end is None else rest[brace + 1: end]  # None: unbalanced, the output was cut off
+
+
+def closing_brace(text: str, start: int) -> int | None:
+    """Index of the ``}`` that closes the first ``{`` at or after ``start``; None when the
+    braces never balance.
+
+    >>> closing_brace("a{b{c}d}e", 0)
+    7
+    """
     depth = 0
-    for i in range(brace, len(rest)):
-        if rest[i] == "{":
+    for index in range(start, len(text)):
+        if text[index] == "{":
             depth += 1
-        elif rest[i] == "}":
+        elif text[index] == "}":
             depth -= 1
             if depth == 0:
-                return rest[brace + 1: i]
-    return None  # unbalanced: the output was cut off
+                return index
+    return None
 
 
 def math_answer(text: str) -> str | None:
@@ -198,22 +254,38 @@ def math_equal(prediction: str | None, target: str | None) -> bool:
 
 # ---------------------------------------------------------------- BBH
 
-_ANSWER_IS = re.compile(r"[Tt]he answer is\s*(.*?)\s*(?:\.\s*(?:\n|$)|\n|$)")
+# lm-evaluation-harness 0.4.x, tasks/bbh/cot_fewshot/_cot_fewshot_template_yaml: "get-answer"
+BBH_ANSWER_PATTERN = r"(?<=the answer is )(.*)(?=.)"
+_ANSWER_IS = re.compile(r"[Tt]he answer is")
 _OPTION = re.compile(r"^\(([A-Z])\)")
 
 
-def bbh_answer(text: str) -> str | None:
-    """The text after the last "the answer is" up to the end of its line, without the final
-    period; a multiple-choice answer ``(B) the red ball`` is cut to ``(B)``.
+def bbh_answer_lm_eval(text: str) -> str:
+    """lm-eval's bbh_cot_fewshot answer: from the first "the answer is " (lower case) to one
+    character before the end of that line; ``[invalid]`` when there is none.
 
-    >>> bbh_answer("A is True. So the answer is False.")
+    >>> bbh_answer_lm_eval("A is True. So the answer is False.")
+    'False'
+    >>> bbh_answer_lm_eval("So the answer is True. So the answer is False.")
+    'True. So the answer is False'
+    """
+    return regex_filter(text, BBH_ANSWER_PATTERN)
+
+
+def bbh_answer(text: str) -> str | None:
+    """sftlab's own (metric ``exact_match_last``): the text after the last "the answer is"
+    (either case of "The") up to the end of its line, without the final period; a
+    multiple-choice answer ``(B) the red ball`` is cut to ``(B)``.
+
+    >>> bbh_answer("So the answer is True. So the answer is False.")
     'False'
     >>> bbh_answer("So the answer is (B) the red one.")
     '(B)'
     """
-    matches = _ANSWER_IS.findall(text)
-    if not matches:
+    starts = [match.end() for match in _ANSWER_IS.finditer(text)]
+    if not starts:
         return None
-    answer = matches[-1].strip()
+    answer = text[starts[-1]:].split("\n", 1)[0].strip()
+    answer = answer[:-1].rstrip() if answer.endswith(".") else answer
     option = _OPTION.match(answer)
     return f"({option.group(1)})" if option else answer

@@ -141,8 +141,9 @@ def canonical_program(problem: dict[str, Any]) -> str:
 
 @TASKS.register("humaneval")
 class HumanEval(GenerationTask):
-    """HumanEval, completion style (raw prompt, stop sequences). Metric ``pass@1``;
-    with several samples per problem (same problem id) ``aggregate`` adds pass@k."""
+    """HumanEval, completion style (raw prompt, stop sequences). Metric ``pass@1``; with
+    several samples per problem (``--num-samples N --temperature T``, or a responses file
+    with several rows per task id) also pass@10 and pass@100 where N allows."""
 
     name = "humaneval"
     data_file = "humaneval/HumanEval.jsonl.gz"
@@ -174,21 +175,24 @@ class HumanEval(GenerationTask):
         extracted = {"program": program, "status": result.status, "message": result.message}
         return extracted, {"pass@1": float(result.passed)}
 
-    def aggregate(self, samples: list[Sample]) -> dict[str, float]:
-        """pass@k averaged over problems, for every k <= the fewest samples of a problem."""
+    def problem_scores(self, samples: list[Sample]) -> dict[str, list[float]]:
+        """Per k (1, 10, 100, those <= the fewest samples of a problem): the pass@k of every
+        problem, by the unbiased estimator over its samples (``"HumanEval/3#2"`` = sample 2
+        of problem ``HumanEval/3``). The runner reports their means with intervals
+        bootstrapped over problems."""
         per_problem: dict[str, list[bool]] = {}
         for sample in samples:
-            problem_id = sample.id.split("#")[0]  # "HumanEval/3#2" = sample 2 of problem 3
+            problem_id = sample.id.split("#")[0]
             per_problem.setdefault(problem_id, []).append(sample.scores["pass@1"] == 1.0)
         if not per_problem:
             return {}
         fewest = min(len(results) for results in per_problem.values())
-        return {
-            f"pass@{k}": sum(pass_at_k(len(r), sum(r), k) for r in per_problem.values())
-            / len(per_problem)
-            for k in self.ks
-            if k <= fewest
-        }
+        return {f"pass@{k}": [pass_at_k(len(r), sum(r), k) for r in per_problem.values()]
+                for k in self.ks if k <= fewest}
+
+    def aggregate(self, samples: list[Sample]) -> dict[str, float]:
+        """pass@k averaged over problems, for every k <= the fewest samples of a problem."""
+        return {key: sum(values) / len(values) for key, values in self.problem_scores(samples).items()}
 
 
 @TASKS.register("humaneval_chat")

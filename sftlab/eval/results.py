@@ -2,7 +2,8 @@
 
 Every per-sample metric gets its mean with a seeded percentile-bootstrap 95% interval,
 standard error and ``n``; subtasks get their own rows and a macro average; a task's own
-aggregate (IFEval's instruction-level accuracy) replaces the plain mean where it differs::
+aggregate (IFEval's instruction-level accuracy) replaces the plain mean where it differs; a
+task with several samples per item (HumanEval) reports per-item pass@k, bootstrapped over items::
 
     summarize(task, samples, seed=1234, resamples=1000)
     # {"metrics": {"exact_match": {"mean": 0.5, "low": 0.0, "high": 1.0, "stderr": 0.35, "n": 2}},
@@ -36,9 +37,14 @@ def summarize(task, samples: list[Sample], *, seed: int, resamples: int) -> dict
     # a task's own aggregate wins where it is not the plain mean (IFEval's instruction-level
     # accuracy pools instructions over prompts); its interval is a bootstrap of that aggregate
     aggregated = task.aggregate(samples) if hasattr(task, "aggregate") else {}
-    pooled = [k for k, v in aggregated.items() if k in metrics and abs(v - metrics[k]["mean"]) > 1e-9]
+    # several samples per item (HumanEval's pass@k): per-item values, interval over items
+    per_item = task.problem_scores(samples) if hasattr(task, "problem_scores") else {}
+    pooled = [k for k, v in aggregated.items()
+              if k in metrics and k not in per_item and abs(v - metrics[k]["mean"]) > 1e-9]
     if pooled:
         metrics.update(_bootstrap_aggregate(task, samples, pooled, aggregated, seed, resamples))
+    for key, values in per_item.items():
+        metrics[key] = {**bootstrap_ci(values, seed=seed, resamples=resamples), "aggregate": "per problem"}
     for key, value in aggregated.items():
         if key not in metrics:
             summary["extra"][key] = value

@@ -84,6 +84,11 @@ class EvalConfig:
     """Model name sent to `base_url` (required with it)."""
     max_new_tokens: int | None = None
     """Override the tasks' generation length."""
+    num_samples: int = 1
+    """Responses generated per item (sample ids `ID#0`, `ID#1`, ...); HumanEval's pass@k
+    needs several, with `temperature` > 0."""
+    temperature: float | None = None
+    """Override the tasks' sampling temperature (their default: 0, greedy)."""
     seed: int = 1234
     """Seeds sampling (if any) and the bootstrap."""
     bootstrap_resamples: int = 1000
@@ -139,6 +144,11 @@ def _check(config: EvalConfig, given_model: bool) -> None:
         raise ConfigError("--base-url and --api-model go together")
     if not (config.model or config.responses or config.base_url or given_model):
         raise ConfigError("give a MODEL to evaluate, or --responses FILE to score precomputed answers")
+    if config.num_samples < 1:
+        raise ConfigError(f"--num-samples must be at least 1, not {config.num_samples}")
+    if config.num_samples > 1 and not config.responses and not (config.temperature or 0) > 0:
+        raise ConfigError(f"--num-samples {config.num_samples} needs --temperature above 0 (greedy "
+                          "decoding gives the same response every time), e.g. --temperature 0.8")
 
 
 def parse_task_spec(spec: str) -> tuple[str, str | None]:
@@ -192,26 +202,58 @@ def run_generation_task(task: GenerationTask, docs, backend: EvalBackend, config
         prompts.append(prompt)
         shots.append(used)
     if config.responses:
-        outputs = match_responses(docs, prompts, read_responses(config.responses))
-        meta = [{} for _ in docs]
+        rows = read_responses(config.responses)
+        if hasattr(task, "problem_scores"):  # pass@k: several responses per item may come
+            per_doc = responses_per_doc(docs, prompts, rows)
+        else:
+            per_doc = [[output] for output in match_responses(docs, prompts, rows)]
+        meta = [[{} for _ in outputs] for outputs in per_doc]
     else:
-        generations = _generate_in_chunks(backend.generator(), prompts, sampling, config.batch_size,
-                                          progress, task.name)
-        outputs = [g.text for g in generations]
-        meta = [{"finish_reason": g.finish_reason, "completion_tokens": g.completion_tokens}
-                for g in generations]
+        count = config.num_samples
+        repeated = [prompt for prompt in prompts for _ in range(count)]
+        generations = _generate_in_chunks(backend.generator(), repeated, sampling, config.batch_size,
+                                          progress, task.name, group=count)
+        per_doc = [[g.text for g in generations[i * count:(i + 1) * count]] for i in range(len(docs))]
+        meta = [[{"finish_reason": g.finish_reason, "completion_tokens": g.completion_tokens}
+                 for g in generations[i * count:(i + 1) * count]] for i in range(len(docs))]
     samples = []
-    for doc, prompt, output, extra, used in zip(docs, prompts, outputs, meta, shots):
-        extracted, scores = task.score(doc, output)
-        if doc.get("subtask"):
-            extra = {**extra, "subtask": doc["subtask"]}
-        if used != getattr(task, "num_fewshot", None):
-            extra = {**extra, "num_fewshot": used}
-        samples.append(Sample(task=task.name, id=str(doc["id"]), prompt=backend.render(prompt),
-                              target=doc.get("target"), output=output, extracted=extracted,
-                              scores=scores, meta=extra))
+    for doc, prompt, outputs, extras, used in zip(docs, prompts, per_doc, meta, shots):
+        for index, (output, extra) in enumerate(zip(outputs, extras)):
+            extracted, scores = task.score(doc, output)
+            if doc.get("subtask"):
+                extra = {**extra, "subtask": doc["subtask"]}
+            if used != getattr(task, "num_fewshot", None):
+                extra = {**extra, "num_fewshot": used}
+            sample_id = str(doc["id"]) if len(outputs) == 1 else f"{doc['id']}#{index}"
+            samples.append(Sample(task=task.name, id=sample_id, prompt=backend.render(prompt),
+                                  target=doc.get("target"), output=output, extracted=extracted,
+                                  scores=scores, meta=extra))
     reduced = sum(used != getattr(task, "num_fewshot", None) for used in shots)
     return samples, ({"items_with_fewer_shots": reduced} if reduced else {})
+
+
+def responses_per_doc(docs, prompts, rows) -> list[list[str]]:
+    """Each doc's responses, for a task scored over several samples per item (HumanEval):
+    rows naming an item by ``id`` (or ``task_id``; ``ID#k``, as in samples.jsonl, counts as
+    ``ID``) may be several per item, kept in file order; without repeated ids, one
+    response per doc as ``match_responses`` pairs them."""
+    known = {str(doc["id"]) for doc in docs}
+    grouped: dict[str, list[str]] = {}
+    for row in rows:
+        key = row.get("id", row.get("task_id"))
+        if key is None:
+            continue
+        key = str(key)
+        if key not in known and key.rpartition("#")[0] in known:
+            key = key.rpartition("#")[0]
+        grouped.setdefault(key, []).append(row["response"])
+    if all(len(responses) == 1 for responses in grouped.values()):
+        return [[output] for output in match_responses(docs, prompts, rows)]
+    missing = [str(doc["id"]) for doc in docs if str(doc["id"]) not in grouped]
+    if missing:
+        raise DataError(f"no response for item '{missing[0]}' ({len(missing)} items without one)",
+                        hint="with several responses per item, give every row the item's 'id'")
+    return [grouped[str(doc["id"])] for doc in docs]
 
 
 def fit_prompt(task, doc, config: EvalConfig, backend: EvalBackend, max_new_tokens: int):
@@ -246,14 +288,18 @@ def apply_chat_mode(prompt, mode: str):
 
 def task_sampling(task, config: EvalConfig) -> SamplingConfig:
     sampling = dataclasses.replace(task.sampling, seed=config.seed)
+    if config.temperature is not None:
+        sampling = dataclasses.replace(sampling, temperature=config.temperature)
     if config.max_new_tokens is not None:
         sampling = dataclasses.replace(sampling, max_new_tokens=config.max_new_tokens)
     return sampling
 
 
-def _generate_in_chunks(generator, prompts, sampling, batch_size, progress, label):
-    """Generate in chunks of a few batches so the progress bar moves."""
-    chunk = max(1, batch_size) * 4
+def _generate_in_chunks(generator, prompts, sampling, batch_size, progress, label, group: int = 1):
+    """Generate in chunks of a few batches so the progress bar moves. A chunk holds whole
+    groups (the ``group`` samples of one item): a row's sampling seed is its index within
+    the call, so the samples of one item must not straddle two calls."""
+    chunk = -(-max(1, batch_size) * 4 // group) * group
     outputs = []
     with tqdm(total=len(prompts), desc=f"{label}: generate", unit="item", disable=not progress) as bar:
         for start in range(0, len(prompts), chunk):

@@ -7,9 +7,9 @@ GSM8K and MATH ship with the package as data (``sftlab/eval/data``).
 
 | task    | data (relative to --data-dir)     | prompt                                  | metrics |
 |---------|-----------------------------------|-----------------------------------------|---------|
-| gsm8k   | gsm8k/test.jsonl                  | 8-shot CoT, the exemplars of Wei et al. 2022 | exact_match_strict, exact_match_flexible |
-| math    | math/test.jsonl (problem, solution) | 4-shot Minerva prompt                 | exact_match (normalised, \\boxed{}) |
-| bbh     | bbh/*.json + bbh/cot-prompts/*.txt | 3-shot CoT of Suzgun et al. 2022       | exact_match, per subtask and macro average |
+| gsm8k   | gsm8k/test.jsonl                  | 8-shot CoT, the exemplars of Wei et al. 2022 | exact_match_strict, exact_match_flexible (lm-eval gsm8k_cot), exact_match_lenient |
+| math    | math/test.jsonl (problem, solution) | 4-shot Minerva prompt                 | math_verify, minerva (lm-eval minerva_math), exact_match_normalized |
+| bbh     | bbh/*.json + bbh/cot-prompts/*.txt | 3-shot CoT of Suzgun et al. 2022       | exact_match (lm-eval bbh_cot_fewshot), exact_match_last, per subtask and macro average |
 | mc      | a JSONL/CSV file (question, choices, answer) | "Question: ...\\nAnswer:" + " choice" | acc, acc_norm, ece |
 | mc_letters | the same file                  | MMLU style: lettered options, " A"/" B" | acc, acc_norm, ece |
 """
@@ -24,8 +24,11 @@ from typing import Any
 from sftlab.data.io import read_rows
 from sftlab.errors import DataError
 from sftlab.eval.base import TASKS, GenerationTask, LoglikelihoodTask, read_task_rows
-from sftlab.eval.extract import (bbh_answer, gsm8k_flexible, gsm8k_strict, gsm8k_target,
-                                 last_boxed, math_answer, math_equal)
+from sftlab.eval.extract import (bbh_answer, bbh_answer_lm_eval, gsm8k_exact_match, gsm8k_flexible,
+                                 gsm8k_lenient, gsm8k_strict, gsm8k_target, last_boxed, math_answer,
+                                 math_equal, normalize_number)
+from sftlab.eval.math_equivalence import (answer_from_final_line, is_equiv, math_verify_equal,
+                                          minerva_target, normalize_final_answer, require_math_extra)
 from sftlab.infer.base import SamplingConfig
 
 
@@ -45,18 +48,20 @@ def _require(path: str | None, task: str, example: str) -> str:
 
 @TASKS.register("gsm8k")
 class Gsm8k(GenerationTask):
-    """GSM8K test set, 8-shot chain of thought ("Q: ...\\nA: ... The answer is N.").
+    """GSM8K test set, 8-shot chain of thought: lm-evaluation-harness 0.4.x's ``gsm8k_cot``.
 
-    Exemplars: the 8 hand-written CoT exemplars of Wei et al. (2022), shipped as data in
-    ``sftlab/eval/data/gsm8k_cot_exemplars.json`` (not the first train items), so a run
-    needs only the test file. ``exact_match_strict`` counts an answer only after "The answer
-    is" or "####"; ``exact_match_flexible`` takes the last number of the output.
+    Prompt: "Q: ...\\nA: ..." exemplars joined by blank lines, then "Q: {question}\\nA:"; the
+    8 exemplars of Wei et al. (2022) ship in ``sftlab/eval/data/gsm8k_cot_exemplars.json``
+    (the same text as gsm8k-cot.yaml's). Generation stops at lm-eval's ``until``.
+    ``exact_match_strict`` / ``exact_match_flexible`` are lm-eval's ``strict-match`` /
+    ``flexible-extract`` with its exact_match settings (``sftlab.eval.extract``);
+    ``exact_match_lenient`` is sftlab's own (also "####", lower case, numbers by value).
     """
 
     name = "gsm8k"
     data_file = "gsm8k/test.jsonl"
     num_fewshot = 8
-    sampling = SamplingConfig(max_new_tokens=256, stop=["Q:", "\n\n\n"])
+    sampling = SamplingConfig(max_new_tokens=256, stop=["Q:", "</s>", "<|im_end|>"])
 
     def docs(self, data_path: str | None = None) -> list[dict[str, Any]]:
         rows = read_task_rows(_require(data_path, self.name, "gsm8k/test.jsonl"))
@@ -69,10 +74,12 @@ class Gsm8k(GenerationTask):
         return "".join(parts) + f"Q: {doc['question']}\nA:"
 
     def score(self, doc: dict[str, Any], response: str) -> tuple[Any, dict[str, float]]:
-        strict, flexible = gsm8k_strict(response), gsm8k_flexible(response)
-        return ({"strict": strict, "flexible": flexible},
-                {"exact_match_strict": float(strict == doc["target"]),
-                 "exact_match_flexible": float(flexible == doc["target"])})
+        strict, flexible, lenient = gsm8k_strict(response), gsm8k_flexible(response), gsm8k_lenient(response)
+        target = doc["target"]
+        return ({"strict": strict, "flexible": flexible, "lenient": lenient},
+                {"exact_match_strict": float(gsm8k_exact_match(strict, target)),
+                 "exact_match_flexible": float(gsm8k_exact_match(flexible, target)),
+                 "exact_match_lenient": float(lenient == normalize_number(target))})
 
 
 # ---------------------------------------------------------------- MATH
@@ -81,8 +88,18 @@ class Gsm8k(GenerationTask):
 class Math(GenerationTask):
     """MATH (Hendrycks et al. 2021) in its JSONL form: ``{"problem", "solution", "level",
     "type"}`` per line (an ``answer`` field, as in MATH-500, is used when present; otherwise
-    the last ``\\boxed{}`` of the solution). 4-shot Minerva prompt; the answer is the last
-    ``\\boxed{}`` of the output (or "The final answer is X"), compared after normalisation."""
+    the last ``\\boxed{}`` of the solution). 4-shot Minerva prompt. Three verdicts per sample:
+
+    - ``math_verify`` (primary): math-verify on the whole output against the solution, as
+      lm-eval's minerva_math ``math_verify`` metric;
+    - ``minerva``: lm-eval's minerva_math ``exact_match`` (the "Final Answer: The final
+      answer is X" line, ``normalize_final_answer``, sympy equivalence);
+    - ``exact_match_normalized``: sftlab's own (the last ``\\boxed{}``, else "The final
+      answer is X", ``normalize_math``).
+
+    ``math_verify`` and ``minerva`` need ``pip install 'sftlab[math]'`` (checked before any
+    generation).
+    """
 
     name = "math"
     data_file = "math/test.jsonl"
@@ -90,14 +107,18 @@ class Math(GenerationTask):
     sampling = SamplingConfig(max_new_tokens=512, stop=["Problem:", "\n\n\n\n"])
 
     def docs(self, data_path: str | None = None) -> list[dict[str, Any]]:
+        require_math_extra()
         rows = read_task_rows(_require(data_path, self.name, "math/test.jsonl"))
         docs = []
         for i, row in enumerate(rows):
-            target = row.get("answer") or last_boxed(row.get("solution", ""))
+            solution = row.get("solution", "")
+            target = row.get("answer") or last_boxed(solution)
             if target is None:
                 raise DataError("no 'answer' and no \\boxed{} in 'solution'", file=data_path, line=i + 1)
             docs.append({"id": row.get("unique_id", f"math-{i}"), "problem": row["problem"],
-                         "target": target, "subject": row.get("type") or row.get("subject")})
+                         "target": target, "subject": row.get("type") or row.get("subject"),
+                         "solution": solution or f"${target}$",
+                         "minerva_target": minerva_target(solution) or normalize_final_answer(target)})
         return docs
 
     def prompt(self, doc: dict[str, Any]) -> str:
@@ -107,7 +128,11 @@ class Math(GenerationTask):
 
     def score(self, doc: dict[str, Any], response: str) -> tuple[Any, dict[str, float]]:
         answer = math_answer(response)
-        return answer, {"exact_match": float(math_equal(answer, doc["target"]))}
+        minerva = normalize_final_answer(answer_from_final_line(response))
+        return ({"boxed": answer, "minerva": minerva},
+                {"math_verify": float(math_verify_equal(response, doc["solution"])),
+                 "minerva": float(is_equiv(minerva, doc["minerva_target"])),
+                 "exact_match_normalized": float(math_equal(answer, doc["target"]))})
 
 
 # ---------------------------------------------------------------- BIG-Bench Hard
@@ -129,17 +154,21 @@ BBH_SUBTASKS = [
 class Bbh(GenerationTask):
     """BIG-Bench Hard, all 27 subtasks, 3-shot chain of thought from ``bbh/cot-prompts``.
 
-    Prompt: the subtask's CoT prompt file (without its canary header) followed by
-    ``"\\n\\nQ: {input}\\nA: Let's think step by step."``, as in Suzgun et al. (2022).
-    Score: exact match of the text after the last "the answer is" with the target. Each
-    sample carries ``meta.subtask``; the runner reports every subtask and the macro average.
-    ``--limit N`` takes the first N items of every subtask.
+    Prompt, byte for byte lm-evaluation-harness 0.4.x's ``bbh_cot_fewshot``: the subtask's
+    CoT prompt file (without its canary header) followed by
+    ``"\\n\\nQ: {input}\\nA: Let's think step by step.\\n"``; generation stops at lm-eval's
+    ``until`` ("Q" anywhere, a blank line) after at most its 1024 tokens.
+    ``exact_match``: lm-eval's (``bbh_answer_lm_eval``: the first "the answer is ", the rest
+    of its line but its last character, equal to the target); ``exact_match_last``: sftlab's
+    own (the last "the answer is", ``bbh_answer``). Each sample carries ``meta.subtask``; the
+    runner reports every subtask and the macro average. ``--limit N`` takes the first N
+    items of every subtask.
     """
 
     name = "bbh"
     data_file = "bbh"
     num_fewshot = 3
-    sampling = SamplingConfig(max_new_tokens=512, stop=["\n\nQ:", "\nQ:"])
+    sampling = SamplingConfig(max_new_tokens=1024, stop=["Q", "\n\n"])
 
     def __init__(self, subtasks: list[str] | None = None) -> None:
         self.subtasks = list(subtasks or BBH_SUBTASKS)
@@ -156,22 +185,29 @@ class Bbh(GenerationTask):
         return docs
 
     def prompt(self, doc: dict[str, Any]) -> str:
-        return f"{self._prompts[doc['subtask']]}\n\nQ: {doc['input']}\nA: Let's think step by step."
+        return f"{self._prompts[doc['subtask']]}\n\nQ: {doc['input']}\n{_COT_OPENING}\n"
 
     def score(self, doc: dict[str, Any], response: str) -> tuple[Any, dict[str, float]]:
-        answer = bbh_answer(response)
-        return answer, {"exact_match": float(answer is not None and answer == doc["target"].strip())}
+        answer, last = bbh_answer_lm_eval(response), bbh_answer(response)
+        return ({"lm_eval": answer, "last": last},
+                {"exact_match": float(answer == doc["target"]),
+                 "exact_match_last": float(last is not None and last == doc["target"].strip())})
+
+
+_COT_OPENING = "A: Let's think step by step."
 
 
 def read_bbh_cot_prompt(path: Path) -> str:
     """The few-shot text of a ``cot-prompts/*.txt`` file: everything after the ``-----``
-    line that ends the canary header (task description + 3 Q/A exemplars)."""
+    line that ends the canary header (task description + 3 Q/A exemplars), with a line
+    break after each "A: Let's think step by step." as in lm-eval's bbh_cot_fewshot yamls
+    (sports_understanding.txt continues that line with a space)."""
     if not path.is_file():
         raise DataError("BBH CoT prompt not found", file=str(path), hint="the folder must hold "
                         "cot-prompts/<subtask>.txt beside <subtask>.json")
     text = path.read_text(encoding="utf-8")
     head, separator, body = text.partition("-----\n")
-    return (body if separator else text).strip()
+    return (body if separator else text).strip().replace(_COT_OPENING + " ", _COT_OPENING + "\n")
 
 
 def _read_bbh_examples(path: Path) -> list[dict[str, str]]:

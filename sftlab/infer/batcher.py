@@ -8,8 +8,14 @@ future. One worker thread takes the first job, waits ``window_ms`` for others (u
 
 Decisions, stated once:
 
-* Greedy requests (``temperature == 0``) that differ only in their seed share a batch:
-  greedy decoding ignores the seed.
+* Requests that differ only in their seed share a batch when greedy (``temperature == 0``
+  ignores the seed), or when the generator samples each row from its own generator
+  (``samples_per_row``, as ``HFGenerator`` does): the batcher passes every row's seed
+  (``row_seeds(job seed, n)``), so a seeded request gives the same text alone or batched.
+* Cancelling: ``job.cancel`` (a ``threading.Event``; set when the client hangs up) drops a
+  queued job before it runs, and ends its rows at their next token when the generator
+  accepts ``cancelled(row)``, freeing their batch slots. ``close(cancel=True)`` cancels
+  every job (shutdown).
 * A failing batch of several jobs is re-run job by job, so one bad request (a prompt too
   long for the context) fails only itself; a single failing job gets the exception on its
   future and the worker keeps serving.
@@ -43,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from sftlab.infer.base import Prompt, SamplingConfig
+from sftlab.infer.hf import row_seeds
 
 
 @dataclass
@@ -56,20 +63,27 @@ class Job:
     on_text: Callable[[int, str], None] | None = None
     """``on_text(k, delta)``: new text of this job's prompt ``k`` (streaming requests)."""
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
-    """Set to this job's ``list[Generation]`` (in prompt order), or to the exception."""
+    """Set to this job's ``list[Generation]`` (in prompt order), or to the exception
+    (``concurrent.futures.CancelledError`` when cancelled before it ran)."""
+    cancel: threading.Event = field(default_factory=threading.Event)
+    """Set when nobody waits for the result any more (the client hung up, the server stops)."""
 
 
 class Batcher:
     """Collects jobs for ``window_ms`` and runs each group of equal settings as one generate call.
 
-    ``batch_sizes`` records the number of prompts of every generate call.
+    ``batch_sizes`` records the number of prompts of every generate call; ``in_flight`` is
+    the number of rows of the call running now that are not cancelled (0 when idle).
     """
 
     def __init__(self, generator, window_ms: float = 10.0, max_prompts: int = 64) -> None:
         self.generator, self.window, self.max_prompts = generator, window_ms / 1000.0, max_prompts
         self.batch_sizes: list[int] = []
         self._queue: queue.Queue[Job | None] = queue.Queue()
-        self._streams = "on_text" in inspect.signature(generator.generate).parameters
+        self._running: list[Job] = []
+        accepts = inspect.signature(generator.generate).parameters
+        self._streams, self._cancels = "on_text" in accepts, "cancelled" in accepts
+        self._seeds_per_row = "seeds" in accepts and getattr(generator, "samples_per_row", False)
         self._thread = threading.Thread(target=self._run, name="sftlab-batcher", daemon=True)
         self._thread.start()
 
@@ -78,8 +92,17 @@ class Batcher:
         self._queue.put(job)
         return job.future
 
-    def close(self) -> None:
-        """Finish the batch in progress, then stop the worker thread."""
+    @property
+    def in_flight(self) -> int:
+        return sum(len(job.prompts) for job in list(self._running) if not job.cancel.is_set())
+
+    def close(self, cancel: bool = False) -> None:
+        """Finish the batch in progress (``cancel``: cancel it and every queued job), then stop
+        the worker thread."""
+        if cancel:
+            for job in list(self._running) + list(self._queue.queue):
+                if job is not None:
+                    job.cancel.set()
         self._queue.put(None)
         self._thread.join(timeout=30)
 
@@ -99,7 +122,13 @@ class Batcher:
                     self._queue.put(None)  # finish this batch, then stop
                     break
                 jobs.append(job)
-            for group in group_by_settings(jobs):
+            live = []
+            for job in jobs:
+                if job.cancel.is_set():
+                    job.future.cancel()
+                else:
+                    live.append(job)
+            for group in group_by_settings(live, seeds_per_row=self._seeds_per_row):
                 self._run_group(group)
 
     def _run_group(self, jobs: list[Job]) -> None:
@@ -114,9 +143,14 @@ class Batcher:
             if job.on_text is not None:
                 job.on_text(k, delta)
 
+        kwargs = {"on_text": route} if self._streams else {}
+        if self._cancels:
+            kwargs["cancelled"] = lambda i: owners[i][0].cancel.is_set()
+        if self._seeds_per_row:
+            kwargs["seeds"] = [seed for job in jobs for seed in row_seeds(job.sampling.seed, len(job.prompts))]
         self.batch_sizes.append(len(prompts))
+        self._running = jobs
         try:
-            kwargs = {"on_text": route} if self._streams else {}
             results = self.generator.generate(prompts, jobs[0].sampling, **kwargs)
         except Exception as exc:
             if len(jobs) > 1:  # one bad request must not fail the others: run each alone
@@ -125,6 +159,8 @@ class Batcher:
             else:  # answer the waiting request, keep serving
                 jobs[0].future.set_exception(exc)
             return
+        finally:
+            self._running = []
         position = 0
         for job in jobs:
             mine = results[position:position + len(job.prompts)]
@@ -135,12 +171,13 @@ class Batcher:
             job.future.set_result(mine)
 
 
-def group_by_settings(jobs: list[Job]) -> list[list[Job]]:
-    """Jobs grouped by equal sampling settings (the seed ignored when greedy), in arrival order."""
+def group_by_settings(jobs: list[Job], seeds_per_row: bool = False) -> list[list[Job]]:
+    """Jobs grouped by equal sampling settings, in arrival order; the seed is ignored when
+    greedy or when ``seeds_per_row`` (the batcher passes each row's seed)."""
     groups: dict[str, list[Job]] = {}
     for job in jobs:
         key = dataclasses.asdict(job.sampling)
-        if job.sampling.temperature == 0:
-            key["seed"] = None  # greedy ignores the seed: do not split batches over it
+        if job.sampling.temperature == 0 or seeds_per_row:
+            key["seed"] = None  # the seed does not decide the batch
         groups.setdefault(json.dumps(key, sort_keys=True), []).append(job)
     return list(groups.values())

@@ -80,6 +80,18 @@ def completed_rows(output: Path, ids: list[str]) -> int:
     return len(lines)
 
 
+def check_output(output: Path) -> None:
+    """Refuse an output path that is a directory or whose folder cannot be created (before
+    any model loads); the folder is created."""
+    if output.is_dir():
+        raise DataError("the output is a directory", file=str(output), hint="give a file name inside it")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create the output's folder ({exc.strerror or exc})", file=str(output),
+                        hint="check that its folder can be created and written") from None
+
+
 def generate_file(generator: Generator, config: GenerateConfig, progress: bool = True) -> dict[str, Any]:
     """Run the generator over ``config.input`` into ``config.output``; returns a summary.
 
@@ -88,7 +100,7 @@ def generate_file(generator: Generator, config: GenerateConfig, progress: bool =
     """
     rows = read_prompts(config.input)
     output = Path(config.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    check_output(output)
     done = completed_rows(output, [row.id for row in rows])
     stem = output.with_suffix("") if output.suffix else output
     config_path = Path(f"{stem}.config.yaml")

@@ -22,8 +22,12 @@ How a call runs:
 
 Greedy decoding of a batch gives the same tokens as one prompt at a time (padding is
 masked and position ids are per row); ``tests/unit/infer/test_hf.py`` checks it. Sampling
-draws every row from its own generator seeded by ``(seed, prompt index)``, so a seeded
-call returns the same text whatever the batch size.
+draws every row from its own generator seeded by ``(seed, prompt index)`` (or by the
+caller's ``seeds``, one per row: the server batches requests with different seeds), so a
+seeded call returns the same text whatever the batch size.
+
+A prompt may also be given as token ids (``HFGenerator.encode`` makes them): the server
+renders and tokenises in its request handlers, off the batching thread.
 
 Models the continuous engine cannot drive (a PEFT prompt-learning adapter, a sliding-window
 or linear-attention cache) run through ``model.generate`` in fixed left-padded batches.
@@ -47,6 +51,24 @@ from sftlab.types import Message
 
 # on_text(index_in_input_order, new_text): called as text becomes final, for streaming
 TextCallback = Callable[[int, str], None]
+# cancelled(index_in_input_order): True when nobody waits for that row any more
+CancelCheck = Callable[[int], bool]
+
+
+class PromptTooLong(ConfigError):
+    """A prompt plus its ``max_new_tokens`` does not fit the model's context."""
+
+
+def prompt_text(tokenizer, prompt: Prompt) -> str:
+    """The text a prompt is tokenised from: the chat template with the generation prompt for
+    messages, a raw string as is."""
+    if isinstance(prompt, str):
+        return prompt
+    messages = [m.to_dict() if isinstance(m, Message) else dict(m) for m in prompt]
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("this tokenizer has no chat template; pass raw string prompts instead "
+                          "of messages, or use a chat model")
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def prompt_to_ids(tokenizer, prompt: Prompt) -> list[int]:
@@ -55,15 +77,23 @@ def prompt_to_ids(tokenizer, prompt: Prompt) -> list[int]:
     >>> tok.decode(prompt_to_ids(tok, [Message("user", "Hi")]))
     '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
     """
-    if isinstance(prompt, str):
-        return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
-    messages = [m.to_dict() if isinstance(m, Message) else dict(m) for m in prompt]
-    if not getattr(tokenizer, "chat_template", None):
-        raise ConfigError("this tokenizer has no chat template; pass raw string prompts instead "
-                          "of messages, or use a chat model")
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    # the template already writes any BOS it wants
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return _tokenise(tokenizer, prompt_text(tokenizer, prompt), raw=isinstance(prompt, str))
+
+
+def _tokenise(tokenizer, text: str, raw: bool) -> list[int]:
+    # a chat template already writes any BOS it wants: special tokens only for raw text
+    return list(tokenizer(text, add_special_tokens=raw)["input_ids"])
+
+
+def row_seeds(seed: int, count: int) -> list[int]:
+    """Seeds of the ``count`` rows of a call (or request) with sampling ``seed``: row ``i``'s
+    generator is seeded by ``(seed, i)``; ``seed < 0`` draws fresh randomness."""
+    base = seed if seed >= 0 else secrets.randbits(62)
+    return [hash((base, i)) & (2 ** 62 - 1) for i in range(count)]
+
+
+def _is_token_ids(prompt) -> bool:
+    return isinstance(prompt, list) and bool(prompt) and all(isinstance(t, int) for t in prompt)
 
 
 @dataclass
@@ -87,10 +117,11 @@ class _RowTracker:
     """
 
     def __init__(self, tokenizer, rows: list[_Row], prompt_len: int, eos_ids: set[int],
-                 stop: list[str], on_text: TextCallback | None) -> None:
+                 stop: list[str], on_text: TextCallback | None, cancelled: CancelCheck | None = None) -> None:
         # prompt_len: the padded prompt width of a ``model.generate`` batch (0 otherwise)
         self.tokenizer, self.rows, self.prompt_len = tokenizer, rows, prompt_len
         self.eos_ids, self.stop, self.on_text = eos_ids, [s for s in stop if s], on_text
+        self.cancelled = cancelled
         # a stop string may start in text we have not seen yet: hold back that many chars
         self.hold = max((len(s) for s in self.stop), default=1) - 1
 
@@ -117,6 +148,8 @@ class _RowTracker:
             ids = ids[:-1]
         row.text = self.tokenizer.decode(ids, skip_special_tokens=True)
         self._cut_at_stop(row)
+        if row.finish_reason is None and self.cancelled is not None and self.cancelled(row.index):
+            row.finish_reason = "stop"  # nobody reads it: free the row's batch slot now
         self._emit(row)
 
     def _cut_at_stop(self, row: _Row) -> None:
@@ -168,6 +201,8 @@ class HFGenerator:
         self.decode_steps = 0
         # one call at a time: calls share the model and seed torch's global generator
         self._lock = threading.Lock()
+        # no token's text is longer: a prompt longer than this times the context cannot fit
+        self._longest_token = max(map(len, tokenizer.get_vocab()), default=1)
 
     @classmethod
     def from_name(cls, name_or_path: str, *, adapter=None, batch_size: int = 8, dtype: str = "float32",
@@ -178,40 +213,66 @@ class HFGenerator:
         tokenizer = load_tokenizer(name_or_path, adapter=adapter, trust_remote_code=trust_remote_code)
         return cls(model, tokenizer, batch_size=batch_size, name=str(name_or_path))
 
+    @property
+    def samples_per_row(self) -> bool:
+        """True when ``generate(seeds=...)`` samples every row from its own generator (the
+        continuous engine); the ``model.generate`` fallback seeds one generator per call."""
+        return supports_continuous(self.model)
+
+    def encode(self, prompt: Prompt, max_new_tokens: int) -> list[int]:
+        """Token ids of ``prompt`` (a message list, a string, or token ids), checked to fit the
+        context with ``max_new_tokens``; raises ``PromptTooLong`` before tokenising a text
+        too long for any tokenisation to fit."""
+        if not _is_token_ids(prompt):
+            text, limit = prompt_text(self.tokenizer, prompt), context_length(self.model)
+            if limit and len(text) > limit * self._longest_token:
+                raise PromptTooLong(f"the prompt has {len(text)} characters: more than the model's context "
+                                    f"of {limit} tokens can hold; shorten it")
+            prompt = _tokenise(self.tokenizer, text, raw=isinstance(prompt, str))
+        self._check_context([prompt], max_new_tokens)
+        return prompt
+
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig | None = None,
-                 on_text: TextCallback | None = None) -> list[Generation]:
-        """Complete every prompt; results in input order.
+                 on_text: TextCallback | None = None, *, seeds: Sequence[int] | None = None,
+                 cancelled: CancelCheck | None = None) -> list[Generation]:
+        """Complete every prompt (message lists, strings or token ids); results in input order.
 
         ``on_text(i, delta)`` (optional) receives the text of prompt ``i`` piece by piece as
         it is generated (stop strings never leak into it); used for streaming.
+        ``seeds`` (optional, one per prompt): the seed of each row's sampling generator,
+        instead of ``row_seeds(sampling.seed, len(prompts))`` (only where ``samples_per_row``;
+        the ``model.generate`` fallback seeds its one generator with ``sampling.seed``).
+        ``cancelled(i)`` (optional): when it turns True, row ``i`` ends at its next token.
         """
         sampling = sampling or SamplingConfig()
-        encoded = [prompt_to_ids(self.tokenizer, p) for p in prompts]
+        encoded = [p if _is_token_ids(p) else prompt_to_ids(self.tokenizer, p) for p in prompts]
         self._check_context(encoded, sampling.max_new_tokens)
         with self._lock, torch.inference_mode():
             if supports_continuous(self.model):
-                rows = self._generate_continuously(encoded, sampling, on_text)
+                seeds = list(seeds) if seeds is not None else row_seeds(sampling.seed, len(encoded))
+                rows = self._generate_continuously(encoded, sampling, on_text, seeds, cancelled)
             else:
-                rows = self._generate_with_hf(encoded, sampling, on_text)
+                rows = self._generate_with_hf(encoded, sampling, on_text, cancelled)
         self.prompts_generated += len(encoded)
         return [Generation(r.text, r.prompt_tokens, r.completion_tokens, r.finish_reason) for r in rows]
 
     def _generate_continuously(self, encoded: list[list[int]], sampling: SamplingConfig,
-                               on_text: TextCallback | None) -> list[_Row]:
+                               on_text: TextCallback | None, seeds: list[int],
+                               cancelled: CancelCheck | None) -> list[_Row]:
         rows = [_Row(index=i, prompt_tokens=len(ids)) for i, ids in enumerate(encoded)]
-        tracker = _RowTracker(self.tokenizer, rows, 0, self.eos_ids, sampling.stop, on_text)
+        tracker = _RowTracker(self.tokenizer, rows, 0, self.eos_ids, sampling.stop, on_text, cancelled)
         completions: list[list[int]] = [[] for _ in encoded]
 
         def on_token(index: int, token: int) -> bool:
             completions[index].append(token)
             return tracker.on_token(rows[index], completions[index], sampling.max_new_tokens)
 
-        pick = _greedy if sampling.temperature <= 0 else _Sampler(sampling, len(encoded), self.model.device)
+        pick = _greedy if sampling.temperature <= 0 else _Sampler(sampling, seeds, self.model.device)
         self.decode_steps += generate_continuously(self.model, encoded, self.batch_size, pick, on_token)
         return rows
 
     def _generate_with_hf(self, encoded: list[list[int]], sampling: SamplingConfig,
-                          on_text: TextCallback | None) -> list[_Row]:
+                          on_text: TextCallback | None, cancelled: CancelCheck | None) -> list[_Row]:
         """``model.generate`` in fixed left-padded batches, longest prompts first."""
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         rows: dict[int, _Row] = {}
@@ -223,12 +284,12 @@ class HFGenerator:
                 torch.manual_seed(sampling.seed) if sampling.seed >= 0 else torch.seed()
             for start in range(0, len(order), self.batch_size):
                 batch = order[start:start + self.batch_size]
-                for row in self._generate_batch([encoded[i] for i in batch], batch, sampling, on_text):
+                for row in self._generate_batch([encoded[i] for i in batch], batch, sampling, on_text, cancelled):
                     rows[row.index] = row
         return [rows[i] for i in range(len(encoded))]
 
     def _generate_batch(self, batch_ids: list[list[int]], indices: list[int], sampling: SamplingConfig,
-                        on_text: TextCallback | None) -> list[_Row]:
+                        on_text: TextCallback | None, cancelled: CancelCheck | None) -> list[_Row]:
         width = max(len(ids) for ids in batch_ids)
         input_ids = torch.full((len(batch_ids), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(batch_ids), width), dtype=torch.long)
@@ -236,7 +297,7 @@ class HFGenerator:
             input_ids[r, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
             attention[r, width - len(ids):] = 1
         rows = [_Row(index=i, prompt_tokens=len(ids)) for i, ids in zip(indices, batch_ids)]
-        tracker = _RowTracker(self.tokenizer, rows, width, self.eos_ids, sampling.stop, on_text)
+        tracker = _RowTracker(self.tokenizer, rows, width, self.eos_ids, sampling.stop, on_text, cancelled)
         device = self.model.device
         output = self.model.generate(
             input_ids=input_ids.to(device), attention_mask=attention.to(device),
@@ -266,7 +327,7 @@ class HFGenerator:
             if not ids:
                 raise ConfigError(f"prompt {i} is empty (no tokens): give every prompt some text")
             if limit and len(ids) + max_new_tokens > limit:
-                raise ConfigError(f"prompt {i} has {len(ids)} tokens; with max_new_tokens={max_new_tokens} "
+                raise PromptTooLong(f"prompt {i} has {len(ids)} tokens; with max_new_tokens={max_new_tokens} "
                                   f"it exceeds the model's context of {limit} tokens")
 
     def _eos_ids(self) -> set[int]:
@@ -285,14 +346,12 @@ def _greedy(logits, indices: list[int]) -> list[int]:
 
 class _Sampler:
     """Temperature, top-k and top-p (nucleus) sampling, in that order (as transformers does),
-    one ``torch.Generator`` per prompt: seeded by ``(seed, prompt index)``, so a row's draws
-    do not depend on which rows share its batch. ``seed < 0``: fresh randomness."""
+    one ``torch.Generator`` per prompt seeded by its entry of ``seeds`` (see ``row_seeds``),
+    so a row's draws do not depend on which rows share its batch."""
 
-    def __init__(self, sampling: SamplingConfig, count: int, device) -> None:
+    def __init__(self, sampling: SamplingConfig, seeds: list[int], device) -> None:
         self.sampling = sampling
-        base = sampling.seed if sampling.seed >= 0 else secrets.randbits(62)
-        self.generators = [torch.Generator(device=device).manual_seed(hash((base, i)) & (2 ** 62 - 1))
-                           for i in range(count)]
+        self.generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
 
     def __call__(self, logits, indices: list[int]) -> list[int]:
         probs = filter_logits(logits.float() / self.sampling.temperature,

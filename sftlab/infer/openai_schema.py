@@ -3,8 +3,13 @@
 What ``sftlab.infer.server`` accepts and answers, in one place:
 
 * ``ChatRequest`` (``POST /v1/chat/completions``) and ``CompletionRequest``
-  (``POST /v1/completions``): pydantic models of the request JSON. Unknown OpenAI fields
-  are accepted and ignored; out-of-range values are HTTP 400 through ``parse_request``.
+  (``POST /v1/completions``): pydantic models of the request JSON; their fields are the
+  accepted fields. ``parse_request`` answers HTTP 400 for out-of-range values, for an
+  OpenAI field this server cannot honour (``UNSUPPORTED_FIELDS``: ``logprobs``, ``tools``,
+  ``response_format``, ...) unless its value asks for nothing (``logprobs: false``), and,
+  as OpenAI does, for unknown fields; ``IGNORED_FIELDS`` (``user``) are accepted and have
+  no effect. ``param`` names the field. A body over ``max_bytes`` is 413, refused from its
+  ``Content-Length`` before it is read (a chunked body is cut off at the limit).
   ``request.sampling(default_max_tokens)`` turns the OpenAI fields into a ``SamplingConfig``.
 * ``chat_completion_body`` / ``completion_body``: the response JSON for a list of
   ``Generation`` (``n`` choices per prompt), with ``usage`` from ``usage_counts``.
@@ -36,6 +41,19 @@ from sftlab.types import Message
 MAX_NEW_TOKENS_LIMIT = 4096
 """The largest ``max_tokens`` a request may ask for."""
 
+UNSUPPORTED_FIELDS: dict[str, tuple] = {
+    "logprobs": (None, False, 0), "top_logprobs": (None, 0), "echo": (None, False), "best_of": (None, 1),
+    "suffix": (None, ""), "logit_bias": (None, {}), "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
+    "tools": (None, []), "tool_choice": (None, "none"), "parallel_tool_calls": (None, True, False),
+    "functions": (None, []), "function_call": (None, "none"), "response_format": (None, {"type": "text"}),
+    "modalities": (None, ["text"]), "audio": (None,), "prediction": (None,), "web_search_options": (None,),
+}
+"""OpenAI request fields this server cannot honour, each with the values that ask for nothing
+(accepted); any other value is HTTP 400 naming the field."""
+
+IGNORED_FIELDS = frozenset({"user"})
+"""Accepted and without effect: ``user`` only labels the end user for the caller's records."""
+
 
 # -- request bodies ---------------------------------------------------------------------------
 
@@ -46,7 +64,7 @@ class _TextPart(BaseModel):
 
 
 class _ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
     role: Literal["system", "user", "assistant", "developer"]
     content: Union[str, list[_TextPart]]
 
@@ -57,9 +75,9 @@ class _ChatMessage(BaseModel):
 
 
 class _Sampling(BaseModel):
-    """Fields shared by both endpoints; unknown OpenAI fields are accepted and ignored."""
+    """Fields shared by both endpoints (``model``: a served name; empty: the first one)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
     model: str = ""
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS_LIMIT)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
@@ -111,20 +129,58 @@ class ApiError(Exception):
             "message": self.message, "type": self.type, "param": self.param, "code": self.code}})
 
 
-async def parse_request(request: Request, model: type[BaseModel]):
-    """The request's JSON body validated as ``model``; anything malformed is an ``ApiError`` 400."""
+async def parse_request(request: Request, model: type[BaseModel], max_bytes: int):
+    """The request's JSON body validated as ``model``: an ``ApiError`` 413 when it exceeds
+    ``max_bytes``, 400 when it is malformed or has a field the server does not accept."""
     try:
-        data = json.loads(await request.body())
+        data = json.loads(await read_body(request, max_bytes))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the request body must be a JSON object")
     try:
-        return model.model_validate(data)
+        return model.model_validate(accepted_fields(data, model))
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(part) for part in first["loc"]) or None
         raise ApiError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param) from None
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The body, refused (413) from its declared ``Content-Length`` before any of it is read,
+    or as soon as a chunked body passes ``max_bytes``."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(max_bytes)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(max_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(max_bytes: int) -> ApiError:
+    return ApiError(413, f"the request body is larger than {max_bytes} bytes, the most this server accepts",
+                    code="request_too_large")
+
+
+def accepted_fields(data: dict[str, Any], model: type[BaseModel]) -> dict[str, Any]:
+    """``data`` without the ignored fields and the unsupported ones that ask for nothing;
+    an ``ApiError`` 400 naming the first field that is unsupported or unknown."""
+    known = set(model.model_fields)
+    kept = {}
+    for key, value in data.items():
+        if key in known:
+            kept[key] = value
+        elif key in UNSUPPORTED_FIELDS and value not in UNSUPPORTED_FIELDS[key]:
+            raise ApiError(400, f"{key}: not supported by this server (it accepts {', '.join(sorted(known))})",
+                           param=key, code="unsupported_parameter")
+        elif key not in UNSUPPORTED_FIELDS and key not in IGNORED_FIELDS:
+            raise ApiError(400, f"{key}: unknown field (this server accepts {', '.join(sorted(known))})",
+                           param=key, code="unknown_parameter")
+    return kept
 
 
 # -- response bodies --------------------------------------------------------------------------

@@ -28,6 +28,7 @@ package for its light helpers without loading a model, so torch, transformers an
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from sftlab.errors import ConfigError, SftlabError
@@ -149,7 +150,11 @@ def load_tokenizer(name_or_path: str, *, adapter: str | Path | None = None,
     for candidate in (Path(str(name_or_path)).expanduser(), Path(resolved)):
         if (candidate / "tokenizer_config.json").is_file():
             return _auto_tokenizer(str(candidate), trust_remote_code)
-    return _auto_tokenizer(resolved, trust_remote_code)
+    _check_hub_id(resolved, "tokenizer_config.json")
+    try:
+        return _auto_tokenizer(resolved, trust_remote_code)
+    except OSError as exc:  # what transformers raises for an unknown or unreachable hub id
+        raise ModelNotFoundError(f"cannot load tokenizer '{resolved}': {str(exc).splitlines()[0]}") from None
 
 
 def load_model(name_or_path: str, *, adapter: str | Path | None = None, dtype: str = "float32",
@@ -171,9 +176,13 @@ def load_model(name_or_path: str, *, adapter: str | Path | None = None, dtype: s
     else:
         from transformers import AutoModelForCausalLM  # lazy: see the module docstring
 
-        model = AutoModelForCausalLM.from_pretrained(
-            resolve_model(name_or_path), dtype=torch_dtype, use_safetensors=True,
-            trust_remote_code=trust_remote_code)
+        resolved = resolve_model(name_or_path)
+        _check_hub_id(resolved, "config.json")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(resolved, dtype=torch_dtype, use_safetensors=True,
+                                                         trust_remote_code=trust_remote_code)
+        except OSError as exc:  # an unknown or unreachable hub id, or a directory without weights
+            raise ModelNotFoundError(f"cannot load model '{resolved}': {str(exc).splitlines()[0]}") from None
     if adapter is not None:
         model = apply_adapter(model, adapter)
     return model.to(device).eval()
@@ -202,6 +211,26 @@ def available_models() -> list[dict]:
             if child.name != "default" and (child / "config.json").is_file():
                 rows.append({"name": str(child), "kind": "cached", "status": "ready", "path": str(child)})
     return rows
+
+
+def _check_hub_id(resolved: str, file: str) -> None:
+    """Offline (``HF_HUB_OFFLINE``), a hub id that is not in the local cache fails here at
+    once, saying what to do, rather than after the hub client's retries."""
+    from huggingface_hub import try_to_load_from_cache  # lazy: see the module docstring
+
+    offline = any(os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")
+                  for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    if Path(resolved).exists() or not offline:
+        return
+    try:
+        cached = try_to_load_from_cache(resolved, file)
+    except ValueError:  # not even of the form of a hub id
+        cached = None
+    if not isinstance(cached, str):
+        raise ModelNotFoundError(f"'{resolved}' is not a local directory and not in the Hugging Face cache, "
+                                 f"and the hub is offline (HF_HUB_OFFLINE=1): pass a model directory, "
+                                 f"'tiny' or 'default', or download it first (huggingface-cli download "
+                                 f"{resolved}) with the network on")
 
 
 def _auto_tokenizer(path: str, trust_remote_code: bool = False):

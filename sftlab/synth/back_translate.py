@@ -31,7 +31,9 @@ training run directory ``<work_dir>/{backward,forward_0,...}`` (its ``train_data
 holds exactly what it was trained on). Everything is resumable: a rerun skips finished
 training stages, generated instructions and ratings. Every text that does not end up in
 the output is counted under one reason: ``empty text``, ``text too long``, ``empty
-instruction``, ``unparseable score``, ``below threshold`` (and ``duplicate text``).
+instruction``, ``unparseable score``, ``below threshold`` (and ``duplicate text``), or, for a
+text whose prompt (with its longest reply) does not fit a local model's context,
+``TOO_LONG_TO_BACK_TRANSLATE`` or ``TOO_LONG_TO_RATE``: such a text is skipped, not a stop.
 """
 from __future__ import annotations
 
@@ -48,8 +50,8 @@ from sftlab.config import load_config
 from sftlab.data.chat import tokenize_conversations
 from sftlab.data.io import default_id, iter_records, read_conversations, write_conversations
 from sftlab.errors import ConfigError, DataError
-from sftlab.infer.hf import HFGenerator
-from sftlab.models import load_model, load_tokenizer
+from sftlab.infer.hf import HFGenerator, prompt_to_ids
+from sftlab.models import context_length, load_model, load_tokenizer
 from sftlab.synth.base import SynthReport, make_teacher, pipeline
 from sftlab.synth.client import ChatRequest, GeneratorTeacher, Teacher, TeacherConfig
 from sftlab.synth.store import RecordStore, stable_id
@@ -62,6 +64,9 @@ STAGE_MARKER = "stage.json"
 # system turns telling seed (human) data from back-translated data (the paper's tagging)
 SEED_TAG = "Answer in the style of an AI Assistant."
 AUGMENTED_TAG = "Answer with knowledge from web search."
+# reasons a text is skipped, as counted in the report
+TOO_LONG_TO_BACK_TRANSLATE = "text longer than the backward model's context"
+TOO_LONG_TO_RATE = "rating prompt longer than the scorer's context"
 
 # Our wording of the paper's 5-point self-curation rubric (Li et al. 2023, Table 19).
 RATING_TEMPLATE = """\
@@ -219,6 +224,7 @@ def run(config: BackTranslateConfig, teacher: Teacher | None = None) -> SynthRep
     for t in range(config.iterations):
         scorer = _scorer(config, teacher, work, t, seeds, curated)
         scores = rate(config, t, scorer, candidates, work / f"scores_{t}.jsonl", report)
+        report.count_refusals(scorer)
         last = t == config.iterations - 1
         target = Path(config.output) if last else work / f"curated_{t}.jsonl"
         curated, counts = curate(config, t, candidates, scores, texts, target, scorer.model,
@@ -322,15 +328,35 @@ def augment(config: BackTranslateConfig, backward: Path, texts: list[dict], path
             for start in tqdm(range(0, len(todo), config.batch_size), desc="back-translate: instructions",
                               unit="batch", disable=not config.progress):
                 batch = todo[start:start + config.batch_size]
-                instructions = model.complete([ChatRequest(
-                    [Message("user", x["text"])], temperature=config.temperature,
-                    max_tokens=config.instruction_max_tokens, seed=config.seed) for x in batch])
-                report.requests += len(batch)
-                for x, instruction in zip(batch, instructions):
-                    store.write({"id": _candidate_id(x, config), "text_id": x["id"], "text": x["text"],
-                                 "instruction": instruction.strip()})
+                requests = [ChatRequest([Message("user", x["text"])], temperature=config.temperature,
+                                        max_tokens=config.instruction_max_tokens, seed=config.seed)
+                            for x in batch]
+                instructions, fits = _complete_fitting(model, requests)
+                report.requests += sum(fits)
+                for x, instruction, fit in zip(batch, instructions, fits):
+                    row = {"id": _candidate_id(x, config), "text_id": x["id"], "text": x["text"],
+                           "instruction": instruction.strip()}
+                    store.write(row if fit else {**row, "skipped": TOO_LONG_TO_BACK_TRANSLATE})
         by_id = {c["id"]: c for c in store}
     return [by_id[i] for i in wanted]
+
+
+def _complete_fitting(model: Teacher, requests: list[ChatRequest]) -> tuple[list[str], list[bool]]:
+    """``model``'s replies to the requests that fit its context (``""`` for the others), and
+    which fit: one text too long for the model is skipped instead of failing the batch."""
+    fits = [_fits(model, request) for request in requests]
+    replies = iter(model.complete([r for r, fit in zip(requests, fits) if fit]) if any(fits) else [])
+    return [next(replies) if fit else "" for fit in fits], fits
+
+
+def _fits(model: Teacher, request: ChatRequest) -> bool:
+    """Whether a local model's context holds the prompt and its longest reply (an endpoint's
+    context is not known here: it is its own judge)."""
+    generator = getattr(model, "generator", None)
+    if not isinstance(generator, HFGenerator):
+        return True
+    limit = context_length(generator.model)
+    return not limit or len(prompt_to_ids(generator.tokenizer, request.messages)) + request.max_tokens <= limit
 
 
 def usable(texts: list[dict], config: BackTranslateConfig) -> tuple[list[dict], Counter]:
@@ -382,12 +408,13 @@ def rate(config: BackTranslateConfig, t: int, scorer: Teacher, candidates: list[
         for start in tqdm(range(0, len(todo), config.batch_size), desc="back-translate: ratings",
                           unit="batch", disable=not config.progress or not todo):
             batch = todo[start:start + config.batch_size]
-            ratings = scorer.complete([ChatRequest(
+            ratings, fits = _complete_fitting(scorer, [ChatRequest(
                 _rating_messages(config, t, c), temperature=config.temperature, max_tokens=config.rating_max_tokens, seed=config.seed)
                 for c in batch])
-            report.requests += len(batch)
-            for c, rating in zip(batch, ratings):
-                store.write({"id": c["id"], "score": parse_score(rating), "rating": rating})
+            report.requests += sum(fits)
+            for c, rating, fit in zip(batch, ratings, fits):
+                row = {"id": c["id"], "score": parse_score(rating) if fit else None, "rating": rating}
+                store.write(row if fit else {**row, "skipped": TOO_LONG_TO_RATE})
         return {r["id"]: r for r in store}
 
 
@@ -403,9 +430,14 @@ def curate(config: BackTranslateConfig, t: int, candidates: list[dict], scores: 
     kept = []
     with RecordStore(target) as store:
         for c in candidates:
-            score = scores.get(c["id"], {}).get("score")
-            if not c["instruction"]:
+            rating = scores.get(c["id"], {})
+            score = rating.get("score")
+            if c.get("skipped"):
+                counts[c["skipped"]] += 1
+            elif not c["instruction"]:
                 counts["empty instruction"] += 1
+            elif rating.get("skipped"):
+                counts[rating["skipped"]] += 1
             elif score is None:
                 counts["unparseable score"] += 1
             elif score < config.threshold:

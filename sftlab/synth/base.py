@@ -64,7 +64,12 @@ class SynthReport:
     total: int = 0
     requests: int = 0
     rejected: Counter = field(default_factory=Counter)
+    refused: int = 0  # teacher replies without content (refusals): also among the rejected, as empty
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def count_refusals(self, teacher: Teacher) -> None:
+        """Add the refusals ``teacher`` gave up on (HTTP teachers count them; others never refuse)."""
+        self.refused += getattr(teacher, "refusals", 0)
 
     def save(self, output: str | Path, config: Any) -> Path:
         path = Path(f"{output}.report.json")
@@ -76,5 +81,6 @@ class SynthReport:
 
     def summary(self) -> str:
         reasons = ", ".join(f"{k}: {v}" for k, v in self.rejected.most_common()) or "none"
+        refused = f"; teacher refusals: {self.refused}" if self.refused else ""
         return (f"{self.pipeline}: wrote {self.written} new records ({self.total} in the file) "
-                f"from {self.requests} teacher requests; rejected: {reasons}")
+                f"from {self.requests} teacher requests; rejected: {reasons}{refused}")

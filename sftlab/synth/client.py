@@ -3,8 +3,10 @@
 Talks to any OpenAI-compatible endpoint (a hosted API, vLLM, or ``sftlab serve``) with a
 concurrency limit, timeouts, retries with exponential backoff on 429/5xx/timeouts/broken
 bodies, and an on-disk response cache keyed by (model, messages, sampling parameters,
-seed), so a rerun of a pipeline costs no new calls. ``GeneratorTeacher`` puts an
-in-process ``Generator`` behind the same interface.
+seed), so a rerun of a pipeline costs no new calls. A reply without content (``content:
+null``, what OpenAI sends for a refusal) is asked again or given up as ``""`` (``on_refusal``),
+never cached, and counted in ``HTTPTeacher.refusals`` for the pipeline's report.
+``GeneratorTeacher`` puts an in-process ``Generator`` behind the same interface.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Literal, Protocol, Sequence
 
 import httpx
 
@@ -51,6 +53,10 @@ class TeacherConfig:
     """First retry waits this long (seconds); each later one twice as long, with jitter."""
     cache_dir: str | None = None
     """Directory of cached responses; None disables the cache."""
+    on_refusal: Literal["skip", "retry"] = "skip"
+    """A reply with no content (`content: null` or a `refusal`, as OpenAI sends for a refusal):
+    `skip` counts it as a refusal in the report and the pipeline drops that item as empty;
+    `retry` asks again (up to max_retries times) and skips only if every attempt refuses."""
 
 
 @dataclass
@@ -115,6 +121,8 @@ class HTTPTeacher:
         self.model = config.model
         self.cache = ResponseCache(config.cache_dir)
         self.calls = 0  # HTTP attempts, for tests and reports
+        self.refusals = 0  # requests given up as refused (content: null), for the report
+        self._count_lock = threading.Lock()
         headers = {}
         if os.environ.get(config.api_key_env):
             headers["Authorization"] = f"Bearer {os.environ[config.api_key_env]}"
@@ -131,10 +139,15 @@ class HTTPTeacher:
         if cached is not None:
             return cached
         text = self._post_with_retries(request)
+        if text is None:  # refused: not cached, so a rerun asks again
+            with self._count_lock:
+                self.refusals += 1
+            return ""
         self.cache.put(key, text)
         return text
 
-    def _post_with_retries(self, request: ChatRequest) -> str:
+    def _post_with_retries(self, request: ChatRequest) -> str | None:
+        """The reply's text; None when the teacher refused (every attempt, with ``retry``)."""
         body = {"model": self.model, "messages": [m.to_dict() for m in request.messages],
                 "temperature": request.temperature, "top_p": request.top_p,
                 "max_tokens": request.max_tokens, "seed": request.seed}
@@ -158,9 +171,18 @@ class HTTPTeacher:
                 raise TeacherError(f"{self.config.base_url}: HTTP {response.status_code}: "
                                    f"{response.text[:300]}")
             try:
-                return response.json()["choices"][0]["message"]["content"]
-            except (ValueError, KeyError, IndexError, TypeError):
+                message = response.json()["choices"][0]["message"]
+                content, refusal = message["content"], message.get("refusal")
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError):
                 last_problem = f"unreadable body: {response.text[:80]!r}"
+                continue
+            if isinstance(content, str) and not refusal:
+                return content
+            if self.config.on_refusal == "skip":
+                return None
+            last_problem = "refused (content: null)"
+        if last_problem.startswith("refused"):
+            return None
         raise TeacherError(f"{self.config.base_url}: gave up after {self.config.max_retries + 1} "
                            f"attempts (last: {last_problem}); check the endpoint or raise max_retries")
 

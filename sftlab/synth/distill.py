@@ -87,6 +87,7 @@ def run(config: DistillConfig, teacher: Teacher | None = None) -> SynthReport:
                 report.written += 1
         progress.close()
         report.total = len(store)
+    report.count_refusals(teacher)
     return report
 
 

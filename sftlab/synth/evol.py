@@ -129,6 +129,7 @@ def run(config: EvolConfig, teacher: Teacher | None = None) -> SynthReport:
         for round_index in tqdm(range(1, config.rounds + 1), desc="evol-instruct", unit="round"):
             pool = _evolve_round(config, teacher, pool, round_index, store, report)
         report.total = len(store)
+    report.count_refusals(teacher)
     return report
 
 

@@ -1,8 +1,8 @@
 """A fault-injecting OpenAI-compatible server on loopback, for testing teacher robustness.
 
-It answers ``POST /v1/chat/completions`` with ``respond(messages) -> str`` and, with the
-given probabilities (seeded), a 500, a 429, a response slower than the client's timeout,
-a truncated body, or a non-JSON body. Use it to check that a pipeline completes and that
+It answers ``POST /v1/chat/completions`` with ``respond(messages) -> str`` (None: a refusal,
+sent as ``content: null`` the way OpenAI does) and, with the given probabilities (seeded), a
+500, a 429, a response slower than the client's timeout, a truncated body, or a non-JSON body. Use it to check that a pipeline completes and that
 an interrupted run resumes without duplicates.
 
     with FaultyServer(respond, error_rate=0.2, seed=0) as server:
@@ -20,7 +20,7 @@ FAULTS = ("500", "429", "slow", "truncated", "not_json")
 
 
 class FaultyServer:
-    def __init__(self, respond: Callable[[list[dict]], str], *, error_rate: float = 0.2,
+    def __init__(self, respond: Callable[[list[dict]], str | None], *, error_rate: float = 0.2,
                  faults: tuple[str, ...] = FAULTS, slow_seconds: float = 1.0, seed: int = 0) -> None:
         self.respond, self.error_rate, self.faults = respond, error_rate, faults
         self.slow_seconds = slow_seconds

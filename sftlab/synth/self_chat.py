@@ -94,6 +94,7 @@ def run(config: SelfChatConfig, teacher: Teacher | None = None) -> SynthReport:
             store.write(conversation.to_dict())
             report.written += 1
         report.total = len(store)
+    report.count_refusals(teacher)
     return report
 
 

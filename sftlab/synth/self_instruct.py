@@ -220,6 +220,7 @@ def run(config: SelfInstructConfig, teacher: Teacher | None = None) -> SynthRepo
         progress.close()
         report.total = len(store)
     report.extra["pool_size"] = len(seed_instructions) + report.total
+    report.count_refusals(teacher)
     return report
 
 

@@ -8,7 +8,10 @@ Layout of ``<output_dir>/checkpoints/step-000040/``::
                       resume loads; for full models ``model/`` itself is loaded)
     optimizer.pt      optimizer state_dict (absent for optimizer-free methods)
     rng-0.pt          python / numpy / torch (+cuda) RNG states of process 0 (one per process)
-    state.json        {"step", "epoch", "step_in_epoch", "order", "best_eval", "lr", ...}
+    state.json        {"step", "epoch", "step_in_epoch", "order", "best_eval", "lr", ...,
+                       "data_order": {"data_sha256", "train_examples", "batch_size", ...}}
+                      (``data_order``: what the saved order indexes into; a resume with
+                      other data or batching is refused, ``sftlab.train.sft.check_same_data_order``)
 
 No pickled objects: ``optimizer.pt`` and ``rng-*.pt`` hold only tensors, numbers, strings
 and plain containers, and are read with ``torch.load(..., weights_only=True)``, which
@@ -85,6 +88,28 @@ def save_checkpoint(output_dir, step: int, prepared, optimizer, state: dict, *,
 
 
 @contextlib.contextmanager
+def atomic_directory(target: Path):
+    """Yield an empty directory beside ``target``; when the block succeeds it is renamed to
+    ``target`` (replacing an earlier one), when it raises it is removed and ``target`` stays
+    as it was. A kill between the two renames leaves the earlier one as ``.old-<name>``."""
+    target = Path(target)
+    tmp, old = target.with_name(f".tmp-{target.name}"), target.with_name(f".old-{target.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        _fsync_dir(tmp)
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(target, old)
+        os.rename(tmp, target)
+        _fsync_dir(target.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def quiet_transformers():
     """No "Writing model shards" bar in the middle of the training bar."""
     was_enabled = hf_logging.is_progress_bar_enabled()
@@ -104,6 +129,18 @@ def list_checkpoints(output_dir) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
 
 
+def rotate_checkpoints(output_dir) -> Path | None:
+    """Move an earlier run's ``checkpoints/`` to ``checkpoints.previous/`` (replacing an older
+    one); returns where it went, or None when there were none."""
+    root = checkpoint_dir(output_dir)
+    if not root.is_dir():
+        return None
+    previous = root.with_name("checkpoints.previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    os.rename(root, previous)
+    return previous
+
+
 def latest_checkpoint(output_dir) -> Path | None:
     found = list_checkpoints(output_dir)
     return found[-1] if found else None
@@ -120,6 +157,11 @@ def load_checkpoint(path: Path, prepared, optimizer, process_index: int = 0) -> 
     rng_file = path / f"rng-{process_index}.pt"
     if rng_file.exists():  # a different number of processes keeps its fresh RNG
         set_rng_state(load_plain(rng_file))
+    return read_state(path)
+
+
+def read_state(path: Path) -> dict:
+    """A checkpoint's ``state.json`` (plain JSON: read before any weights are loaded)."""
     return json.loads((path / "state.json").read_text())
 
 

@@ -27,8 +27,10 @@ how its loss is counted); ``method`` a registered ``sftlab.train.methods`` prepa
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from pathlib import Path
+from typing import Any, Literal, get_args
 
 from sftlab.errors import ConfigError
 
@@ -40,7 +42,7 @@ ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 # the names registered in ``sftlab.train.objectives.OBJECTIVES`` (a unit test keeps them
 # equal). Spelled out, not read from the registry: this module stays free of torch, which
 # the objectives import, so ``sftlab --help`` stays fast
-ObjectiveName = Literal["sft", "spin"]
+ObjectiveName = Literal["sft", "spin", "dpo"]
 OBJECTIVE_NAMES = get_args(ObjectiveName)
 
 
@@ -81,6 +83,12 @@ class DataSection:
     limit: int | None = None
     """Use only the first N conversations (quick tries)."""
 
+    def __post_init__(self) -> None:
+        _require(self.max_length >= 1, "data.max_length", self.max_length, ">= 1")
+        _require(_finite(self.eval_split) and 0 <= self.eval_split < 1, "data.eval_split", self.eval_split,
+                "in [0, 1)")
+        _require(self.limit is None or self.limit >= 1, "data.limit", self.limit, ">= 1 (or null: all)")
+
 
 @dataclass
 class OptimSection:
@@ -114,6 +122,29 @@ class OptimSection:
     def __post_init__(self) -> None:
         if len(self.betas) != 2:
             raise ValueError(f"optim.betas needs two numbers, got {self.betas}")
+        _require(_finite(self.lr) and self.lr >= 0, "optim.lr", self.lr, "a finite number >= 0")
+        _require(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, ">= 0")
+        _require(_finite(self.warmup_ratio) and 0 <= self.warmup_ratio <= 1, "optim.warmup_ratio",
+                self.warmup_ratio, "between 0 and 1")
+        _require(_finite(self.max_grad_norm) and self.max_grad_norm >= 0, "optim.max_grad_norm",
+                self.max_grad_norm, ">= 0 (0 disables clipping)")
+        _require(_finite(self.weight_decay) and self.weight_decay >= 0, "optim.weight_decay",
+                self.weight_decay, ">= 0")
+        _require(all(_finite(beta) and 0 <= beta < 1 for beta in self.betas), "optim.betas", self.betas,
+                "two numbers in [0, 1)")
+        _require(_finite(self.eps) and self.eps > 0, "optim.eps", self.eps, "above 0")
+        _require(_finite(self.momentum) and self.momentum >= 0, "optim.momentum", self.momentum, ">= 0")
+
+
+def _require(ok: bool, key: str, value: Any, rule: str) -> None:
+    """Raise ``ConfigError`` naming ``key`` unless ``ok``: values are checked when the config
+    is built, before any model or data loads."""
+    if not ok:
+        raise ConfigError(f"{key} must be {rule}, got {value!r}")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -127,6 +158,38 @@ class SpinSection:
     def __post_init__(self) -> None:
         if self.beta <= 0:
             raise ValueError(f"beta must be above 0, got {self.beta}")
+
+
+@dataclass
+class DPOSection:
+    """Settings of ``objective: dpo`` (``sftlab.train.objectives.dpo``)."""
+
+    beta: float = 0.1
+    """Inverse temperature β: how far the policy may move from the reference (smaller:
+    further). The margin is ``(log π(y_w|x) - log π_ref(y_w|x)) - (log π(y_l|x) -
+    log π_ref(y_l|x))`` for the chosen y_w and the rejected y_l."""
+    loss_type: Literal["sigmoid", "ipo"] = "sigmoid"
+    """``sigmoid``: DPO's ``-log σ(β·margin)`` (Rafailov et al. 2023); ``ipo``: IPO's
+    ``(margin - 1/(2β))²`` (Azar et al. 2023), which does not push the margin without bound."""
+    label_smoothing: float = 0.0
+    """ε of conservative DPO (``sigmoid`` only): the labels are taken as flipped with
+    probability ε, ``loss = (1-ε)·(-log σ(β·margin)) + ε·(-log σ(-β·margin))``; in [0, 0.5)."""
+    reference: Literal["auto", "records", "initial"] = "auto"
+    """Where the reference log-probs come from: ``auto``: the records' own
+    (``meta.ref_logp_chosen/ref_logp_rejected``, or TRL's
+    ``ref_chosen_logps/ref_rejected_logps``), else computed once at setup with the frozen initial model (with LoRA and other methods
+    that start as the identity this is the model with the adapter disabled); ``records``: the
+    records must carry them; ``initial``: always computed with the initial model."""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.beta, (int, float)) and self.beta > 0):
+            raise ConfigError(f"dpo.beta must be above 0, got {self.beta!r}")
+        if not (isinstance(self.label_smoothing, (int, float)) and 0 <= self.label_smoothing < 0.5):
+            raise ConfigError("dpo.label_smoothing must be in [0, 0.5), got "
+                              f"{self.label_smoothing!r}")
+        if self.loss_type == "ipo" and self.label_smoothing:
+            raise ConfigError("dpo.label_smoothing applies to loss_type=sigmoid only; set it to 0 "
+                              "for ipo")
 
 
 # -- method: which parameters train (``sftlab.train.methods``) ---------------------------
@@ -145,6 +208,11 @@ class LoraSection:
     """module name suffixes to adapt (Llama names); ``["all-linear"]`` lets PEFT pick."""
     modules_to_save: list[str] = field(default_factory=list)
     """modules trained in full beside the adapter, e.g. ``["lm_head", "embed_tokens"]``."""
+
+    def __post_init__(self) -> None:
+        _require(self.rank >= 1, "method.lora.rank", self.rank, ">= 1")
+        _require(_finite(self.alpha) and self.alpha > 0, "method.lora.alpha", self.alpha, "a finite number above 0")
+        _require(_finite(self.dropout) and 0 <= self.dropout < 1, "method.lora.dropout", self.dropout, "in [0, 1)")
 
 
 @dataclass
@@ -291,9 +359,17 @@ class TrainConfig:
     ``meta.ref_logp_chosen/ref_logp_rejected``; missing reference log-probs are computed
     once with the initial model); normalised per pair; only the final response is
     labelled (``data.mask`` and ``data.format`` do not apply); no packing, no padding-free;
-    ``batch_size`` counts pairs. See ``sftlab.train.objectives.spin``."""
+    ``batch_size`` counts pairs. See ``sftlab.train.objectives.spin``.
+    ``dpo``: DPO (Rafailov et al. 2023; ``dpo.loss_type`` ``ipo``, ``dpo.label_smoothing``
+    for cDPO) on preference pairs of ``data.paths`` (TRL ``prompt``/``chosen``/``rejected``,
+    LLaMA-Factory ranking rows, OpenAI ``preferred_output``); the same pair pipeline as
+    ``spin`` (per pair, no packing, only the final assistant turn labelled, ``batch_size``
+    counts pairs). See ``sftlab.train.objectives.dpo``."""
     spin: SpinSection = field(default_factory=SpinSection)
     """Settings of ``objective: spin`` (``beta``)."""
+    dpo: DPOSection = field(default_factory=DPOSection)
+    """Settings of ``objective: dpo`` (``beta``, ``loss_type``, ``label_smoothing``,
+    ``reference``)."""
     batch_size: int = 8
     """Examples (or packed rows, or pairs) per micro-batch per process."""
     grad_accumulation: int = 1
@@ -337,6 +413,14 @@ class TrainConfig:
     """Write ``loss.png`` at the end."""
     progress: bool = True
     """Show the tqdm progress bar."""
+    report_to: list[str] = field(default_factory=list)
+    """Experiment trackers that get the run name, the resolved config and every
+    metrics.jsonl row (through accelerate): ``tensorboard`` (event files in
+    output_dir/tracking/), ``wandb`` (WANDB_* settings apply; WANDB_MODE=offline needs no
+    network), ``mlflow`` (MLFLOW_TRACKING_URI, else a file store in output_dir/mlruns).
+    They need ``pip install 'sftlab[tracking]'``; none is needed to train."""
+    run_name: str | None = None
+    """The run's name in the trackers; none: the last part of output_dir."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "grad_accumulation", "epochs", "log_every", "keep_last",
@@ -345,11 +429,13 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_steps < 0:
             raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
+        _require(not Path(self.output_dir).is_file(), "output_dir", self.output_dir,
+                 "a directory to write the run into, not an existing file")
         if self.objective not in OBJECTIVE_NAMES:  # build_config checks it too; Python callers too
             raise ConfigError(f"objective={self.objective!r} (allowed: {', '.join(OBJECTIVE_NAMES)})")
-        if self.objective == "spin" and (self.data.packing or self.data.padding_free):
+        if self.objective in ("spin", "dpo") and (self.data.packing or self.data.padding_free):
             # here, not only in the objective's check: a YAML file fails when it is read.
             # A pair's two sides are separate rows compared with each other; one packed row
             # would mix pairs (and the sequence log-probs assume one example per row)
-            raise ConfigError("objective=spin trains pairs as padded rows; set data.packing=false "
-                              "and data.padding_free=false")
+            raise ConfigError(f"objective={self.objective} trains pairs as padded rows; set "
+                              "data.packing=false and data.padding_free=false")

@@ -1,4 +1,4 @@
-"""The pairwise (SPIN) objective: sequence log-probabilities, the loss, pair records.
+"""The pairwise objectives (SPIN, DPO): sequence log-probabilities, the loss, pair records.
 
 SPIN (Chen et al. 2024, "Self-Play Fine-Tuning Converts Weak Language Models to Strong
 Language Models") trains a model ``p_θ`` to tell a human response ``y`` (real) from the
@@ -9,7 +9,9 @@ response ``y'`` its previous iterate ``p_θt`` generated for the same prompt ``x
 
 This is DPO's sigmoid loss (``-log σ(β · margin)``) with "chosen" = real and "rejected" =
 generated, and the reference model = the previous iterate. At the first step the policy
-equals the reference, the margin is 0 and the loss is ``log 2``.
+equals the reference, the margin is 0 and the loss is ``log 2``. ``objective: dpo`` trains
+the same ``Pair``s and ``PairLoss`` on given preference pairs (``preference_loss``: DPO's
+sigmoid, cDPO's label smoothing, IPO), the reference being the initial model.
 
 The pieces, each usable alone::
 
@@ -35,6 +37,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -74,39 +77,76 @@ def sequence_logps(model, batch: dict, logit_offset: int = 0) -> torch.Tensor:
     return (token_logps * mask).sum(-1)
 
 
+LossType = Literal["sigmoid", "ipo"]
+
+
+def preference_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
+                    ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, beta: float,
+                    loss_type: LossType = "sigmoid",
+                    label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """The pairwise preference loss over a batch of pairs (inputs ``Tensor[B]`` of sequence
+    log-probs), with ``margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)``:
+
+    - ``sigmoid`` (DPO, Rafailov et al. 2023; SPIN): ``-log σ(β·margin)``; with
+      ``label_smoothing`` ε (conservative DPO, the labels flipped with probability ε):
+      ``(1 - ε)·(-log σ(β·margin)) + ε·(-log σ(-β·margin))``;
+    - ``ipo`` (Azar et al. 2023): ``(margin - 1/(2β))²`` (on sequence sums, as in the paper;
+      TRL averages the log-probs per token first).
+
+    Returns the mean over pairs and metrics (floats): ``loss``, ``margin`` (mean),
+    ``reward_chosen`` and ``reward_rejected`` (means of ``β·(policy - ref)``), ``accuracy``
+    (share of pairs whose margin is positive).
+
+    >>> z = torch.zeros(2)
+    >>> round(float(preference_loss(z, z, z, z, beta=0.1)[0]), 4)   # policy == reference: log 2
+    0.6931
+    """
+    chosen = policy_chosen - ref_chosen
+    rejected = policy_rejected - ref_rejected
+    margin = chosen - rejected
+    if loss_type == "ipo":
+        losses = (margin - 1 / (2 * beta)) ** 2
+    else:  # softplus(-x) = -log σ(x), stable for any margin
+        losses = (1 - label_smoothing) * F.softplus(-beta * margin)
+        if label_smoothing:
+            losses = losses + label_smoothing * F.softplus(beta * margin)
+    loss = losses.mean()
+    metrics = {"loss": float(loss.detach()), "margin": float(margin.detach().mean()),
+               "reward_chosen": float(beta * chosen.detach().mean()),
+               "reward_rejected": float(beta * rejected.detach().mean()),
+               "accuracy": float((margin.detach() > 0).float().mean())}
+    return loss, metrics
+
+
 def spin_loss(policy_real: torch.Tensor, policy_generated: torch.Tensor, ref_real: torch.Tensor,
               ref_generated: torch.Tensor, beta: float) -> tuple[torch.Tensor, dict]:
-    """SPIN's logistic loss over a batch of pairs (all inputs ``Tensor[B]`` of sequence log-probs).
-
-    ``loss = mean(softplus(-beta * ((policy_real - ref_real) - (policy_generated - ref_generated))))``
-
-    Metrics (floats): ``loss``, ``margin`` (mean of the bracket), ``reward_real`` and
-    ``reward_generated`` (mean of ``beta * (policy - ref)``), ``accuracy`` (share of pairs
-    whose margin is positive).
+    """SPIN's logistic loss: ``preference_loss``'s ``sigmoid`` with chosen = real and
+    rejected = generated, its rewards named ``reward_real`` and ``reward_generated``.
 
     >>> z = torch.zeros(2)
     >>> round(float(spin_loss(z, z, z, z, beta=0.1)[0]), 4)   # policy == reference: log 2
     0.6931
     """
-    real = policy_real - ref_real
-    generated = policy_generated - ref_generated
-    margin = real - generated
-    loss = F.softplus(-beta * margin).mean()
-    metrics = {"loss": float(loss.detach()), "margin": float(margin.detach().mean()),
-               "reward_real": float(beta * real.detach().mean()),
-               "reward_generated": float(beta * generated.detach().mean()),
-               "accuracy": float((margin.detach() > 0).float().mean())}
-    return loss, metrics
+    loss, metrics = preference_loss(policy_real, policy_generated, ref_real, ref_generated, beta)
+    return loss, rename_rewards(metrics, ("real", "generated"))
+
+
+def rename_rewards(metrics: dict, sides: tuple[str, str]) -> dict:
+    """``reward_chosen``/``reward_rejected`` -> ``reward_<sides[0]>``/``reward_<sides[1]>``."""
+    names = {"reward_chosen": f"reward_{sides[0]}", "reward_rejected": f"reward_{sides[1]}"}
+    return {names.get(key, key): value for key, value in metrics.items()}
 
 
 # -- pairs ------------------------------------------------------------------------------
 
 @dataclass
 class Pair:
-    """One training pair: the same prompt with the human (``real``) and the model's
-    (``generated``) response, tokenized with only the response labelled, and the
-    reference model's sequence log-probs of both (``ref_*``, floats; ``None`` until
-    ``reference_logps`` fills them). ``len(pair)`` is the tokens of both sides."""
+    """One preference pair: the same prompt with the preferred and the dispreferred
+    response, tokenized with only the response labelled, and the reference model's
+    sequence log-probs of both (``ref_*``, floats; ``None`` until ``reference_logps`` fills
+    them). The fields carry SPIN's names: ``real`` is DPO's chosen, ``generated`` its
+    rejected (``objective: dpo`` and ``objective: spin`` train the same type).
+    ``len(pair)`` is the tokens of both sides."""
 
     real: Tokenized
     generated: Tokenized
@@ -139,10 +179,11 @@ def count_pairs(batch: dict) -> int:
 
 
 class PairLoss(torch.nn.Module):
-    """The SPIN loss as a module with ``CausalLMLoss``'s contract: ``forward(**batch) ->
-    (loss_sum, count)`` where ``loss_sum`` is the SUM of per-pair losses and ``count`` the
-    number of pairs, so the loop normalises once per step (by pairs, not tokens).
-    ``metrics`` holds the last call's ``spin_loss`` metrics (means over its pairs).
+    """The pairwise loss (``preference_loss``) as a module with ``CausalLMLoss``'s contract:
+    ``forward(**batch) -> (loss_sum, count)`` where ``loss_sum`` is the SUM of per-pair
+    losses and ``count`` the number of pairs, so the loop normalises once per step (by
+    pairs, not tokens). ``metrics`` holds the last call's metrics (means over its pairs),
+    the rewards named after ``sides`` (SPIN's ``real``/``generated`` by default).
 
     >>> pairs = [Pair(Tokenized([1, 5, 6], [-100, 5, 6]), Tokenized([1, 7, 8], [-100, 7, 8]),
     ...               ref_real=-12.0, ref_generated=-12.0)]
@@ -152,17 +193,22 @@ class PairLoss(torch.nn.Module):
     ['accuracy', 'loss', 'margin', 'reward_generated', 'reward_real']
     """
 
-    def __init__(self, model, beta: float, logit_offset: int = 0) -> None:
+    def __init__(self, model, beta: float, logit_offset: int = 0, *,
+                 loss_type: LossType = "sigmoid", label_smoothing: float = 0.0,
+                 sides: tuple[str, str] = ("real", "generated")) -> None:
         super().__init__()
         self.model, self.beta, self.logit_offset = model, beta, logit_offset
+        self.loss_type, self.label_smoothing, self.sides = loss_type, label_smoothing, sides
         self.metrics: dict = {}
 
     def forward(self, input_ids, labels, attention_mask, ref_real, ref_generated):
         logps = sequence_logps(self.model, {"input_ids": input_ids, "labels": labels,
                                             "attention_mask": attention_mask}, self.logit_offset)
         half = logps.shape[0] // 2
-        loss, self.metrics = spin_loss(logps[:half], logps[half:], ref_real.to(logps),
-                                       ref_generated.to(logps), self.beta)
+        loss, metrics = preference_loss(logps[:half], logps[half:], ref_real.to(logps),
+                                        ref_generated.to(logps), self.beta, self.loss_type,
+                                        self.label_smoothing)
+        self.metrics = rename_rewards(metrics, self.sides)
         return loss * half, torch.tensor(half, device=logps.device)
 
 
@@ -229,15 +275,22 @@ def pair_from_record(record: dict, tokenizer, max_length: int) -> tuple[Pair | N
     after truncation to ``max_length``. Both sides are the prompt + that response, with
     only the response labelled; ``meta.ref_logp_*`` become ``ref_real``/``ref_generated``."""
     prompt = _messages(record, "prompt")
-    sides = [Conversation(prompt + [Message("assistant", _response(record, key))])
-             for key in ("chosen", "rejected")]
+    return tokenize_pair(prompt, _response(record, "chosen"), _response(record, "rejected"),
+                         tokenizer, max_length, _reference(record), record.get("id"))
+
+
+def tokenize_pair(prompt: list[Message], chosen: str, rejected: str, tokenizer, max_length: int,
+                  reference: tuple[float | None, float | None] = (None, None),
+                  id: str | None = None) -> tuple[Pair | None, str | None]:
+    """``prompt`` (every turn before the final assistant turn) + each response -> ``(Pair,
+    None)``, only the final response labelled; or ``(None, reason)`` when a side trains
+    nothing after truncation to ``max_length``."""
+    sides = [Conversation(prompt + [Message("assistant", text)]) for text in (chosen, rejected)]
     result = tokenize_conversations(sides, tokenizer, max_length=max_length,
                                     strategy="last_assistant")
     if len(result.examples) != 2:  # one reason per pair: the first dropped side's
         return None, f"pair dropped: {result.dropped_ids[0][1]}"
-    ref_real, ref_generated = _reference(record)
-    return Pair(result.examples[0], result.examples[1], ref_real, ref_generated,
-                id=record.get("id")), None
+    return Pair(result.examples[0], result.examples[1], *reference, id=id), None
 
 
 def _parse_record(line: str) -> dict:

@@ -13,15 +13,22 @@
                     (tokens = real tokens trained since the previous row, all processes)
                     (with ``objective: spin`` "pairs" in place of "labelled_tokens", and the
                     window's mean "margin", "accuracy", "reward_real", "reward_generated")
-                    and eval rows {"step": 10, "eval_loss": 2.40}
+                    and eval rows {"step": 10, "eval_loss": 2.40}; one run's rows, each step
+                    once (a resume drops the rows after its checkpoint; a fresh start moves an
+                    earlier run's file to metrics.previous.jsonl)
     loss.png        training (and eval) loss against step
     checkpoints/    see ``sftlab.train.checkpoint``
     model/ | adapter/   the trained result with the tokenizer (chat template) beside it
+    tracking/ mlruns/ wandb/   with ``report_to``: TensorBoard event files, the MLflow file
+                    store (unless MLFLOW_TRACKING_URI is set), W&B's run files; each gets
+                    every metrics.jsonl row (``start_trackers``, ``track``)
 """
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import os
 import resource
 import subprocess
 import time
@@ -31,8 +38,8 @@ import torch
 
 from sftlab.config import config_to_dict, dump_config
 from sftlab.data.chat import format_mask
+from sftlab.errors import ConfigError
 from sftlab.models import library_versions
-from sftlab.train.data import fingerprint
 
 
 def write_run_json(run) -> None:
@@ -46,7 +53,7 @@ def write_run_json(run) -> None:
         "versions": library_versions(),
         "git_revision": git_revision(),
         "chat_template_sha256": _sha256(getattr(run.tokenizer, "chat_template", None) or ""),
-        "data_fingerprint": fingerprint(run.train_examples, key=run.objective.unit_key),
+        "data_fingerprint": run.data_order["data_sha256"],
         "train_examples": len(run.train_examples),
         "train_units": len(run.units),
         "eval_units": len(run.eval_units),
@@ -151,6 +158,17 @@ def append_metrics(output_dir: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
+def rotate_metrics(output_dir: Path) -> Path | None:
+    """A fresh start: move an earlier run's ``metrics.jsonl`` to ``metrics.previous.jsonl``
+    (replacing an older one); returns where it went, or None when there was none."""
+    path = Path(output_dir) / "metrics.jsonl"
+    if not path.exists():
+        return None
+    previous = path.with_name("metrics.previous.jsonl")
+    path.replace(previous)
+    return previous
+
+
 def read_metrics(output_dir: Path, up_to_step: int | None = None) -> list[dict]:
     path = Path(output_dir) / "metrics.jsonl"
     if not path.exists():
@@ -193,3 +211,70 @@ def plot_loss(output_dir: Path, history: list[dict], unit: str = "labelled token
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+# -- experiment trackers ----------------------------------------------------------------
+# ``report_to`` names -> the pinned package each needs (the ``tracking`` extra holds them)
+TRACKERS = {"tensorboard": "tensorboard==2.21.0", "wandb": "wandb==0.31.0", "mlflow": "mlflow-skinny==3.18.0"}
+PROJECT = "sftlab"  # W&B project, MLflow experiment and TensorBoard subdirectory
+
+
+def check_trackers(names: list[str]) -> None:
+    """``ConfigError`` for an unknown tracker or one whose package is not installed; called
+    before anything loads, so a typo never costs a model load."""
+    for name in names:
+        if name not in TRACKERS:
+            raise ConfigError(f"report_to: unknown tracker {name!r}; use any of {', '.join(TRACKERS)}")
+        if importlib.util.find_spec(name) is None:
+            raise ConfigError(f"report_to: {name} needs its package, which is not installed: "
+                              f"pip install 'sftlab[tracking]' (or pip install {TRACKERS[name]}), "
+                              f"or remove {name} from report_to")
+
+
+def tracker_kwargs(config) -> dict:
+    """``Accelerator`` keyword arguments for ``config.report_to`` (none: no trackers)."""
+    if not config.report_to:
+        return {}
+    return {"log_with": list(config.report_to), "project_dir": str(Path(config.output_dir) / "tracking")}
+
+
+def start_trackers(accelerator, config) -> None:
+    """Open one run in every tracker of ``config.report_to``, named ``config.run_name`` (or
+    the output directory's name), with the resolved config as flat ``a.b`` parameters."""
+    if not config.report_to:
+        return
+    name = config.run_name or Path(config.output_dir).resolve().name
+    if "mlflow" in config.report_to and not os.environ.get("MLFLOW_TRACKING_URI"):
+        import mlflow  # lazy: optional
+
+        # a file store in the run directory needs no server; MLflow 3 asks for this opt-in
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        mlflow.set_tracking_uri((Path(config.output_dir) / "mlruns").resolve().as_uri())
+    accelerator.init_trackers(PROJECT, config={"run_name": name, **flat_config(config_to_dict(config))},
+                              init_kwargs={"wandb": {"name": name, "dir": str(config.output_dir)},
+                                           "mlflow": {"run_name": name}})
+
+
+def track(accelerator, row: dict) -> None:
+    """Send one metrics.jsonl row's numbers to the trackers (a no-op without trackers)."""
+    values = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
+    accelerator.log(values, step=row["step"])
+
+
+def end_trackers(accelerator) -> None:
+    """Close the trackers' runs (not ``accelerator.end_training``, which also ends the
+    process group that the caller may still use)."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
+
+
+def flat_config(values: dict, prefix: str = "") -> dict:
+    """``{"optim": {"lr": 2e-5}}`` -> ``{"optim.lr": 2e-5}``; lists and None as text, which
+    every tracker accepts as a parameter."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+    return flat

@@ -42,8 +42,9 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM
 
-from sftlab.errors import ConfigError
+from sftlab.errors import ConfigError, SftlabError
 from sftlab.models import context_length, load_model, load_tokenizer, pad_id, resolve_model
+from sftlab.models.export import record_base_name
 from sftlab.train import attention, checkpoint, data
 from sftlab.train import run as run_files
 from sftlab.train.config import TrainConfig
@@ -86,6 +87,7 @@ class Run:
     total_steps: int
     steps_per_epoch: int
     output_dir: Path
+    data_order: dict  # what the order of the batches depends on (``data_order_of``)
     state: TrainState = field(default_factory=TrainState)
     history: list[dict] = field(default_factory=list)
 
@@ -108,10 +110,14 @@ def train(config: TrainConfig, *, model=None, tokenizer=None, train_examples=Non
     objective's units: ``Tokenized`` for ``sft``) replace loading them from
     ``config.model``/``config.data`` (tests, bench, ``sftlab synth``)."""
     run = setup(config, model, tokenizer, train_examples, eval_examples)
-    if config.resume:
-        resume(run)
-    loop(run)
-    return finish(run)
+    run_files.start_trackers(run.accelerator, config)  # not in setup: a dry run opens no tracker run
+    try:
+        if not (config.resume and resume(run)):
+            start_fresh(run)
+        loop(run)
+        return finish(run)
+    finally:
+        run_files.end_trackers(run.accelerator)
 
 
 # -- 1. setup --------------------------------------------------------------------------
@@ -122,9 +128,10 @@ def setup(config: TrainConfig, model=None, tokenizer=None, train_examples=None,
     if config.threads:
         torch.set_num_threads(config.threads)
     set_seed(config.seed)
+    run_files.check_trackers(config.report_to)
     # cpu=True when there is no GPU: accelerate only sets up multi-process CPU (gloo) then
     accelerator = Accelerator(mixed_precision=config.mixed_precision,
-                              cpu=not torch.cuda.is_available())
+                              cpu=not torch.cuda.is_available(), **run_files.tracker_kwargs(config))
     check_method_supported(config.method, accelerator.device.type,
                            grad_accumulation=config.grad_accumulation,
                            num_processes=accelerator.num_processes,
@@ -134,16 +141,16 @@ def setup(config: TrainConfig, model=None, tokenizer=None, train_examples=None,
     objective.check(config)
     if tokenizer is None:
         tokenizer = _load_tokenizer(config.model.name)
-    if model is None:
-        model = _load_model(config)
-    _check_lengths(config, model)
     padding = pad_id(tokenizer)
-    if train_examples is None:
+    if train_examples is None:  # before the model loads: a bad data file fails in seconds
         train_examples, eval_examples, summary = objective.load_data(
             tokenizer, progress=accelerator.is_main_process)
         _print(accelerator, summary)
     eval_examples = list(eval_examples or [])
     objective.check_units(train_examples, eval_examples)
+    if model is None:
+        model = _load_model(config)
+    _check_lengths(config, model)
     # before the method changes the model: a reference is the initial model (on resume
     # too: the checkpoint's weights are loaded after setup)
     objective.setup(model, train_examples + eval_examples, accelerator=accelerator,
@@ -178,12 +185,26 @@ def setup(config: TrainConfig, model=None, tokenizer=None, train_examples=None,
     total = config.max_steps or per_epoch * config.epochs
     run = Run(config, accelerator, tokenizer, objective, prepared, loss_module, optimizer,
               train_examples, units, eval_units, padding, total, per_epoch,
-              Path(config.output_dir))
+              Path(config.output_dir),
+              data_order_of(config, objective, train_examples, units, accelerator.num_processes))
     if accelerator.is_main_process:
         run_files.write_run_json(run)
         _print(accelerator, "mask preview (trained tokens in [[...]]):\n"
                + run_files.mask_preview(objective.preview(train_examples[0]), tokenizer))
     return run
+
+
+def data_order_of(config: TrainConfig, objective: Objective, train_examples: list, units: list,
+                  processes: int) -> dict:
+    """What decides which units each step trains on, as plain data (saved in every
+    checkpoint and compared on resume): the data (hash and counts) and the batching settings."""
+    section = config.data
+    return {"data_sha256": data.fingerprint(train_examples, key=objective.unit_key),
+            "train_examples": len(train_examples), "train_units": len(units),
+            "batch_size": config.batch_size, "grad_accumulation": config.grad_accumulation,
+            "processes": processes, "seed": config.seed, "data.packing": section.packing,
+            "data.padding_free": section.padding_free, "data.shuffle": section.shuffle,
+            "data.group_by_length": section.group_by_length}
 
 
 def _load_tokenizer(name: str):
@@ -202,6 +223,7 @@ def _load_model(config: TrainConfig):
             resolve_model(config.model.name), dtype=getattr(torch, config.model.dtype), **extra)
     else:
         model = load_model(config.model.name, dtype=config.model.dtype)
+    record_base_name(model, config.model.name)  # adapters name `default` or the hub id, not a cache path
     if config.model.attn and hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation(config.model.attn)
     return model.train()
@@ -221,12 +243,14 @@ def _print(accelerator, text: str) -> None:
 
 # -- 2. resume -------------------------------------------------------------------------
 
-def resume(run: Run) -> None:
-    """Load the newest complete checkpoint, if any; the metrics after it are dropped."""
+def resume(run: Run) -> bool:
+    """Load the newest complete checkpoint, if any (False: none, the run starts fresh); the
+    metrics after its step are dropped, so every step is logged once."""
     found = checkpoint.latest_checkpoint(run.output_dir)
     if found is None:
         _print(run.accelerator, f"resume: no checkpoint in {run.output_dir}/checkpoints, starting fresh")
-        return
+        return False
+    check_same_data_order(found, checkpoint.read_state(found).get("data_order"), run.data_order)
     saved = checkpoint.load_checkpoint(found, run.prepared, run.optimizer,
                                        run.accelerator.process_index)
     fields = TrainState.__dataclass_fields__
@@ -235,6 +259,33 @@ def resume(run: Run) -> None:
     if run.accelerator.is_main_process:
         run_files.rewrite_metrics(run.output_dir, run.history)
     _print(run.accelerator, f"resumed from {found} (step {run.state.step} of {run.total_steps})")
+    return True
+
+
+def check_same_data_order(found: Path, saved: dict | None, current: dict) -> None:
+    """Refuse a resume whose data or batching differ from the checkpoint's: the saved order
+    and position would index other units (or past the end of the data)."""
+    if saved is None:  # written before checkpoints recorded it: nothing to compare
+        return
+    changed = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in current.items()
+               if saved.get(key) != value]
+    if changed:
+        raise ConfigError(
+            f"cannot resume from {found}: what the data order depends on changed since it was "
+            f"saved ({'; '.join(changed)}). Fix: resume with the same data and settings as that "
+            f"run, or start a new run: a new output_dir, or run without --resume")
+
+
+def start_fresh(run: Run) -> None:
+    """A fresh start: the run directory's metrics and checkpoints describe this run only (an
+    earlier run's files move to ``metrics.previous.jsonl`` and ``checkpoints.previous/``, so a
+    later ``--resume`` cannot pick up a checkpoint of another run)."""
+    if run.accelerator.is_main_process:
+        for moved in (run_files.rotate_metrics(run.output_dir),
+                      checkpoint.rotate_checkpoints(run.output_dir)):
+            if moved is not None:
+                _print(run.accelerator, f"fresh start: the earlier run's files moved to {moved}")
+    run.accelerator.wait_for_everyone()
 
 
 # -- 3. loop ---------------------------------------------------------------------------
@@ -351,6 +402,7 @@ def log(run: Run, row: dict) -> None:
     run.history.append(row)
     if run.accelerator.is_main_process:
         run_files.append_metrics(run.output_dir, row)
+    run_files.track(run.accelerator, row)
 
 
 def evaluate(run: Run) -> float:
@@ -390,7 +442,8 @@ def save(run: Run) -> Path:
     state = run.state
     return checkpoint.save_checkpoint(
         run.output_dir, state.step, run.prepared, run.optimizer,
-        {k: getattr(state, k) for k in TrainState.__dataclass_fields__ if k != "step"},
+        {**{k: getattr(state, k) for k in TrainState.__dataclass_fields__ if k != "step"},
+         "data_order": run.data_order},
         keep_last=run.config.keep_last, accelerator=run.accelerator)
 
 
@@ -412,9 +465,7 @@ def finish(run: Run) -> TrainResult:
         acc.wait_for_everyone()
         saved_to = run.output_dir / ("model" if run.prepared.kind == "full" else "adapter")
         if acc.is_main_process:
-            with checkpoint.quiet_transformers():
-                run.prepared.save(saved_to)
-            run.tokenizer.save_pretrained(saved_to)
+            save_result(run, saved_to)
         acc.wait_for_everyone()
     if acc.is_main_process and config.plot:
         run_files.plot_loss(run.output_dir, run.history, run.objective.unit_name)
@@ -423,3 +474,18 @@ def finish(run: Run) -> TrainResult:
         _print(acc, f"saved {saved_to}")
     return TrainResult(run.output_dir, run.state.step, losses[-1] if losses else None,
                        eval_loss, saved_to, run.history, run.prepared)
+
+
+def save_result(run: Run, target: Path) -> None:
+    """The trained result + tokenizer into ``target``, all or nothing: written beside it,
+    then renamed into place, so a failed save leaves the previous ``target`` (or none)."""
+    try:
+        with checkpoint.atomic_directory(target) as tmp, checkpoint.quiet_transformers():
+            run.prepared.save(tmp)
+            run.tokenizer.save_pretrained(tmp)
+    except Exception as error:  # any failure of a save: disk full, permissions, a library bug
+        kept = f"the previous {target} is unchanged" if target.exists() else f"no {target} was written"
+        hint = ("rerun with --resume to save from the last checkpoint"
+                if checkpoint.latest_checkpoint(run.output_dir) else "rerun the training")
+        raise SftlabError(f"saving the trained model to {target} failed ({type(error).__name__}: "
+                          f"{error}); {kept}. Fix the cause (e.g. disk space), then {hint}") from error

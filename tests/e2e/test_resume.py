@@ -63,3 +63,18 @@ def test_sigkill_then_resume_is_bitwise_identical(shared_data, tmp_path):
     b = load_file(killed / "model" / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(a[k].equal(b[k]) for k in a), "final weights differ after resume"
+
+
+def test_resume_with_another_dataset_or_batch_size_says_what_changed(shared_data, tmp_path):
+    out = tmp_path / "run"
+    short = ["max_steps=2", "save_every=2", "data.limit=16", "save_model=false"]
+    subprocess.run(_command(shared_data, out, *short), check=True, env=_env(),
+                   capture_output=True, timeout=300)
+    changed = subprocess.run(_command(shared_data, out, *short, "batch_size=4", "data.limit=12",
+                                      "--resume"),
+                             env=_env(), capture_output=True, text=True, timeout=300)
+    assert changed.returncode == 2, changed.stderr[-2000:]
+    assert "Traceback" not in changed.stderr
+    assert "batch_size 2 -> 4" in changed.stderr and "train_examples 16 -> 12" in changed.stderr
+    assert "new output_dir" in changed.stderr
+    assert [r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())] == [1, 2]

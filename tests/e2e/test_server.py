@@ -2,7 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
 import threading
+import time
 
 import httpx
 import openai
@@ -198,3 +205,61 @@ def test_too_long_prompt_fails_alone(server, client):
     assert isinstance(results["long"], openai.BadRequestError)
     assert results["long"].body["code"] == "context_length_exceeded"
     assert results["ok"].choices[0].finish_reason == "length"
+
+
+def test_cli_serve_key_file_and_sigterm(tmp_path):
+    """`sftlab serve` with --api-key-file: 401 without the key; SIGTERM during a stream
+    shuts down gracefully and exits 0 within seconds."""
+    (tmp_path / "key").write_text("file-key-456\n")
+    env = {k: v for k, v in os.environ.items() if k != "SFTLAB_API_KEY"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sftlab", "serve", "tiny", "--port", "0", "--api-key-file", str(tmp_path / "key"),
+         "--served-model-name", "my-tiny", "--shutdown-timeout-s", "1"],
+        stderr=subprocess.PIPE, text=True, env=env)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True).start()
+    try:
+        base_url = _started_url(lines, process)
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            error = httpx.get(f"{base_url}/models", headers=headers, timeout=10).json()["error"]
+            assert error["code"] == "invalid_api_key" and set(error) == {"message", "type", "param", "code"}
+        auth = {"Authorization": "Bearer file-key-456"}
+        assert httpx.get(f"{base_url}/models", headers=auth, timeout=10).json()["data"][0]["id"] == "my-tiny"
+        streaming = threading.Event()
+
+        def stream() -> None:
+            body = {"model": "my-tiny", "prompt": "count", "max_tokens": 900, "temperature": 0, "stream": True}
+            try:
+                with httpx.stream("POST", f"{base_url}/completions", json=body, headers=auth, timeout=30) as r:
+                    for _ in r.iter_lines():
+                        streaming.set()
+            except httpx.HTTPError:
+                pass  # the server went away mid-stream
+
+        threading.Thread(target=stream, daemon=True).start()
+        assert streaming.wait(timeout=30)
+        start = time.perf_counter()
+        process.send_signal(signal.SIGTERM)
+        rc = process.wait(timeout=20)
+        seconds = time.perf_counter() - start
+        print(f"SIGTERM during a stream: exited with {rc} after {seconds:.2f} s (shutdown_timeout_s=1)")
+        assert rc == 0 and seconds < 8
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _started_url(lines: queue.Queue, process: subprocess.Popen) -> str:
+    """The server's /v1 URL from uvicorn's start-up line (the port was chosen by the OS)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            assert process.poll() is None, "sftlab serve exited before it started"
+            continue
+        found = re.search(r"running on (http://\S+)", line)
+        if found:
+            return found.group(1) + "/v1"
+    raise AssertionError("sftlab serve did not start within 120 s")

@@ -41,6 +41,23 @@ class RemoteError(SftlabError):
     """The endpoint kept failing after all retries."""
 
 
+class JudgeError(SftlabError):
+    """The judge's replies hold no verdict the parser can read."""
+
+
+def complete_checked(judge, requests: Sequence[ChatMessages], parse, *, max_tokens: int,
+                     probe: int = 8) -> list[str]:
+    """Every request's completion (temperature 0). The first ``probe`` requests go first:
+    when none of their replies parses (``parse`` returns None), the run stops there with a
+    ``JudgeError`` quoting the first reply, instead of judging everything for nothing."""
+    head = judge.complete_many(requests[:probe], temperature=0.0, max_tokens=max_tokens) if probe else []
+    if head and all(parse(text) is None for text in head):
+        raise JudgeError(f"none of the first {len(head)} replies of judge '{judge.model}' holds a verdict; "
+                         f"the first reads: {head[0][:300]!r} (use a stronger judge, or --judge-probe 0 "
+                         "to judge everything anyway)")
+    return head + judge.complete_many(requests[len(head):], temperature=0.0, max_tokens=max_tokens)
+
+
 class OpenAIChat:
     """``POST {base_url}/chat/completions`` of any OpenAI-compatible server (OpenAI, vLLM,
     ``sftlab serve``, llama.cpp ...). The key is read from ``api_key`` or the environment

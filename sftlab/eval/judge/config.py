@@ -27,6 +27,12 @@ class JudgeSection:
     """Environment variable holding the judge endpoint's API key."""
     cache_dir: str = "~/.cache/sftlab/judge"
     """Judge completions cache, keyed by model, messages and parameters ('' = no cache)."""
+    max_tokens: int | None = None
+    """Length limit of each judge reply; none: the command's own (alpaca-eval 512,
+    mt-bench 2048 as FastChat)."""
+    probe: int = 8
+    """The first N judge requests run first; when none of their replies holds a verdict the
+    run stops with an error quoting one (0: judge everything regardless)."""
 
 
 @dataclass

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 from sftlab.data.io import read_rows
 from sftlab.errors import DataError
+from sftlab.eval.judge.client import complete_checked
 from sftlab.infer.base import SamplingConfig
 from sftlab.types import Message
 
@@ -120,8 +121,9 @@ def judge_messages(question: dict[str, Any], answer: list[str], turn: int,
 
 
 def judge_answers(questions, answers: dict[int, list[str]], judge, folder: str | Path, *,
-                  max_tokens: int = 2048) -> list[dict[str, Any]]:
-    """One judgment row per question and turn: score, category, raw completion."""
+                  max_tokens: int = 2048, probe: int = 8) -> list[dict[str, Any]]:
+    """One judgment row per question and turn: score, category, raw completion. Stops early
+    (``JudgeError``) when none of the first ``probe`` replies holds a rating."""
     prompts, references = read_judge_prompts(folder), read_references(folder)
     rows, requests = [], []
     for question in questions:
@@ -134,7 +136,8 @@ def judge_answers(questions, answers: dict[int, list[str]], judge, folder: str |
             rows.append({"question_id": question["question_id"], "category": question["category"],
                          "turn": turn, "judge": judge.model, "answer": answer[turn - 1],
                          "judge_messages": messages})
-    completions = judge.complete_many(requests, temperature=0.0, max_tokens=max_tokens)
+    completions = complete_checked(judge, requests, lambda text: None if parse_rating(text) < 0 else text,
+                                   max_tokens=max_tokens, probe=probe)
     for row, completion in zip(rows, completions):
         row["raw_completion"] = completion
         row["score"] = parse_rating(completion)

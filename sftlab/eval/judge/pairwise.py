@@ -21,8 +21,9 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from sftlab.data.io import read_rows
+from sftlab.data.io import read_objects, record_error
 from sftlab.errors import DataError
+from sftlab.eval.judge.client import complete_checked
 from sftlab.infer.base import SamplingConfig
 from sftlab.types import Message
 
@@ -44,26 +45,55 @@ _VERDICT = re.compile(r"\[\[\s*([ABC])\s*\]\]")
 
 
 def read_outputs(path: str | Path) -> list[dict[str, Any]]:
-    """AlpacaEval outputs (a JSON list, or JSONL) of ``{"instruction", "output", "generator"}``."""
-    return _read_rows_with(path, "outputs", ("instruction", "output"))
+    """AlpacaEval outputs (a JSON list, or JSONL) of ``{"instruction", "output", "generator"}``;
+    an instruction given twice is an error (pairing by instruction would keep only one)."""
+    return _read_rows_with(path, "outputs", ("instruction", "output"), unique=("instruction",))
 
 
 def read_annotations(path: str | Path) -> list[dict[str, Any]]:
     """AlpacaEval annotations (a JSON list, or JSONL), as ``judge_pairs`` writes them: rows
-    with ``output_1`` (baseline) and ``output_2`` (model) strings and a ``preference``."""
-    return _read_rows_with(path, "annotations", ("output_1", "output_2"))
+    with ``instruction``, ``output_1`` (baseline) and ``output_2`` (model) strings and a
+    ``preference``: a number in [1, 2] (0 is AlpacaEval's tie), or null when the judge gave
+    no verdict. The same (instruction, output_1, output_2) twice is an error."""
+    rows = _read_rows_with(path, "annotations", ("instruction", "output_1", "output_2"),
+                           unique=("instruction", "output_1", "output_2"))
+    for index, row in enumerate(rows):
+        preference = row.get("preference")
+        number = isinstance(preference, (int, float)) and not isinstance(preference, bool)
+        if preference is not None and not (number and (preference == 0 or 1 <= preference <= 2)):
+            raise DataError(f"preference must be a number in [1, 2] (or 0 for a tie, null for no verdict), "
+                            f"got {preference!r}", file=str(path), line=rows.lines[index], field="preference",
+                            index=index, hint="1 = baseline better, 2 = model better, 1.5 = tie")
+    return rows
 
 
-def _read_rows_with(path: str | Path, what: str, keys: tuple[str, ...]) -> list[dict[str, Any]]:
-    """The rows of a JSON list or JSONL file (``sftlab.data.io``); each needs ``keys`` as strings."""
+class _Rows(list):
+    """Rows read from a file, with each row's line (None in a JSON array) in ``lines``."""
+
+    lines: list[int | None] = []
+
+
+def _read_rows_with(path: str | Path, what: str, keys: tuple[str, ...],
+                    unique: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The rows of a JSON list or JSONL file (``sftlab.data.io``); each needs ``keys`` as
+    strings, and no two rows the same ``unique`` values. Errors name the file and line (or
+    record); the returned list's ``lines`` holds each row's line (None in a JSON array)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{what} file not found", file=str(path))
-    rows = read_rows(path)
-    for i, row in enumerate(rows):
+    rows, seen = _Rows(), {}
+    rows.lines = []
+    for record in read_objects(path):
         for key in keys:
-            if not isinstance(row, dict) or not isinstance(row.get(key), str):
-                raise DataError(f"needs a '{key}' string", file=str(path), index=i, field=key)
+            if not isinstance(record.value.get(key), str):
+                raise record_error(record, path, f"needs a '{key}' string", field=key,
+                                   hint=f"every {what} row has {', '.join(keys)}")
+        value = tuple(record.value[key] for key in unique)
+        where = f"line {record.line}" if record.line is not None else f"record {record.index}"
+        if unique and value in seen:
+            raise record_error(record, path, f"the same {' / '.join(unique)} as {seen[value]}", field=unique[0],
+                               hint=f"keep one row per {unique[0]}")
+        seen[value] = where
+        rows.append(record.value)
+        rows.lines.append(record.line)
     return rows
 
 
@@ -97,15 +127,16 @@ def pair_outputs(baseline: Sequence[dict], model: Sequence[dict]) -> list[tuple[
 
 
 def judge_pairs(baseline: Sequence[dict], model: Sequence[dict], judge, *, max_tokens: int = 512,
-                both_orders: bool = True) -> list[dict[str, Any]]:
-    """Judge every matched pair (both orders) -> AlpacaEval annotation rows."""
+                both_orders: bool = True, probe: int = 8) -> list[dict[str, Any]]:
+    """Judge every matched pair (both orders) -> AlpacaEval annotation rows. Stops early
+    (``JudgeError``) when none of the first ``probe`` replies holds a verdict."""
     pairs = pair_outputs(baseline, model)
     requests = []
     for base, mine in pairs:
         requests.append(judge_messages(base["instruction"], base["output"], mine["output"]))  # model = B
         if both_orders:
             requests.append(judge_messages(base["instruction"], mine["output"], base["output"]))  # model = A
-    completions = judge.complete_many(requests, temperature=0.0, max_tokens=max_tokens)
+    completions = complete_checked(judge, requests, parse_verdict, max_tokens=max_tokens, probe=probe)
     per_pair = 2 if both_orders else 1
     annotations = []
     for k, (base, mine) in enumerate(pairs):

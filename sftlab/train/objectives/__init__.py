@@ -5,8 +5,12 @@ and PPO/GRPO will plug in); one file per objective registers itself:
 
     sft    token cross-entropy on labelled tokens (``sft.py``)
     spin   SPIN's pairwise loss against the previous iterate (``spin.py``)
+    dpo    DPO / IPO / cDPO on given preference pairs (``dpo.py``)
+
+``pair.py`` holds what the pairwise objectives share.
 """
-from sftlab.train.objectives import sft, spin  # noqa: F401  (register themselves)
+# registration order is ``train.config.ObjectiveName``'s
+from sftlab.train.objectives import sft, spin, dpo  # noqa: F401,I001  (register themselves)
 from sftlab.train.objectives.base import OBJECTIVES, Objective
 
 __all__ = ["OBJECTIVES", "Objective"]

@@ -27,12 +27,11 @@ extra per-unit means a loss module leaves in ``.metrics`` after each call; the l
 them by ``count``, sums them over micro-batches and processes and writes their means over
 the log window into the log row (SPIN's margin, accuracy, rewards).
 
-How the next objectives plug in (none is implemented yet):
+**DPO** (and IPO, cDPO) is SPIN's pipeline with "chosen"/"rejected" preference pairs: both
+are ``pair.PairObjective``s (``Pair`` units, ``collate_pairs``, reference log-probs filled in
+``setup`` with the initial model or read from the records, ``count`` = pairs, ``PairLoss``
+with the variant's loss). How the next objectives plug in (none is implemented yet):
 
-- **DPO** (and IPO, cDPO, ...): SPIN's pipeline with "chosen"/"rejected" preference pairs:
-  ``Pair`` units, ``collate_pairs``, reference log-probs filled in ``setup`` with the
-  initial model (or read from the records), ``count`` = pairs, a loss module computing
-  the chosen/rejected margin against the reference with the variant's loss.
 - **KTO**: unpaired completions, each labelled desirable or not: units are
   ``(Tokenized, label)``; ``collate`` builds the micro-batch *and* its KL reference batch
   (the same prompts with mismatched completions, shifted within the batch) into one

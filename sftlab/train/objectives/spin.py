@@ -1,104 +1,26 @@
 """``objective: spin``: SPIN's pairwise loss (Chen et al. 2024) on ``Pair`` units.
 
-The math, the pair type and the pair records are ``sftlab.train.pairwise``; this file wires
-them into the loop's ``Objective`` hooks:
-
-- data: pair records of ``data.paths`` (``read_pairs``) -> ``Pair``s, eval split as for
-  examples; ``batch_size`` counts pairs; no packing (a pair's two sides are compared with
-  each other, and the sequence log-probs assume one example per row);
-- setup: reference log-probs the records lack are computed once with the *initial* model,
-  before the method changes it (on resume too: the checkpoint loads after setup);
-- loss: ``PairLoss`` (sum of per-pair losses, pairs), normalised per pair over the step;
-  the log row gets the pairs and the means of margin, accuracy and both rewards.
+The math, the pair type and the pair records are ``sftlab.train.pairwise``; the hooks every
+pairwise objective shares (no packing, reference log-probs of the initial model at setup,
+per-pair normalisation) are ``sftlab.train.objectives.pair``. This file adds SPIN's data
+(pair records of ``data.paths``, ``read_pairs``, as ``sftlab synth spin`` writes them) and
+its loss (``PairLoss`` with ``spin.beta``; the rewards are named ``reward_real`` and
+``reward_generated``).
 """
 from __future__ import annotations
 
-from collections import Counter
-
-from sftlab.errors import ConfigError, DataError
-from sftlab.train.data import Batch, split_eval
-from sftlab.train.objectives.base import OBJECTIVES, Objective
-from sftlab.train.pairwise import Pair, PairLoss, collate_pairs, count_pairs, read_pairs, reference_logps
+from sftlab.train.objectives.base import OBJECTIVES
+from sftlab.train.objectives.pair import PairObjective, load_pairs
+from sftlab.train.pairwise import PairLoss, read_pairs
 
 
 @OBJECTIVES.register("spin")
-class SpinObjective(Objective):
+class SpinObjective(PairObjective):
     name = "spin"
-    unit_type = Pair
-    unit_name = "pair"
-    count_key = "pairs"
     metric_names = ("margin", "accuracy", "reward_real", "reward_generated")
 
-    @classmethod
-    def check(cls, config) -> None:
-        """``TrainConfig`` itself refuses packing and padding-free rows for SPIN (a pair's
-        two sides are compared with each other, so one packed row would mix pairs)."""
-        if config.method.name == "lomo":
-            raise ConfigError("objective=spin needs an optimizer method (full, lora, ...): 'lomo' "
-                              "updates the weights inside backward")
-
     def load_data(self, tokenizer, *, progress: bool = False):
-        return load_pairs(self.config.data, tokenizer, self.config.seed)
-
-    def setup(self, model, units: list, *, accelerator, pad_id: int) -> None:
-        """Reference log-probs for the pairs that lack them, from ``model`` as it is now
-        (frozen, under the run's autocast so step 1's margin is 0). Every process scores
-        the same pairs (same numbers everywhere; nothing to gather)."""
-        missing = [p for p in units if p.ref_real is None or p.ref_generated is None]
-        if not missing:
-            return
-        if getattr(model, "hf_quantizer", None) is None:  # 4-bit weights are placed at load
-            model.to(accelerator.device)
-        if accelerator.is_main_process:
-            print(f"spin: reference log-probs of {len(missing)} pairs with the initial model",
-                  flush=True)
-        with accelerator.autocast():
-            reference_logps(model, missing, pad_id, self.config.batch_size)
-
-    def make_units(self, examples: list) -> list:
-        return list(examples)
-
-    def collate(self, items: list, pad_id: int, padding_free: bool = False) -> Batch:
-        """``padding_free`` never applies: ``check`` refuses it."""
-        tensors = collate_pairs(items, pad_id)
-        return Batch(tensors, int(tensors["attention_mask"].sum()), tensors["input_ids"].numel())
+        return load_pairs(self.config.data, tokenizer, read_pairs, self.config.seed)
 
     def loss_module(self, prepared) -> PairLoss:
         return PairLoss(prepared.model, self.config.spin.beta, prepared.logit_offset)
-
-    def count(self, tensors: dict) -> int:
-        return count_pairs(tensors)
-
-    def unit_key(self, unit: Pair):
-        sides = [(s.input_ids, s.labels) for s in (unit.real, unit.generated)]
-        return sides + [unit.ref_real, unit.ref_generated]
-
-    def preview(self, unit: Pair):
-        return unit.real
-
-
-def load_pairs(section, tokenizer, seed: int = 0):
-    """Pair records of ``section.paths`` (``pairwise.read_pairs``) -> ``(train, eval,
-    summary_line)``, lists of ``Pair``. ``data.limit`` keeps the first N pairs; the eval
-    split and ``eval_path`` work as for examples."""
-    if not section.paths:
-        raise DataError("no training data: set data.paths", hint="data.paths=[pairs.jsonl]")
-    train, dropped = [], Counter()
-    for path in section.paths:
-        pairs, left_out = read_pairs(path, tokenizer, section.max_length, section.on_error)
-        train += pairs
-        dropped += left_out
-    train = train[:section.limit] if section.limit is not None else train
-    if not train:
-        reasons = ", ".join(f"{r}: {n}" for r, n in dropped.most_common()) or "no records"
-        raise DataError(f"no trainable pair in the data set (dropped: {reasons})",
-                        file=", ".join(section.paths), hint="check data.max_length")
-    evaluation: list[Pair] = []
-    if section.eval_path:
-        evaluation, _ = read_pairs(section.eval_path, tokenizer, section.max_length,
-                                   section.on_error)
-    elif section.eval_split > 0:
-        train, evaluation = split_eval(train, section.eval_split, seed)
-    left_out = f" ({sum(dropped.values())} dropped: {dict(dropped)})" if dropped else ""
-    summary = f"data: {len(train)} train pairs{left_out}; {len(evaluation)} eval pairs"
-    return train, evaluation, summary

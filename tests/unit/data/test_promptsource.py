@@ -134,3 +134,29 @@ def test_apply_template_command(tmp_path, shared_data, capsys):
     assert len(rows) == 164 * 2 - len(NO_EQUALITY_ASSERT)
     assert rows[0]["meta"]["template"] == "function body generation"
     assert "left out 6" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("jinja, message", [
+    ("{{ 9**(9**8) }} ||| x", "too large"),
+    ('{{ "ab" * 200000000 }} ||| x', "too large"),
+    ('{{ "ab" * 2e8 }} ||| x', "can't multiply"),
+    ("{{ ([1] * 10**9)|length }} ||| x", "too large"),
+    ("{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %} ||| x", "passed 1000000 characters"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %} ||| x", "range"),
+])
+def test_render_bombs_fail_fast_naming_template_and_row(jinja, message):
+    import time
+
+    template = PromptTemplate(id="t", name="bomb", jinja=jinja)
+    start = time.perf_counter()
+    with pytest.raises(DataError, match=message) as caught:
+        apply_promptsource([{"text": "a"}, {"text": "b"}], [template])
+    assert time.perf_counter() - start < 1.0
+    assert caught.value.index == 0 and caught.value.field == "bomb"
+
+
+def test_max_chars_is_configurable():
+    template = PromptTemplate(id="t", name="long", jinja="{{ 'x' * 50 }} ||| y")
+    assert apply_promptsource([{}], [template], max_chars=60)[0].messages[0].content == "x" * 50
+    with pytest.raises(DataError, match="passed 40 characters"):
+        apply_promptsource([{}], [template], max_chars=40)

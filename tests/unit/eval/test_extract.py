@@ -1,31 +1,30 @@
-"""Answer extraction tables: GSM8K strict/flexible, MATH boxed + normalisation, BBH."""
+"""Answer extraction tables: GSM8K lenient, MATH boxed + normalisation, BBH."""
 import pytest
 
-from sftlab.eval.extract import (bbh_answer, gsm8k_flexible, gsm8k_strict, gsm8k_target, last_boxed,
+from sftlab.eval.extract import (bbh_answer, gsm8k_lenient, gsm8k_target, last_boxed,
                                  math_answer, math_equal, normalize_math)
 
-GSM8K_CASES = [
-    # text, strict, flexible
-    ("Janet sells 9 eggs.\n#### 18", "18", "18"),
-    ("So 3 + 2 = 5. The answer is 5.", "5", "5"),
-    ("The answer is $1,200.", "1200", "1200"),
-    ("She earns 12 then 18 dollars", None, "18"),
-    ("The answer is -3.", "-3", "-3"),
-    ("It is 7.50 dollars. The answer is 7.5", "7.5", "7.5"),
-    ("The answer is 4.0.", "4", "4"),
-    ("no numbers here", None, None),
-    ("#### 72\n\nQ: another 99", "72", "99"),
+GSM8K_LENIENT_CASES = [
+    # text, sftlab's lenient extraction (exact_match_lenient; lm-eval's are in test_gsm8k_lm_eval.py)
+    ("Janet sells 9 eggs.\n#### 18", "18"),
+    ("So 3 + 2 = 5. The answer is 5.", "5"),
+    ("The answer is $1,200.", "1200"),
+    ("She earns 12 then 18 dollars", None),
+    ("The answer is -3.", "-3"),
+    ("It is 7.50 dollars. The answer is 7.5", "7.5"),
+    ("The answer is 4.0.", "4"),
+    ("the final answer is: 9", "9"),
+    ("no numbers here", None),
 ]
 
 
-@pytest.mark.parametrize("text,strict,flexible", GSM8K_CASES)
-def test_gsm8k_extractors(text, strict, flexible):
-    assert gsm8k_strict(text) == strict
-    assert gsm8k_flexible(text) == flexible
+@pytest.mark.parametrize("text,lenient", GSM8K_LENIENT_CASES)
+def test_gsm8k_lenient(text, lenient):
+    assert gsm8k_lenient(text) == lenient
 
 
 def test_gsm8k_target_from_answer_field():
-    assert gsm8k_target("Natalia sold 48/2 = <<48/2=24>>24 clips.\n#### 1,072") == "1072"
+    assert gsm8k_target("Natalia sold 48/2 = <<48/2=24>>24 clips.\n#### 1,072") == "1,072"
 
 
 @pytest.mark.parametrize("text,boxed", [

@@ -97,4 +97,4 @@ def test_eval_with_remote_generator(server, tmp_path, shared_data, monkeypatch):
     assert samples[0]["output"] == "Work. The answer is 18.\n\n"  # cut at the stop string "Q:"
     assert samples[0]["scores"]["exact_match_strict"] == 1.0
     path, body = Handler.requests[-1]
-    assert path == "/v1/completions" and body["stop"] == ["Q:", "\n\n\n"] and body["temperature"] == 0.0
+    assert path == "/v1/completions" and body["stop"] == ["Q:", "</s>", "<|im_end|>"] and body["temperature"] == 0.0

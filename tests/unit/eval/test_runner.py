@@ -51,7 +51,7 @@ def test_gsm8k_writes_three_files_and_is_reproducible(tmp_path):
     assert metric["mean"] == pytest.approx(sum(expected) / 8)
     settings = json.loads((tmp_path / "out/settings.json").read_text())
     assert settings["tasks"]["gsm8k"]["num_fewshot"] == 8
-    assert settings["tasks"]["gsm8k"]["generation"]["stop"] == ["Q:", "\n\n\n"]
+    assert settings["tasks"]["gsm8k"]["generation"]["stop"] == ["Q:", "</s>", "<|im_end|>"]
     assert "transformers" in settings["versions"]
     assert "gsm8k" in format_table(first)
 

@@ -19,7 +19,7 @@ def test_bbh_loads_all_27_subtasks_with_their_prompts(shared_data):
         prompt = task.prompt(doc)
         assert "canary" not in prompt  # the header is cut
         assert prompt.count("Let's think step by step.") == 4  # 3 exemplars + the question
-        assert prompt.endswith(f"Q: {doc['input']}\nA: Let's think step by step.")
+        assert prompt.endswith(f"Q: {doc['input']}\nA: Let's think step by step.\n")
     first = next(d for d in docs if d["subtask"] == "boolean_expressions")
     assert task.prompt(first).startswith("Evaluate the result of a random Boolean expression.")
 
@@ -29,9 +29,9 @@ def test_bbh_exemplars_score_as_correct(shared_data):
     task = Bbh(["date_understanding"])
     doc = task.docs(str(shared_data / "bbh"))[0]
     _, scores = task.score(doc, f"Some reasoning. So the answer is {doc['target']}.")
-    assert scores == {"exact_match": 1.0}
+    assert scores == {"exact_match": 1.0, "exact_match_last": 1.0}
     _, scores = task.score(doc, "So the answer is (Z).")
-    assert scores == {"exact_match": 0.0}
+    assert scores == {"exact_match": 0.0, "exact_match_last": 0.0}
 
 
 def test_gsm8k_prompt_and_scoring(shared_data):
@@ -44,9 +44,9 @@ def test_gsm8k_prompt_and_scoring(shared_data):
     task.num_fewshot = 2
     assert task.prompt(docs[0]).count("\nA: ") == 2
     extracted, scores = task.score(docs[0], "She sells 9 eggs, 9 * 2 = 18. The answer is 18.\n")
-    assert scores == {"exact_match_strict": 1.0, "exact_match_flexible": 1.0}
+    assert scores == {"exact_match_strict": 1.0, "exact_match_flexible": 1.0, "exact_match_lenient": 1.0}
     _, scores = task.score(docs[0], "She makes 18 dollars, or 20")
-    assert scores == {"exact_match_strict": 0.0, "exact_match_flexible": 0.0}
+    assert scores == {"exact_match_strict": 0.0, "exact_match_flexible": 0.0, "exact_match_lenient": 0.0}
 
 
 def test_missing_data_is_a_clear_error():
@@ -63,9 +63,9 @@ def test_math_docs_and_equivalence(tmp_path):
     docs = task.docs(str(path))
     assert [d["target"] for d in docs] == ["\\frac{3}{4}", "4"]
     assert task.prompt(docs[0]).count("Problem:") == 5
-    assert task.score(docs[0], "so the sum is $\\boxed{0.75}$")[1] == {"exact_match": 1.0}
-    assert task.score(docs[0], "so the sum is $\\boxed{\\dfrac34}$")[1] == {"exact_match": 1.0}
-    assert task.score(docs[1], "The final answer is $5$.")[1] == {"exact_match": 0.0}
+    assert task.score(docs[0], "so the sum is $\\boxed{0.75}$")[1]["exact_match_normalized"] == 1.0
+    assert task.score(docs[0], "so the sum is $\\boxed{\\dfrac34}$")[1]["exact_match_normalized"] == 1.0
+    assert task.score(docs[1], "The final answer is $5$.")[1]["exact_match_normalized"] == 0.0
 
 
 def test_mc_reader_accepts_letters_indices_and_csv(tmp_path):

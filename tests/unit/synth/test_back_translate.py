@@ -190,3 +190,31 @@ def _flat(config):
             yield prefix[:-1], value
 
     return [(k, v) for k, v in walk("", asdict(config)) if not k.startswith("teacher.")]
+
+
+def test_texts_too_long_for_the_models_context_are_skipped_and_counted(tmp_path, shared_data,
+                                                                       tiny_model_dir):
+    """The tiny model's context is 1024 tokens ("word " is 2): one text cannot be back-translated,
+    one fits the backward model but not the rating prompt; neither stops the run."""
+    import shutil
+
+    path = tmp_path / "texts.jsonl"
+    rows = [{"id": "short", "text": "Rain falls, rivers run to the sea, the sun lifts the water again."},
+            {"id": "huge", "text": "word " * 600}, {"id": "long", "text": "word " * 420}]
+    path.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    work = tmp_path / "out.jsonl.work"
+    shutil.copytree(tiny_model_dir, work / "backward")  # a backward model "already trained"
+    (work / "backward" / bt.STAGE_MARKER).write_text("{}")
+    config = _config(tmp_path, shared_data, path, "max_text_chars=100000",
+                     f"forward_model={tiny_model_dir}", "threshold=1")
+    report = bt.run(config)
+    candidates = {c["text_id"]: c for c in _jsonl(work / "candidates.jsonl")}
+    assert candidates["huge"]["skipped"] == bt.TOO_LONG_TO_BACK_TRANSLATE
+    assert "skipped" not in candidates["short"] and "skipped" not in candidates["long"]
+    ratings = {r["id"]: r for r in _jsonl(work / "scores_0.jsonl")}
+    assert candidates["long"]["instruction"]  # greedy, seeded: the tiny model writes one
+    assert ratings[candidates["long"]["id"]]["skipped"] == bt.TOO_LONG_TO_RATE
+    assert report.rejected[bt.TOO_LONG_TO_RATE] == 1
+    assert report.rejected[bt.TOO_LONG_TO_BACK_TRANSLATE] == 1
+    assert report.written + sum(report.rejected.values()) == 3  # every text accounted for
+    assert report.requests == 2 + sum(1 for r in ratings.values() if "skipped" not in r)

@@ -77,3 +77,49 @@ def test_self_chat_builds_multi_turn_conversations(tmp_path, prompts):
     roles = [m["role"] for m in rows[0]["messages"]]
     assert roles[:4] == ["user", "assistant", "user", "assistant"] and roles[-1] == "assistant"
     assert all(a != b for a, b in zip(roles, roles[1:]))
+
+
+def refusing(messages):
+    """``scripted``, but a refusal (content: null) for the prompt asking for one."""
+    return None if "refuse" in messages[-1]["content"] else scripted(messages)
+
+
+def test_a_refusal_is_counted_not_a_crash(tmp_path, prompts):
+    with FaultyServer(refusing, error_rate=0.0) as server:
+        config = distill.DistillConfig(teacher=_teacher(server, tmp_path), prompts=str(prompts),
+                                       output=str(tmp_path / "d.jsonl"))
+        report = distill.run(config)
+        assert server.counts["ok"] == 7  # skip (the default): asked once
+    assert report.written == 6 and report.refused == 1
+    assert report.rejected["empty or too short response"] == 1
+    assert "teacher refusals: 1" in report.summary()
+    saved = json.loads(report.save(config.output, config).read_text())
+    assert saved["refused"] == 1 and saved["config"]["teacher"]["on_refusal"] == "skip"
+
+
+def test_refusals_retried_when_configured(tmp_path, prompts):
+    asked = []
+
+    def refuses_twice(messages):
+        if "refuse" in messages[-1]["content"]:
+            asked.append(1)
+            if len(asked) <= 2:
+                return None
+        return scripted(messages)
+
+    with FaultyServer(refuses_twice, error_rate=0.0) as server:
+        teacher = _teacher(server, tmp_path)
+        teacher.on_refusal, teacher.max_retries = "retry", 3
+        config = distill.DistillConfig(teacher=teacher, prompts=str(prompts), output=str(tmp_path / "d.jsonl"))
+        report = distill.run(config)
+    assert len(asked) == 3 and report.refused == 0 and report.written == 7
+
+
+def test_a_refusal_on_every_retry_is_given_up_as_refused(tmp_path, prompts):
+    with FaultyServer(refusing, error_rate=0.0) as server:
+        teacher = _teacher(server, tmp_path)
+        teacher.on_refusal, teacher.max_retries = "retry", 2
+        config = distill.DistillConfig(teacher=teacher, prompts=str(prompts), output=str(tmp_path / "d.jsonl"))
+        report = distill.run(config)
+        assert server.counts["ok"] == 6 + 3
+    assert report.refused == 1 and report.written == 6

@@ -169,7 +169,7 @@ def test_record_reference_log_probs_are_read(tiny_tokenizer):
 @pytest.mark.parametrize("setting, message", [
     ({"data.packing": True}, "data.packing=false"),
     ({"data.padding_free": True}, "data.padding_free=false"),
-    ({"objective": "dpo"}, "allowed: sft, spin"),
+    ({"objective": "spinn"}, "allowed: sft, spin"),
 ])
 def test_bad_spin_settings_are_config_errors(tmp_path, setting, message):
     with pytest.raises(ConfigError, match=message):
