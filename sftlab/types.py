@@ -18,13 +18,27 @@ IGNORE_INDEX = -100
 
 @dataclass(frozen=True)
 class Message:
-    """One turn: ``Message("user", "Name three colours.")``."""
+    """One turn: ``Message("user", "Name three colours.")``.
+
+    ``weight`` is the turn's loss weight: 1 (the default) trains an assistant turn as the
+    mask strategy says; 0 keeps it as context only, never trained (OpenAI's ``weight``,
+    LLaMA-Factory v1's ``loss_weight``, Axolotl's ``train``). Only assistant turns are
+    ever trained: a system or user turn's weight (0 or 1) changes nothing.
+    """
 
     role: Role
     content: str
+    weight: int = 1
 
-    def to_dict(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+    def __repr__(self) -> str:
+        weight = "" if self.weight == 1 else f", weight={self.weight!r}"
+        return f"Message(role={self.role!r}, content={self.content!r}{weight})"
+
+    def to_dict(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.weight != 1:
+            row["weight"] = self.weight
+        return row
 
 
 @dataclass
@@ -58,7 +72,7 @@ class Conversation:
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> "Conversation":
         return cls(
-            messages=[Message(m["role"], m["content"]) for m in row["messages"]],
+            messages=[Message(m["role"], m["content"], m.get("weight", 1)) for m in row["messages"]],
             id=row.get("id"),
             source=row.get("source"),
             meta=dict(row.get("meta") or {}),

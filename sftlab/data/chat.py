@@ -24,6 +24,10 @@ Mask decisions, stated once:
 * ``all_assistant`` (default) trains every assistant turn; ``last_assistant`` only the
   last one; ``everything`` trains every token of the text (system, user, template markers
   included: plain language modelling on the rendered text).
+* An assistant turn of loss weight 0 (``Message.weight``) is context: rendered, never
+  trained (``last_assistant`` trains the last turn of weight 1). ``everything`` ignores
+  weights. A conversation whose assistant turns all have weight 0 trains nothing:
+  ``tokenize_conversations`` drops and counts it (``all_turns_weight_0``).
 * System and user turns are never trained (except under ``everything``).
 * The end-of-turn token of each trained turn (``<|im_end|>``, ``</s>``, ...) *is* trained,
   so the model learns to stop. The whitespace the template writes after it (ChatML's
@@ -234,7 +238,7 @@ def _trained_turn_span(text: str, start: int, end: int, markers: Sequence[str]) 
 
 
 def _assistant_indices(conversation: Conversation, strategy: MaskStrategy) -> list[int]:
-    indices = [i for i, m in enumerate(conversation.messages) if m.role == "assistant"]
+    indices = [i for i, m in enumerate(conversation.messages) if m.role == "assistant" and m.weight]
     return indices[-1:] if strategy == "last_assistant" else indices
 
 
@@ -373,7 +377,8 @@ class TokenizeResult:
     """Tokenized examples plus what was dropped or truncated, and why.
 
     ``dropped`` counts reasons (``no_trained_tokens``, ``truncated_all_labels``,
-    ``template_not_prefix_stable``, ``no_end_of_turn``, ``starts_with_assistant``);
+    ``all_turns_weight_0``, ``template_not_prefix_stable``, ``no_end_of_turn``,
+    ``starts_with_assistant``);
     ``dropped_ids`` lists
     ``(id, reason)`` with ``id`` the conversation id or ``"#<index>"``.
     """
@@ -421,6 +426,8 @@ def tokenize_conversations(conversations: Iterable[Conversation], tokenizer, *, 
         name = conversation.id if conversation.id is not None else f"#{index}"
         reason = None
         try:
+            if strategy != "everything" and _all_weight_0(conversation):
+                raise DataError("every assistant turn has loss weight 0", reason="all_turns_weight_0")
             full = render(conversation, tokenizer, strategy=strategy)
         except DataError as error:
             reason = error.reason
@@ -439,6 +446,11 @@ def tokenize_conversations(conversations: Iterable[Conversation], tokenizer, *, 
             result.dropped[reason] += 1
             result.dropped_ids.append((name, reason))
     return result
+
+
+def _all_weight_0(conversation: Conversation) -> bool:
+    weights = [m.weight for m in conversation.messages if m.role == "assistant"]
+    return bool(weights) and not any(weights)
 
 
 # ---------------------------------------------------------------------------------------

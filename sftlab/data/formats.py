@@ -350,8 +350,10 @@ def parse_messages(value: Any, field: str = "messages") -> list[Message]:
     """OpenAI-style messages -> ``Message`` list: the one message parser of sftlab.
 
     ``value`` is ``[{"role": "system"|"user"|"assistant"|"developer", "content": str or
-    [{"type": "text", "text": ...}]}, ...]``; ``developer`` means system. A bad item raises
-    ``DataError`` naming it under ``field`` (``messages[1].role``, ``prompt[0].content``).
+    [{"type": "text", "text"|"value": ...}], "weight"|"loss_weight"|"train": 0|1}, ...]``;
+    ``developer`` means system; the optional weight is the turn's loss weight (``Message.weight``).
+    A bad item raises ``DataError`` naming it under ``field`` (``messages[1].role``,
+    ``prompt[0].content``).
     Turn order is not checked here (``validate`` does that).
 
     >>> parse_messages([{"role": "user", "content": "Hi"}])
@@ -375,22 +377,57 @@ def _openai_message(item: Any, field: str) -> Message:
         raise DataError(f"unknown role '{role}'", field=f"{field}.role",
                         hint="use system, user or assistant (tool turns are not supported)",
                         reason="unknown role")
-    return Message(ROLE_ALIASES[role], _text_content(require(item, "content", (str, list),
-                                                             field=f"{field}.content"), field))
+    content = _text_content(require(item, "content", (str, list), field=f"{field}.content"), field)
+    return Message(ROLE_ALIASES[role], content, _loss_weight(item, ROLE_ALIASES[role], field))
+
+
+# the per-message loss-weight keys: OpenAI fine-tuning, LLaMA-Factory v1, Axolotl
+WEIGHT_KEYS = ("weight", "loss_weight", "train")
+
+
+def _loss_weight(item: dict, role: str, field: str) -> int:
+    """The message's loss weight, 0 or 1 (1 when it gives none).
+
+    A weight-0 turn is context only; a non-assistant turn is never trained, so its weight may
+    be 0 but not 1.
+    """
+    given = [key for key in WEIGHT_KEYS if key in item]
+    if not given:
+        return 1
+    if len(given) > 1:
+        raise DataError(f"several loss weights ({', '.join(given)})", field=f"{field}.{given[0]}",
+                        hint="give one of weight, loss_weight or train", reason="bad loss weight")
+    key = given[0]
+    value = item[key]
+    if not isinstance(value, (bool, int, float)) or value not in (0, 1):
+        raise DataError(f"loss weight {value!r} is not 0 or 1 (fractional weights are not supported yet)",
+                        field=f"{field}.{key}", hint="use 0 (context only) or 1 (trained)",
+                        reason="bad loss weight")
+    weight = int(value)
+    if role != "assistant" and weight == 1:
+        raise DataError(f"a {role} turn has loss weight 1, but only assistant turns are trained",
+                        field=f"{field}.{key}", hint="drop the weight or set it to 0",
+                        reason="bad loss weight")
+    return weight
 
 
 def _text_content(content: str | list, field: str) -> str:
-    """A string, or OpenAI content parts ``[{"type": "text", "text": ...}]`` joined."""
+    """A string, or text content parts joined: OpenAI's ``[{"type": "text", "text": ...}]``
+    or LLaMA-Factory v1's ``[{"type": "text", "value": ...}]``."""
     if isinstance(content, str):
         return content
-    texts = []
-    for index, part in enumerate(content):
-        if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-            raise DataError("only text content parts are supported", field=f"{field}.content[{index}]",
-                            hint="use a plain string or {'type': 'text', 'text': ...} parts",
-                            reason="wrong type")
-        texts.append(part["text"])
-    return "".join(texts)
+    return "".join(_part_text(part, f"{field}.content[{index}]") for index, part in enumerate(content))
+
+
+def _part_text(part: Any, field: str) -> str:
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind != "text":
+        what = f"a '{kind}' content part" if isinstance(kind, str) else "a content part without type 'text'"
+        raise DataError(f"{what} is not supported: only text parts are (multimodal data is not yet)",
+                        field=field, hint="use a plain string or {'type': 'text', 'text': ...} parts",
+                        reason="wrong type")
+    key = "text" if "text" in part else "value"
+    return require(part, key, field=f"{field}.{key}")
 
 
 @FORMATS.register("sharegpt")
