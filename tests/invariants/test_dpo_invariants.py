@@ -9,28 +9,15 @@ import math
 import pytest
 import torch
 
-from sftlab.config import build_config
-from sftlab.train.pairwise import Pair, collate_pairs, preference_loss, sequence_logps, tokenize_pair
+from sftlab.train.pairwise import collate_pairs, preference_loss, sequence_logps, tokenize_pair
 from sftlab.types import IGNORE_INDEX, Message
-from tests.invariants.test_spin_invariants import assert_same_trained_parameters, synthetic_pairs
+from tests.invariants.test_spin_invariants import (assert_same_trained_parameters, run_pair_objective,
+                                                   synthetic_pairs)
 
 
 def run_dpo(tmp_path, pairs, dpo=None, **settings):
     """Train the float64 tiny model with the real loop on ``objective: dpo``."""
-    from sftlab.models.tiny import tiny_model, tiny_tokenizer
-    from sftlab.train.config import TrainConfig
-    from sftlab.train.sft import train
-
-    config = build_config(TrainConfig, {
-        "objective": "dpo", "dpo": {"beta": 0.5, **(dpo or {})}, "output_dir": str(tmp_path),
-        "save_model": False, "plot": False, "progress": False, "seed": 0,
-        "data": {"shuffle": False},
-        "optim": {"lr": 1e-3, "schedule": "constant", "max_grad_norm": 1.0, "weight_decay": 0.1},
-        **settings})
-    model = tiny_model(seed=0).double()
-    pairs = [Pair(p.real, p.generated, id=p.id) for p in pairs]  # fresh: references unset
-    result = train(config, model=model, tokenizer=tiny_tokenizer(), train_examples=pairs)
-    return {n: p.detach().clone() for n, p in model.named_parameters()}, result
+    return run_pair_objective(tmp_path, pairs, "dpo", {"beta": 0.5, **(dpo or {})}, **settings)
 
 
 @pytest.mark.parametrize("dpo, first_loss", [

@@ -31,12 +31,18 @@ def synthetic_pairs(n: int, seed: int = 0, vocab: int = 512) -> list[Pair]:
 
 def run_spin(tmp_path, pairs, **settings):
     """Train the float64 tiny model with the real loop on ``objective: spin``."""
+    return run_pair_objective(tmp_path, pairs, "spin", {"beta": 0.5}, **settings)
+
+
+def run_pair_objective(tmp_path, pairs, objective: str, section: dict, **settings):
+    """Train the float64 tiny model with the real loop on a pair ``objective`` (spin, dpo)
+    whose config section is ``section``; returns the trained parameters and the result."""
     from sftlab.models.tiny import tiny_model, tiny_tokenizer
     from sftlab.train.config import TrainConfig
     from sftlab.train.sft import train
 
     config = build_config(TrainConfig, {
-        "objective": "spin", "spin": {"beta": 0.5}, "output_dir": str(tmp_path),
+        "objective": objective, objective: section, "output_dir": str(tmp_path),
         "save_model": False, "plot": False, "progress": False, "seed": 0,
         "data": {"shuffle": False},
         "optim": {"lr": 1e-3, "schedule": "constant", "max_grad_norm": 1.0, "weight_decay": 0.1},
