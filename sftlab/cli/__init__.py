@@ -27,9 +27,11 @@ COMMANDS = {
     "chat": ("models", "chat with a model in the terminal"),
     "serve": ("models", "serve a model over an OpenAI-compatible HTTP API"),
     "export": ("models", "export a trained model or adapter (optionally merged)"),
+    "check": ("models", "prove a model is served as it was trained (templates, stops, parsing)"),
     "eval": ("eval", "evaluate a model on close-ended tasks (GSM8K, MATH, BBH, MC, ...)"),
     "judge": ("eval", "LLM-as-a-judge: win rates (AlpacaEval, LC) and MT-Bench"),
     "report": ("eval", "compare result directories: HTML page + Markdown summary"),
+    "study": ("study", "the survey's analyses: size sweeps, data comparison"),
 }
 
 

@@ -17,8 +17,14 @@ Read an instruction-data file (alpaca, dolly, openai, sharegpt, prompt_completio
 oasst, canonical, ...; detected from the first rows unless --format is given), validate
 every record and write it in another format.
 
+INPUT is a .json/.jsonl(.gz), .csv/.tsv or .parquet file, a `datasets` directory, a hub id
+written hf://owner/name, or with --dataset-info the name of an entry in LLaMA-Factory's
+dataset_info.json. --columns renames a file's columns to the reader's fields
+(instruction=question,output=answer reads question/answer rows as alpaca).
+
 example:
   sftlab data convert ../shared/data/formats/alpaca_en_demo.json -o data/alpaca.jsonl
+  sftlab data convert alpaca_en_demo --dataset-info ../shared/data/formats/lf_dataset_info_sample.json -o data/alpaca-lf.jsonl
   sftlab data convert ../shared/data/formats/oasst_en_100_tree.jsonl --format oasst --oasst-best-path --to sharegpt -o data/oasst.json --on-error skip
 """
 
@@ -32,10 +38,14 @@ example:
 """
 
 
+INPUT_HELP = ("a .json/.jsonl(.gz), .csv, .tsv or .parquet file, a datasets directory, hf://owner/name, "
+              "or with --dataset-info a dataset name")
+
+
 def register(subparsers) -> None:
     convert = subparsers.add_parser("convert", help="convert instruction data between formats",
                                     description=CONVERT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    convert.add_argument("input", help="a .json, .jsonl or .gz file")
+    convert.add_argument("input", help=INPUT_HELP)
     _add_read_arguments(convert)
     convert.add_argument("--to", choices=OUTPUT_FORMATS, default="jsonl",
                          help="output format; jsonl is sftlab's canonical JSONL (default)")
@@ -45,7 +55,7 @@ def register(subparsers) -> None:
 
     stats = subparsers.add_parser("stats", help="statistics of an instruction-data file",
                                   description=STATS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    stats.add_argument("input", help="a .json, .jsonl or .gz file")
+    stats.add_argument("input", help=INPUT_HELP)
     _add_read_arguments(stats)
     stats.add_argument("--tokenizer", help="tokenizer for token lengths: tiny, default, a path or hub id")
     stats.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -53,7 +63,33 @@ def register(subparsers) -> None:
     stats.set_defaults(handler=run_stats)
 
 
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the data lives: the options of ``sftlab.data.sources.resolve_source``."""
+    parser.add_argument("--dataset-info", help="LLaMA-Factory dataset_info.json (or its folder); INPUT "
+                        "is then a dataset name in it")
+    parser.add_argument("--columns", type=parse_columns, default=None, metavar="FIELD=COLUMN,...",
+                        help="rename the file's columns to the reader's fields, e.g. instruction=q,output=a")
+    parser.add_argument("--split", help="split of a hub dataset or datasets directory (default: train)")
+    parser.add_argument("--subset", help="subset (configuration name) of a hub dataset")
+    parser.add_argument("--revision", help="git revision (branch, tag, commit) of a hub dataset")
+
+
+def source_options(args) -> dict:
+    """``read_conversations`` keywords from the options of ``add_source_arguments``."""
+    return {"dataset_info": args.dataset_info, "columns": args.columns, "split": args.split,
+            "subset": args.subset, "revision": args.revision}
+
+
+def parse_columns(text: str) -> dict[str, str]:
+    """``instruction=q,output=a`` -> ``{"instruction": "q", "output": "a"}``."""
+    pairs = [item.partition("=") for item in text.split(",") if item.strip()]
+    if not pairs or any(not field.strip() or not sep or not column.strip() for field, sep, column in pairs):
+        raise argparse.ArgumentTypeError(f"expected FIELD=COLUMN pairs separated by commas, got {text!r}")
+    return {field.strip(): column.strip() for field, _, column in pairs}
+
+
 def _add_read_arguments(parser: argparse.ArgumentParser) -> None:
+    add_source_arguments(parser)
     parser.add_argument("--format", help="input format (default: detected from the first rows)")
     parser.add_argument("--on-error", choices=["fail", "skip"], default="fail",
                         help="fail: stop at the first bad record (default); skip: drop and count bad records")
@@ -70,7 +106,7 @@ def _read(args):
     return read_conversations(args.input, format=args.format, on_error=args.on_error,
                               oasst_best_path=args.oasst_best_path,
                               oasst_keep_deleted=args.oasst_keep_deleted,
-                              oasst_keep_unreviewed=args.oasst_keep_unreviewed)
+                              oasst_keep_unreviewed=args.oasst_keep_unreviewed, **source_options(args))
 
 
 def run_convert(args) -> int:
@@ -93,7 +129,8 @@ def run_convert(args) -> int:
 def _skipped_report(args, result) -> dict:
     """What was dropped, and the settings that decided it (so the run can be repeated)."""
     settings = {key: getattr(args, key) for key in ("input", "format", "to", "on_error", "oasst_best_path",
-                                                    "oasst_keep_deleted", "oasst_keep_unreviewed")}
+                                                    "oasst_keep_deleted", "oasst_keep_unreviewed",
+                                                    "dataset_info", "columns", "split", "subset", "revision")}
     return {"settings": settings, "input_format": result.format, "records": result.records,
             "skipped": dict(result.skipped), "dropped": dict(result.dropped),
             "first_errors": [str(error) for error in result.errors]}

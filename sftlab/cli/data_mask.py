@@ -12,12 +12,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sftlab.cli.data_io import INPUT_HELP, add_source_arguments, source_options
+
 EPILOG = """\
 example:
   sftlab data show-mask ../shared/data/formats/alpaca_en_demo.json --tokenizer tiny -n 2
 
 Trained tokens are the assistant answers and their end-of-turn token (e.g. <|im_end|>);
-system and user turns and the template's glue are never trained (see sftlab.data.chat).
+system, user and tool turns and the template's glue are never trained (see sftlab.data.chat).
+Assistant turns that call tools are trained (--no-train-tool-calls: context only).
 """
 
 
@@ -30,12 +33,19 @@ def register(subparsers) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("path", help="a .json, .jsonl or .gz data file (any supported format)")
+    parser.add_argument("path", help=INPUT_HELP)
+    add_source_arguments(parser)
     parser.add_argument("--tokenizer", default="tiny", help="tiny, default, a path or hub id (default: tiny)")
     parser.add_argument("-n", type=int, default=3, help="examples to print (default: 3)")
     parser.add_argument("--strategy", default="all_assistant",
                         choices=["all_assistant", "last_assistant", "everything"],
                         help="which tokens to train (default: all_assistant)")
+    parser.add_argument("--train-tool-calls", action=argparse.BooleanOptionalAction, default=True,
+                        help="train assistant turns that call tools (default: yes; --no-train-tool-calls "
+                             "keeps them as context)")
+    parser.add_argument("--reasoning", default="keep", choices=["keep", "last_turn", "drop"],
+                        help="reasoning traces: train every turn's, only the final turn's, or drop them "
+                             "(default: keep)")
     parser.add_argument("--max-length", type=int, default=None, help="truncate examples to this many tokens")
     parser.add_argument("--format", default=None, help="input format (default: detected)")
     parser.add_argument("--on-error", choices=["fail", "skip"], default="fail",
@@ -52,11 +62,12 @@ def show_mask(args) -> int:
     from sftlab.data.io import read_conversations
     from sftlab.models import load_tokenizer
 
-    read = read_conversations(args.path, format=args.format, on_error=args.on_error)
+    read = read_conversations(args.path, format=args.format, on_error=args.on_error, **source_options(args))
     conversations = read.conversations
     tokenizer = load_tokenizer(args.tokenizer)
     ensure_chat_template(tokenizer, fallback=args.chat_template)
-    result = tokenize_conversations(conversations, tokenizer, max_length=args.max_length, strategy=args.strategy)
+    result = tokenize_conversations(conversations, tokenizer, max_length=args.max_length, strategy=args.strategy,
+                                    train_tool_calls=args.train_tool_calls, reasoning=args.reasoning)
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     for example in result.examples[: args.n]:
         print(f"=== {example.id}: {mask_summary(example)}")

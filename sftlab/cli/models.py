@@ -1,4 +1,4 @@
-"""``sftlab models | generate | chat | serve | export``: using a model once it exists.
+"""``sftlab models | generate | chat | serve | export | check``: using a model once it exists.
 
 ``generate`` runs on ``sftlab.infer.files.GenerateConfig``; ``chat``, ``serve`` and ``export``
 on the configs below (their code takes plain arguments). Every command's options come from
@@ -115,6 +115,20 @@ class ExportConfig:
     """The Modelfile's SYSTEM prompt; none: the chat template's own default, if it has one."""
 
 
+@dataclass
+class CheckConfig:
+    """``sftlab check``: prove that what was trained is what is served."""
+
+    source: str = ""
+    """A run directory, a model, adapter or exported directory, or ``default`` / ``tiny``."""
+    gguf: str | None = None
+    """A GGUF file to check too; none: the one in SOURCE/gguf/, if any."""
+    modelfile: str | None = None
+    """An Ollama Modelfile to check too; none: SOURCE/gguf/Modelfile, if any."""
+    output: str | None = None
+    """Also write the findings as JSON to this file."""
+
+
 # the options every model-loading command shares
 MODEL_FLAGS = {
     "model": Flag("model", nargs="?", metavar="MODEL", required=True),
@@ -139,6 +153,7 @@ def register(subparsers) -> None:
     _register_chat(subparsers)
     _register_serve(subparsers)
     _register_export(subparsers)
+    _register_check(subparsers)
 
 
 def _parser(subparsers, name: str, help: str, description: str):
@@ -329,3 +344,35 @@ def _export(args) -> int:
                        system=config.system)
     print(f"exported to {out}")
     return 0
+
+
+# -- check ------------------------------------------------------------------------------------
+
+
+def _register_check(subparsers) -> None:
+    parser = _parser(
+        subparsers, "check", "prove a model is served as it was trained (templates, stops, parsing)",
+        "Render probe conversations (system prompt and several turns, a weight-0 turn, a tool "
+        "call, reasoning) through every path a model takes: the training renderer, the saved "
+        "chat template, the OpenAI server's prompt and reply parser, a GGUF file's template and "
+        "an Ollama Modelfile. Checks identical token ids, that every trained turn ends with a "
+        "labelled end-of-turn token that is also a stop token, and that tool calls and "
+        "reasoning come back as trained. Exits 1 naming the path and the first differing token "
+        "when anything disagrees.")
+    add_config_arguments(parser, CheckConfig, flags={
+        "source": Flag("source", nargs="?", metavar="RUN_OR_MODEL", required=True),
+        "gguf": "--gguf", "modelfile": "--modelfile", "output": "--output"},
+        epilog="examples:\n  sftlab check runs/lora1\n  sftlab check exported/lora1   # + gguf/*.gguf, gguf/Modelfile\n"
+               "  sftlab check default")
+    parser.set_defaults(handler=_check)
+
+
+def _check(args) -> int:
+    from sftlab.infer.conformance import check  # lazy: loads transformers
+
+    config = config_from_args(CheckConfig, args)
+    report = check(config.source, gguf=config.gguf, modelfile=config.modelfile)
+    print(report.text())
+    if config.output:
+        report.save(config.output)
+    return 0 if report.ok else 1

@@ -19,6 +19,19 @@ A conversation becomes token ids plus labels in three steps:
 
 ``set_chat_template(tokenizer, "chatml")`` replaces a tokenizer's own template by a named one.
 
+``apply_template`` is the one place a template is applied (training here, and inference
+prompts). Tools and reasoning: a template whose Jinja source uses ``tools`` and
+``tool_calls`` gets them as they are (``tools=``, ``message.tool_calls``, ``tool`` turns);
+one that does not gets the named ``hermes`` fallback (``sftlab.data.tools.hermes_messages``:
+the tool list in the system turn, calls as ``<tool_call>`` text, tool results as
+``<tool_response>`` user turns), with a ``UserWarning`` naming it once per tokenizer. A
+template that uses ``reasoning_content`` gets the field; otherwise the ``think_tags``
+fallback writes ``<think>\\n{reasoning}\\n</think>\\n\\n{content}`` (also warned once).
+The fallbacks are Jinja (``sftlab.data.template_fallbacks``) put before the model's own
+template on the tokenizer (``serving_template``), so the template saved with a trained
+model renders tools and reasoning exactly as training did; plain conversations render as
+under the original template.
+
 Mask decisions, stated once:
 
 * ``all_assistant`` (default) trains every assistant turn; ``last_assistant`` only the
@@ -28,7 +41,18 @@ Mask decisions, stated once:
   trained (``last_assistant`` trains the last turn of weight 1). ``everything`` ignores
   weights. A conversation whose assistant turns all have weight 0 trains nothing:
   ``tokenize_conversations`` drops and counts it (``all_turns_weight_0``).
-* System and user turns are never trained (except under ``everything``).
+* System, user and tool turns are never trained (except under ``everything``).
+* An assistant turn that calls tools is trained like any other (its call text and its
+  end-of-turn token); ``train_tool_calls=False`` makes such turns context only, so only
+  the answers are trained.
+* Reasoning (``Message.reasoning``) follows a policy applied to the conversation *before*
+  rendering (so every prefix renders the same way): ``keep`` renders and trains every
+  turn's reasoning; ``last_turn`` keeps it only on the final assistant turn (earlier
+  turns are rendered without it, as Qwen3 does); ``drop`` removes it everywhere. A
+  template that itself decides where reasoning is shown (Qwen3's drops it before the last
+  user turn) may not render prefixes as prefixes, e.g. under ``keep`` with multi-turn
+  reasoning: such conversations are dropped and counted (``template_not_prefix_stable``),
+  never masked by guesswork; ``last_turn`` matches Qwen3's own choice.
 * The end-of-turn token of each trained turn (``<|im_end|>``, ``</s>``, ...) *is* trained,
   so the model learns to stop. The whitespace the template writes after it (ChatML's
   ``"\\n"``) is *not*: it is glue between turns, which the model never has to generate
@@ -44,17 +68,23 @@ Example (the tiny ChatML tokenizer, ``[[...]]`` marks trained text)::
 """
 from __future__ import annotations
 
+import dataclasses
+import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Literal, Sequence, get_args
 
+from sftlab.data.template_fallbacks import has_fallbacks, with_fallbacks, without_fallbacks
+from sftlab.data.tools import HERMES_FALLBACK, THINK_FALLBACK
 from sftlab.errors import ConfigError, DataError
 from sftlab.registry import Registry
-from sftlab.types import IGNORE_INDEX, Conversation, Tokenized
+from sftlab.types import IGNORE_INDEX, Conversation, Message, Tokenized
 
 MaskStrategy = Literal["all_assistant", "last_assistant", "everything"]
 MASK_STRATEGIES: tuple[str, ...] = get_args(MaskStrategy)
+ReasoningPolicy = Literal["keep", "last_turn", "drop"]
+REASONING_POLICIES: tuple[str, ...] = get_args(ReasoningPolicy)
 
 # End-of-turn markers of widespread templates. A trained turn must end with one of these
 # (or the tokenizer's eos, or the named template's marker), else the model never learns
@@ -198,9 +228,84 @@ class Rendering:
         return [self.text[s.start:s.end] for s in self.spans if s.trained]
 
 
-def _apply_template(tokenizer, messages, add_generation_prompt: bool) -> str:
-    dicts = [m.to_dict() for m in messages]
-    return tokenizer.apply_chat_template(dicts, tokenize=False, add_generation_prompt=add_generation_prompt)
+@dataclass(frozen=True)
+class TemplateFeatures:
+    """What a Jinja chat template renders by itself (read from its source)."""
+
+    tools: bool
+    """It uses ``tools`` and ``tool_calls``: tool lists, calls and tool turns render natively."""
+    reasoning: bool
+    """It uses ``reasoning_content``: an assistant turn's reasoning renders natively."""
+
+
+def template_features(template: str) -> TemplateFeatures:
+    """>>> template_features(CHAT_TEMPLATES.get("chatml").jinja)
+    TemplateFeatures(tools=False, reasoning=False)
+    """
+    return TemplateFeatures(tools=bool(re.search(r"\btools\b", template)) and "tool_calls" in template,
+                            reasoning="reasoning_content" in template)
+
+
+def apply_template(tokenizer, messages: Sequence[Message], *, tools: list[dict] | None = None,
+                   add_generation_prompt: bool) -> str:
+    """The text of ``messages`` (and the ``tools`` they may call) in the tokenizer's chat template.
+
+    Tools and reasoning go to the template as Hugging Face passes them (``tools=``,
+    ``tool_calls``, ``reasoning_content``) when its source uses them, else through the named
+    fallbacks ``hermes`` and ``think_tags`` (a ``UserWarning`` names each, once per tokenizer).
+
+    >>> apply_template(tok, [Message("user", "Hi")], add_generation_prompt=True)
+    '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n'
+    """
+    features = template_features(serving_template(tokenizer))
+    messages = list(messages)
+    if (tools or any(m.tool_calls or m.role == "tool" for m in messages)) and not features.tools:
+        _warn_fallback(tokenizer, tokenizer.chat_template, HERMES_FALLBACK,
+                       "tool lists, calls and results are written as <tools>/<tool_call>/<tool_response> text")
+    if any(m.reasoning is not None for m in messages) and not features.reasoning:
+        _warn_fallback(tokenizer, tokenizer.chat_template, THINK_FALLBACK,
+                       "reasoning is written into the content as <think>...</think>")
+    extra = {"tools": tools} if tools else {}
+    return tokenizer.apply_chat_template([m.to_dict() for m in messages], tokenize=False,
+                                         add_generation_prompt=add_generation_prompt, **extra)
+
+
+def serving_template(tokenizer) -> str:
+    """Install (once) and return the template sftlab renders with and saves: the tokenizer's
+    own (``ensure_chat_template``) preceded by the Jinja of the fallbacks it needs
+    (``sftlab.data.template_fallbacks``), so a saved model renders tools and reasoning as
+    training did, wherever it is served. Returns the model's own template's source (what
+    ``template_features`` reads)."""
+    template = ensure_chat_template(tokenizer)
+    own = without_fallbacks(template)
+    features = template_features(own)
+    if not has_fallbacks(template) and not (features.tools and features.reasoning):
+        tokenizer.chat_template = with_fallbacks(own, tools=not features.tools, reasoning=not features.reasoning)
+    return own
+
+
+def _warn_fallback(tokenizer, template: str, name: str, what: str) -> None:
+    warned = tokenizer.__dict__.setdefault("_sftlab_fallbacks_warned", set())
+    if (name, template) in warned:
+        return
+    warned.add((name, template))
+    feature = "tools" if name == HERMES_FALLBACK else "reasoning_content"
+    warnings.warn(f"the chat template does not know '{feature}'; using the '{name}' fallback ({what})",
+                  UserWarning, stacklevel=3)
+
+
+def apply_reasoning_policy(conversation: Conversation, policy: ReasoningPolicy = "keep") -> Conversation:
+    """``conversation`` with its reasoning kept (``keep``), kept only on the final assistant
+    turn (``last_turn``) or removed (``drop``); the other fields unchanged."""
+    if policy not in REASONING_POLICIES:
+        raise ConfigError(f"unknown reasoning policy '{policy}' (choose from: {', '.join(REASONING_POLICIES)})")
+    messages = conversation.messages
+    if policy == "keep" or all(m.reasoning is None for m in messages):
+        return conversation
+    last = max((i for i, m in enumerate(messages) if m.role == "assistant"), default=-1)
+    kept = [m if (policy == "last_turn" and i == last) or m.reasoning is None
+            else dataclasses.replace(m, reasoning=None) for i, m in enumerate(messages)]
+    return dataclasses.replace(conversation, messages=kept)
 
 
 def end_of_turn_markers(tokenizer) -> list[str]:
@@ -237,13 +342,18 @@ def _trained_turn_span(text: str, start: int, end: int, markers: Sequence[str]) 
     return None
 
 
-def _assistant_indices(conversation: Conversation, strategy: MaskStrategy) -> list[int]:
-    indices = [i for i, m in enumerate(conversation.messages) if m.role == "assistant" and m.weight]
+def _assistant_indices(conversation: Conversation, strategy: MaskStrategy, train_tool_calls: bool = True) -> list[int]:
+    indices = [i for i, m in enumerate(conversation.messages)
+               if m.role == "assistant" and m.weight and (train_tool_calls or not m.tool_calls)]
     return indices[-1:] if strategy == "last_assistant" else indices
 
 
-def render_spans(conversation: Conversation, tokenizer, strategy: MaskStrategy = "all_assistant") -> Rendering:
+def render_spans(conversation: Conversation, tokenizer, strategy: MaskStrategy = "all_assistant", *,
+                 train_tool_calls: bool = True, reasoning: ReasoningPolicy = "keep") -> Rendering:
     """Render ``conversation`` with the tokenizer's chat template into marked spans.
+
+    ``train_tool_calls=False`` leaves assistant turns that call tools untrained;
+    ``reasoning`` is the reasoning policy (``apply_reasoning_policy``), applied first.
 
     Raises ``DataError`` (with ``reason``) when the template does not render prefixes as
     prefixes (``template_not_prefix_stable``), a trained turn has no end-of-turn marker
@@ -256,16 +366,17 @@ def render_spans(conversation: Conversation, tokenizer, strategy: MaskStrategy =
     if strategy not in MASK_STRATEGIES:
         raise ConfigError(f"unknown mask strategy '{strategy}' (choose from: {', '.join(MASK_STRATEGIES)})")
     ensure_chat_template(tokenizer)
-    messages = conversation.messages
-    text = _apply_template(tokenizer, messages, add_generation_prompt=False)
+    conversation = apply_reasoning_policy(conversation, reasoning)
+    messages, tools = conversation.messages, conversation.tools
+    text = apply_template(tokenizer, messages, tools=tools, add_generation_prompt=False)
     if strategy == "everything":
         return Rendering(text, [Span(0, len(text), True)] if text else [])
 
     markers = end_of_turn_markers(tokenizer)
     spans: list[Span] = []
     cursor = 0
-    for i in _assistant_indices(conversation, strategy):
-        answer_start, answer_end = _answer_span(tokenizer, messages, i, text, markers)
+    for i in _assistant_indices(conversation, strategy, train_tool_calls):
+        answer_start, answer_end = _answer_span(tokenizer, messages, i, text, markers, tools)
         if answer_start < cursor:  # a later prompt rewrote an earlier answer
             raise _not_prefix_stable(i)
         spans += [Span(cursor, answer_start, False), Span(answer_start, answer_end, True)]
@@ -274,7 +385,8 @@ def render_spans(conversation: Conversation, tokenizer, strategy: MaskStrategy =
     return Rendering(text, [s for s in spans if s.end > s.start])
 
 
-def _answer_span(tokenizer, messages, i: int, text: str, markers: Sequence[str]) -> tuple[int, int]:
+def _answer_span(tokenizer, messages, i: int, text: str, markers: Sequence[str],
+                 tools: list[dict] | None = None) -> tuple[int, int]:
     """Characters of ``text`` the model is trained on for assistant turn ``i``: from the end
     of the generation prompt to the end of the turn's end-of-turn marker."""
     if i == 0:
@@ -282,8 +394,8 @@ def _answer_span(tokenizer, messages, i: int, text: str, markers: Sequence[str])
         raise DataError("the conversation starts with an assistant turn, which has no prompt",
                         reason="starts_with_assistant",
                         hint="start with a user (or system) turn, or drop the leading assistant turn")
-    prompt = _apply_template(tokenizer, messages[:i], add_generation_prompt=True)
-    upto = _apply_template(tokenizer, messages[: i + 1], add_generation_prompt=False)
+    prompt = apply_template(tokenizer, messages[:i], tools=tools, add_generation_prompt=True)
+    upto = apply_template(tokenizer, messages[: i + 1], tools=tools, add_generation_prompt=False)
     if not (text.startswith(upto) and upto.startswith(prompt)):
         raise _not_prefix_stable(i)
     trained_end = _trained_turn_span(text, len(prompt), len(upto), markers)
@@ -348,7 +460,8 @@ def segments_match(rendering: Rendering, tokenizer) -> bool:
 
 
 def render(conversation: Conversation, tokenizer, *, strategy: MaskStrategy = "all_assistant",
-           max_length: int | None = None) -> Tokenized:
+           max_length: int | None = None, train_tool_calls: bool = True,
+           reasoning: ReasoningPolicy = "keep") -> Tokenized:
     """Render one conversation into ``Tokenized(input_ids, labels, id)``.
 
     ``max_length`` truncates from the end; the result may then have no trained token:
@@ -358,7 +471,8 @@ def render(conversation: Conversation, tokenizer, *, strategy: MaskStrategy = "a
     >>> tok.decode([t for t in ex.labels if t != -100])
     'Yo<|im_end|>'
     """
-    rendering = render_spans(conversation, tokenizer, strategy)
+    rendering = render_spans(conversation, tokenizer, strategy, train_tool_calls=train_tool_calls,
+                             reasoning=reasoning)
     input_ids, labels, straddling = tokenize_spans(rendering, tokenizer)
     if straddling:
         warnings.warn("a loss-mask boundary falls inside a token for this tokenizer/template; "
@@ -407,8 +521,11 @@ class TokenizeResult:
 
 
 def tokenize_conversations(conversations: Iterable[Conversation], tokenizer, *, max_length: int | None = None,
-                           strategy: MaskStrategy = "all_assistant", progress: bool = False) -> TokenizeResult:
+                           strategy: MaskStrategy = "all_assistant", progress: bool = False,
+                           train_tool_calls: bool = True, reasoning: ReasoningPolicy = "keep") -> TokenizeResult:
     """Render every conversation; drop (and count) the ones that would train nothing.
+
+    ``train_tool_calls`` and ``reasoning`` are as in ``render_spans``.
 
     >>> convs = [Conversation([Message("user", "Hi"), Message("assistant", "Hello there!")]),
     ...          Conversation([Message("user", "word " * 40), Message("assistant", "Yo")])]
@@ -428,7 +545,8 @@ def tokenize_conversations(conversations: Iterable[Conversation], tokenizer, *, 
         try:
             if strategy != "everything" and _all_weight_0(conversation):
                 raise DataError("every assistant turn has loss weight 0", reason="all_turns_weight_0")
-            full = render(conversation, tokenizer, strategy=strategy)
+            full = render(conversation, tokenizer, strategy=strategy, train_tool_calls=train_tool_calls,
+                          reasoning=reasoning)
         except DataError as error:
             reason = error.reason
         else:

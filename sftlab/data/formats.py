@@ -11,13 +11,25 @@ driver (``sftlab.data.io.read_conversations``) adds the file and line, then eith
 or counts the record as skipped under ``reason``. Every conversation a reader returns is
 checked by the one shared ``validate`` function.
 
-Formats: alpaca, dolly, openai, sharegpt, prompt_completion, xp3, canonical, oasst, and
-the task collections of ``sftlab.data.tasks`` (self_instruct, superni), registered at the
+Formats: alpaca, dolly, openai, sharegpt (with LLaMA-Factory's ``function_call`` /
+``observation`` tool turns), prompt_completion, xp3, canonical, oasst, xlam (function-calling
+rows: ``query``, ``tools``, ``answers``), and the task collections of ``sftlab.data.tasks`` (self_instruct, superni), registered at the
 end of this file. ``detect_format(rows)`` picks one from the first rows of a file; each
 format registers a small ``(row) -> bool`` detector.
 
 Every OpenAI-style message list (``[{"role", "content"}, ...]``) anywhere in sftlab is
 parsed by ``parse_messages``, which names the bad field (``messages[2].role``).
+
+Tool use and reasoning (``Message.tool_calls``, ``tool`` turns, ``Message.reasoning``,
+``Conversation.tools``): OpenAI ``tool_calls`` (arguments a JSON string or an object),
+``tool`` messages with ``tool_call_id``, top-level ``tools``; LLaMA-Factory's
+``function_call`` / ``observation`` turns and ``tools`` string; xLAM rows. An assistant
+turn's reasoning comes from ``reasoning_content``, ``reasoning`` or ``thinking``, or a
+leading ``<think>...</think>`` in its content (two of these in one message is an error).
+With ``parse_hermes_tool_calls`` (default) assistant text holding ``<tool_call>`` blocks
+(Hermes / Qwen2.5 style) is parsed into tool calls; user turns holding
+``<tool_response>`` blocks are *not* rewritten into tool turns (they stay user turns, which
+may follow an assistant turn with tool calls). Conversions live in ``sftlab.data.tools``.
 
 With ``require_assistant=False`` (prompt files, ``sftlab.data.prompts``) a row may leave out
 its answer (alpaca ``output``, dolly ``response``, xp3 ``targets``, ``completion``): the
@@ -29,9 +41,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 from sftlab.data import tasks
+from sftlab.data.tools import normalize_tools, parse_hermes_calls, parse_tool_calls, split_reasoning
 from sftlab.errors import DataError
 from sftlab.registry import Registry
-from sftlab.types import ROLES, Conversation, Message
+from sftlab.types import ROLES, Conversation, Message, ToolCall
 
 FORMATS: Registry = Registry("format")
 """name -> reader ``(row: dict, options: ReadOptions) -> list[Conversation]``."""
@@ -56,6 +69,9 @@ class ReadOptions:
     """Open Assistant: keep messages whose ``review_result`` is false or null."""
     user_input_separator: str = "\n\n"
     """Joins an instruction and its input (alpaca ``input``, dolly ``context``) into one user turn."""
+    parse_hermes_tool_calls: bool = True
+    """Assistant text with ``<tool_call>`` blocks (Hermes / Qwen2.5 style) becomes structured tool
+    calls (openai, sharegpt, canonical); ``<tool_response>`` user turns stay user turns."""
     # task formats (sftlab.data.tasks: self_instruct, superni)
     expand_instances: bool = False
     """self_instruct: one conversation per instance instead of per task."""
@@ -182,11 +198,16 @@ def validate(conversation: Conversation, *, require_assistant: bool = True,
              field_name: Callable[[int, str], str] = canonical_field) -> Conversation:
     """Check roles, types and turn order; return the conversation or raise ``DataError``.
 
-    Rules: roles are system/user/assistant; a system turn only comes first; user and
-    assistant alternate starting with user; contents are strings. With
-    ``require_assistant`` (training data) the last turn is assistant and no assistant turn
-    is empty. ``field_name(index, "role"|"content")`` names a message's field in the
-    source format (``conversations[3].from`` for ShareGPT).
+    Rules: roles are system/user/assistant/tool; a system turn only comes first; user and
+    assistant alternate starting with user; contents are strings. An assistant turn with
+    tool calls is followed by one or more tool turns and then an assistant turn (which may
+    call tools again), or by a user turn (results written as text, e.g. Hermes
+    ``<tool_response>``), or ends the conversation; a tool turn anywhere else, or a
+    ``tool_call_id`` that matches none of the preceding calls' ids, is an error. Only
+    assistant turns carry tool calls or reasoning. With ``require_assistant`` (training
+    data) the last turn is assistant and no assistant turn is empty (one with tool calls
+    may have empty content). ``field_name(index, "role"|"content"|"tool_call_id")`` names
+    a message's field in the source format (``conversations[3].from`` for ShareGPT).
     """
     messages = conversation.messages
     if not messages:
@@ -210,13 +231,23 @@ def _check_message(index: int, message: Message, field_name, require_assistant: 
         raise DataError(f"content must be a string, got {type(message.content).__name__}",
                         field=field_name(index, "content"), hint="make the message text a JSON string",
                         reason="wrong type")
-    if require_assistant and message.role == "assistant" and not message.content.strip():
+    if message.role != "assistant" and (message.tool_calls or message.reasoning is not None):
+        what = "tool calls" if message.tool_calls else "reasoning"
+        raise DataError(f"a {message.role} turn (message {index}) carries {what}; only assistant turns do",
+                        field=field_name(index, "role"), hint=f"move the {what} to an assistant turn",
+                        reason="misplaced tool call" if message.tool_calls else "misplaced reasoning")
+    if (require_assistant and message.role == "assistant" and not message.content.strip()
+            and not message.tool_calls):
         raise DataError(f"assistant turn (message {index}) is empty", field=field_name(index, "content"),
                         hint="fill in the answer or drop the record", reason="empty assistant turn")
 
 
+# which roles may come next, by what came last (see ``validate``)
+_NEXT = {"user": ("user",), "assistant": ("assistant",), "calls": ("tool", "user"), "results": ("tool", "assistant")}
+
+
 def _check_order(messages: list[Message], field_name) -> None:
-    expected = "user"
+    state, calls = "user", ()
     for index, message in enumerate(messages):
         if message.role == "system":
             if index != 0:
@@ -224,14 +255,38 @@ def _check_order(messages: list[Message], field_name) -> None:
                                 field=field_name(index, "role"),
                                 hint="move the system prompt to the start", reason="misplaced system turn")
             continue
-        if message.role != expected:
-            previous = messages[index - 1].role if index else "start"
-            what = (f"two {message.role} turns in a row at message {index}" if previous == message.role
-                    else f"message {index} is {message.role} but {expected} was expected")
-            raise DataError(what, field=field_name(index, "role"),
-                            hint="user and assistant turns must alternate, starting with user",
-                            reason="roles do not alternate")
-        expected = "assistant" if expected == "user" else "user"
+        if message.role not in _NEXT[state]:
+            raise _order_error(messages, index, _NEXT[state], field_name)
+        if message.role == "tool":
+            _check_call_id(message, calls, index, field_name)
+            state = "results"
+        elif message.role == "assistant":
+            state, calls = ("calls", message.tool_calls) if message.tool_calls else ("user", ())
+        else:
+            state = "assistant"
+
+
+def _order_error(messages: list[Message], index: int, allowed: tuple[str, ...], field_name) -> DataError:
+    role = messages[index].role
+    if role == "tool":
+        return DataError(f"tool turn at message {index} does not follow an assistant turn with tool calls",
+                         field=field_name(index, "role"),
+                         hint="put tool results right after the assistant turn that makes the calls",
+                         reason="misplaced tool turn")
+    previous = messages[index - 1].role if index else "start"
+    what = (f"two {role} turns in a row at message {index}" if previous == role
+            else f"message {index} is {role} but {' or '.join(allowed)} was expected")
+    return DataError(what, field=field_name(index, "role"),
+                     hint="user and assistant turns must alternate, starting with user (tool turns "
+                          "follow an assistant turn with tool calls)", reason="roles do not alternate")
+
+
+def _check_call_id(message: Message, calls: tuple[ToolCall, ...], index: int, field_name) -> None:
+    ids = [call.id for call in calls if call.id is not None]
+    if message.tool_call_id is not None and ids and message.tool_call_id not in ids:
+        raise DataError(f"tool turn {index} answers call '{message.tool_call_id}', but the assistant "
+                        f"turn before it made calls {ids}", field=field_name(index, "tool_call_id"),
+                        hint="give the id of one of the preceding calls", reason="unknown tool_call_id")
 
 
 def finish(conversation: Conversation, options: ReadOptions,
@@ -323,9 +378,14 @@ def read_dolly(row: dict, options: ReadOptions) -> list[Conversation]:
 ROLE_ALIASES = {
     "system": "system", "user": "user", "assistant": "assistant",
     "human": "user", "gpt": "assistant", "chatgpt": "assistant", "bing": "assistant",
-    "bard": "assistant", "model": "assistant", "developer": "system",
+    "bard": "assistant", "model": "assistant", "developer": "system", "tool": "tool",
+    "observation": "tool",
 }
 SHAREGPT_ROLES = ("human", "user", "gpt", "assistant", "chatgpt", "bing", "bard", "system")
+# LLaMA-Factory's tool turns (and "tool", as Hermes function-calling data writes results)
+SHAREGPT_TOOL_ROLES = ("function_call", "observation", "tool")
+# the reasoning fields of an assistant message (DeepSeek / vLLM, OpenRouter, Anthropic-style)
+REASONING_KEYS = ("reasoning_content", "reasoning", "thinking")
 
 
 @FORMATS.register("openai")
@@ -337,21 +397,40 @@ def read_openai(row: dict | list, options: ReadOptions) -> list[Conversation]:
                       {"role": "assistant", "content": "Paris."}]}
 
     A bare list of messages is accepted as the row too. ``developer`` means system.
+    Tool use (OpenAI's API shape)::
+
+        {"tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {...}}}],
+         "messages": [{"role": "user", "content": "Weather in Paris?"},
+                      {"role": "assistant", "content": null, "tool_calls": [{"id": "c1",
+                       "type": "function", "function": {"name": "get_weather",
+                                                        "arguments": "{\"city\": \"Paris\"}"}}]},
+                      {"role": "tool", "tool_call_id": "c1", "content": "18 C, sunny"},
+                      {"role": "assistant", "content": "It is 18 C and sunny."}]}
     """
     if isinstance(row, list):
         row = {"messages": row}
-    messages = parse_messages(require(row, "messages", list), "messages")
-    meta = extra_fields(row, {"messages", "id"})
-    conversation = Conversation(messages, id=record_id(row), meta=meta)
+    messages = parse_messages(require(row, "messages", list), "messages",
+                              hermes_calls=options.parse_hermes_tool_calls)
+    meta = extra_fields(row, {"messages", "id", "tools"})
+    conversation = Conversation(messages, id=record_id(row), meta=meta, tools=_tools(row))
     return [finish(conversation, options)]
 
 
-def parse_messages(value: Any, field: str = "messages") -> list[Message]:
+def _tools(row: dict, key: str = "tools") -> list[dict] | None:
+    """The row's tool list in OpenAI's shape, or None when it has none."""
+    return normalize_tools(row[key], key) or None if row.get(key) is not None else None
+
+
+def parse_messages(value: Any, field: str = "messages", *, hermes_calls: bool = True) -> list[Message]:
     """OpenAI-style messages -> ``Message`` list: the one message parser of sftlab.
 
-    ``value`` is ``[{"role": "system"|"user"|"assistant"|"developer", "content": str or
+    ``value`` is ``[{"role": "system"|"user"|"assistant"|"developer"|"tool", "content": str or
     [{"type": "text", "text"|"value": ...}], "weight"|"loss_weight"|"train": 0|1}, ...]``;
     ``developer`` means system; the optional weight is the turn's loss weight (``Message.weight``).
+    An assistant message may carry ``tool_calls`` (then ``content`` may be null or absent)
+    and its reasoning (``reasoning_content``, ``reasoning``, ``thinking`` or a leading
+    ``<think>`` block); a tool message ``tool_call_id`` and ``name``. With ``hermes_calls``
+    an assistant's ``<tool_call>`` text becomes tool calls.
     A bad item raises ``DataError`` naming it under ``field`` (``messages[1].role``,
     ``prompt[0].content``).
     Turn order is not checked here (``validate`` does that).
@@ -360,7 +439,7 @@ def parse_messages(value: Any, field: str = "messages") -> list[Message]:
     [Message(role='user', content='Hi')]
     """
     check_type(value, list, field)
-    return [_openai_message(item, f"{field}[{index}]") for index, item in enumerate(value)]
+    return [_openai_message(item, f"{field}[{index}]", hermes_calls) for index, item in enumerate(value)]
 
 
 def parse_turns(value: Any, field: str, role: str) -> list[Message]:
@@ -371,14 +450,72 @@ def parse_turns(value: Any, field: str, role: str) -> list[Message]:
     return parse_messages(value, field)
 
 
-def _openai_message(item: Any, field: str) -> Message:
+def _openai_message(item: Any, field: str, hermes_calls: bool = True) -> Message:
     role = require(item, "role", field=f"{field}.role")
-    if role not in ("system", "user", "assistant", "developer"):
+    if role not in ("system", "user", "assistant", "developer", "tool"):
         raise DataError(f"unknown role '{role}'", field=f"{field}.role",
-                        hint="use system, user or assistant (tool turns are not supported)",
-                        reason="unknown role")
-    content = _text_content(require(item, "content", (str, list), field=f"{field}.content"), field)
-    return Message(ROLE_ALIASES[role], content, _loss_weight(item, ROLE_ALIASES[role], field))
+                        hint="use system, user, assistant or tool", reason="unknown role")
+    role = ROLE_ALIASES[role]
+    if role != "assistant" and item.get("tool_calls"):
+        raise DataError(f"a {role} message has tool_calls; only assistant messages call tools",
+                        field=f"{field}.tool_calls", hint="move the calls to an assistant message or drop them",
+                        reason="misplaced tool call")
+    calls = tool_calls_field(item, field) if role == "assistant" else []
+    if calls and item.get("content") is None:  # OpenAI's API sends null content with calls
+        content = ""
+    else:
+        content = _text_content(require(item, "content", (str, list), field=f"{field}.content"), field)
+    weight = _loss_weight(item, role, field)
+    if role == "tool":
+        return Message("tool", content, weight, tool_call_id=_optional_text(item, "tool_call_id", field),
+                       name=_optional_text(item, "name", field))
+    if role != "assistant":
+        return Message(role, content, weight)
+    return assistant_message(content, f"{field}.content", weight=weight, calls=calls, hermes_calls=hermes_calls,
+                             reasoning=_reasoning_field(item, field))
+
+
+def _optional_text(item: dict, key: str, field: str) -> str | None:
+    return None if item.get(key) is None else check_type(item[key], str, f"{field}.{key}")
+
+
+def tool_calls_field(item: dict, field: str) -> list[ToolCall]:
+    """An OpenAI message's ``tool_calls`` (absent or null: none)."""
+    calls = item.get("tool_calls")
+    if not calls:
+        return []
+    return parse_tool_calls(check_type(calls, list, f"{field}.tool_calls"), f"{field}.tool_calls")
+
+
+def _reasoning_field(item: dict, field: str) -> tuple[str, str] | None:
+    """``(key, text)`` of the message's one reasoning field, or None."""
+    given = [key for key in REASONING_KEYS if item.get(key) is not None]
+    if len(given) > 1:
+        raise DataError(f"several reasoning fields ({', '.join(given)})", field=f"{field}.{given[1]}",
+                        hint="give the reasoning once", reason="several reasoning fields")
+    return (f"{field}.{given[0]}", check_type(item[given[0]], str, f"{field}.{given[0]}")) if given else None
+
+
+def assistant_message(content: str, content_field: str, *, weight: int = 1, calls: list[ToolCall] = (),
+                      hermes_calls: bool = True, reasoning: tuple[str, str] | None = None) -> Message:
+    """An assistant turn from its text: a leading ``<think>`` block becomes the reasoning (an
+    error if ``reasoning``, ``(field, text)``, was given too); with ``hermes_calls`` and no
+    structured ``calls``, ``<tool_call>`` blocks become the calls."""
+    thought, rest = split_reasoning(content, implicit_open=False)
+    if thought is not None:
+        if reasoning is not None:
+            raise DataError("the reasoning is given twice: in a <think> block and a reasoning field",
+                            field=reasoning[0], hint="keep one of them", reason="several reasoning fields")
+        content = rest
+    elif reasoning is not None:
+        thought = reasoning[1]
+    if hermes_calls and not calls and "<tool_call>" in content:
+        try:
+            content, calls = parse_hermes_calls(content)
+        except DataError as error:
+            error.field = content_field
+            raise
+    return Message("assistant", content, weight, tool_calls=tuple(calls), reasoning=thought)
 
 
 # the per-message loss-weight keys: OpenAI fine-tuning, LLaMA-Factory v1, Axolotl
@@ -440,12 +577,23 @@ def read_sharegpt(row: dict, options: ReadOptions) -> list[Conversation]:
 
     ``from``: human/user -> user; gpt/assistant/chatgpt/bing/bard -> assistant; system.
     An optional top-level ``system`` string (LLaMA-Factory) becomes the first turn.
+
+    LLaMA-Factory's tool data (the glaive demo): ``function_call`` (``value`` the JSON of
+    ``{"name", "arguments"}``, or a JSON list of several) is an assistant turn with tool
+    calls and empty content; ``observation`` (or ``tool``) is a tool turn; the top-level
+    ``tools`` string lists the functions::
+
+        {"conversations": [{"from": "human", "value": "Tip on a $50 bill at 15%?"},
+                           {"from": "function_call", "value": "{\"name\": \"calculate_tip\", ...}"},
+                           {"from": "observation", "value": "{\"tip_amount\": 7.5}"},
+                           {"from": "gpt", "value": "The tip is $7.5."}],
+         "tools": "[{\"name\": \"calculate_tip\", \"description\": ..., \"parameters\": {...}}]"}
     """
     turns = require(row, "conversations", list)
-    messages = [_sharegpt_message(item, index) for index, item in enumerate(turns)]
+    messages = [sharegpt_message(item, f"conversations[{index}]", options) for index, item in enumerate(turns)]
     system = _system(optional(row, "system"))
-    meta = extra_fields(row, {"conversations", "system", "id"})
-    conversation = Conversation(system + messages, id=record_id(row), meta=meta)
+    meta = extra_fields(row, {"conversations", "system", "id", "tools"})
+    conversation = Conversation(system + messages, id=record_id(row), meta=meta, tools=_tools(row))
 
     def field_name(index: int, key: str) -> str:
         if index < len(system):
@@ -455,13 +603,35 @@ def read_sharegpt(row: dict, options: ReadOptions) -> list[Conversation]:
     return [finish(conversation, options, field_name)]
 
 
-def _sharegpt_message(item: Any, index: int) -> Message:
-    field = f"conversations[{index}]"
+def sharegpt_turns(row: dict, options: ReadOptions | None = None) -> list[Message]:
+    """A ShareGPT row's optional top-level ``system`` and its ``conversations`` turns as
+    messages (turn order unchecked): the prompt part of preference and unpaired rows."""
+    turns = require(row, "conversations", list)
+    if not turns:
+        raise DataError("must be a non-empty list of {from, value} turns", field="conversations",
+                        hint="give at least the user turn", reason="bad conversations")
+    messages = [sharegpt_message(item, f"conversations[{index}]", options) for index, item in enumerate(turns)]
+    return _system(optional(row, "system")) + messages
+
+
+def sharegpt_message(item: Any, field: str, options: ReadOptions | None = None) -> Message:
+    """One ShareGPT turn ``{"from", "value"}`` (``field`` names it in errors:
+    ``conversations[3]``, ``chosen``)."""
+    options = options or ReadOptions()
+    if not isinstance(item, dict):
+        raise DataError('missing or malformed: expected {"from": ..., "value": ...}', field=field,
+                        hint="write each turn as an object with 'from' and 'value'", reason="wrong type")
     speaker = require(item, "from", field=f"{field}.from")
-    if speaker not in SHAREGPT_ROLES:
+    if speaker not in SHAREGPT_ROLES + SHAREGPT_TOOL_ROLES:
         raise DataError(f"unknown speaker '{speaker}'", field=f"{field}.from",
                         hint=f"use one of {', '.join(SHAREGPT_ROLES)}", reason="unknown role")
-    return Message(ROLE_ALIASES[speaker], require(item, "value", field=f"{field}.value"))
+    value = require(item, "value", field=f"{field}.value")
+    if speaker == "function_call":
+        return Message("assistant", "", tool_calls=tuple(parse_tool_calls(value, f"{field}.value")))
+    role = ROLE_ALIASES[speaker]
+    if role == "assistant":
+        return assistant_message(value, f"{field}.value", hermes_calls=options.parse_hermes_tool_calls)
+    return Message(role, value)
 
 
 @FORMATS.register("prompt_completion")
@@ -503,10 +673,35 @@ def read_canonical(row: dict, options: ReadOptions) -> list[Conversation]:
                       {"role": "assistant", "content": "Making crepes is ..."}],
          "meta": {}}
     """
-    messages = parse_messages(require(row, "messages", list), "messages")
+    messages = parse_messages(require(row, "messages", list), "messages",
+                              hermes_calls=options.parse_hermes_tool_calls)
     conversation = Conversation(messages, id=record_id(row), source=optional(row, "source", str, None),
-                                meta=dict(optional(row, "meta", dict, {})))
+                                meta=dict(optional(row, "meta", dict, {})), tools=_tools(row))
     return [finish(conversation, options)]
+
+
+@FORMATS.register("xlam")
+def read_xlam(row: dict, options: ReadOptions) -> list[Conversation]:
+    """Salesforce xLAM function-calling rows (APIGen): one query answered by tool calls. A row::
+
+        {"id": 0, "query": "Where can I find live giveaways for beta access?",
+         "tools": "[{\"name\": \"live_giveaways_by_type\", \"description\": ...,
+                     \"parameters\": {\"type\": {...}}}]",
+         "answers": "[{\"name\": \"live_giveaways_by_type\", \"arguments\": {\"type\": \"beta\"}}]"}
+
+    ``tools`` and ``answers`` are JSON strings (or already lists); the answer is one
+    assistant turn that makes every call of ``answers``, with empty content.
+    """
+    messages = [Message("user", require(row, "query"))]
+    answers = require(row, "answers", (str, list))
+    calls = parse_tool_calls(answers, "answers")
+    if not calls and options.require_assistant:
+        raise DataError("no calls in 'answers'", field="answers", hint="give at least one {name, arguments} call",
+                        reason="empty assistant turn")
+    messages.append(Message("assistant", "", tool_calls=tuple(calls)))
+    meta = extra_fields(row, {"query", "tools", "answers", "id"})
+    conversation = Conversation(messages, id=record_id(row), meta=meta, tools=_tools(row))
+    return [finish(conversation, options, lambda index, key: "query" if index == 0 else "answers")]
 
 
 # --- Open Assistant message trees -------------------------------------------------------
@@ -662,6 +857,7 @@ def _has(row: Any, *keys: str) -> bool:
     return isinstance(row, dict) and all(key in row for key in keys)
 
 
+register_detector("xlam")(lambda row: _has(row, "query", "answers", "tools"))
 register_detector("oasst")(lambda row: _has(row, "message_tree_id", "prompt") and isinstance(row["prompt"], dict))
 register_detector("canonical")(lambda row: _has(row, "messages", "meta"))
 register_detector("openai")(lambda row: _has(row, "messages") or (isinstance(row, list) and all(

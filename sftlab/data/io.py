@@ -8,6 +8,15 @@
 Files: ``.json`` (a JSON array, or one object; a file of one object per line is read as JSONL),
 ``.jsonl``, and either gzipped (``.json.gz``, ``.jsonl.gz``). An error in a JSONL file names
 the 1-based line; in a JSON array, the record index (0-based).
+
+Every other place data lives goes through ``sftlab.data.sources`` and then the same readers
+and error handling: CSV/TSV (errors name the 1-based line, the header being line 1) and
+Parquet files, ``datasets`` directories, ``hf://owner/name`` hub ids, entries of
+LLaMA-Factory's ``dataset_info.json``, and a ``columns`` mapping for any of them::
+
+    read_conversations("qa.parquet", columns={"instruction": "question", "output": "answer"})
+    read_conversations("alpaca_en_demo", dataset_info="data/dataset_info.json")
+    read_conversations("hf://tatsu-lab/alpaca", split="train", revision="main")
 """
 from __future__ import annotations
 
@@ -25,6 +34,9 @@ from typing import IO, Any, Callable, Iterable, Iterator
 
 from sftlab.errors import ConfigError, DataError
 from sftlab.data.formats import FORMATS, ReadOptions, detect_format, validate
+from sftlab.data.sources import (DataSource, check_columns, csv_rows, dataset_rows, map_row, parquet_rows,
+                                 resolve_source, sample_rows)
+from sftlab.data.tools import format_hermes_calls, join_reasoning
 from sftlab.types import Conversation
 
 DETECT_ROWS = 8  # rows looked at to detect the format
@@ -56,36 +68,48 @@ class ReadResult:
     """The first ``KEEP_ERRORS`` errors behind ``skipped``, with file and line."""
 
 
-def read_conversations(path: str | Path, format: str | None = None, on_error: str = "fail",
+def read_conversations(path: str | Path | DataSource, format: str | None = None, on_error: str = "fail", *,
+                       columns: dict[str, str] | None = None, dataset_info: str | Path | None = None,
+                       split: str | None = None, subset: str | None = None, revision: str | None = None,
                        **options: Any) -> ReadResult:
-    """Read a file into conversations; ``options`` are ``ReadOptions`` fields.
+    """Read a data source into conversations; ``options`` are ``ReadOptions`` fields.
 
-    ``on_error="fail"`` raises the first bad record's ``DataError`` (file, line, field,
-    fix); ``"skip"`` drops bad records and counts them per reason in ``.skipped``.
+    ``path``: a file, a ``datasets`` directory, ``hf://owner/name``, or with ``dataset_info``
+    an entry's name; ``columns``, ``split``, ``subset``, ``revision``: see
+    ``sftlab.data.sources.resolve_source``. ``on_error="fail"`` raises the first bad
+    record's ``DataError`` (file, line, field, fix); ``"skip"`` drops bad records and counts
+    them per reason in ``.skipped``.
     """
-    path = Path(path)
+    source = resolve_source(path, dataset_info=dataset_info, columns=columns, split=split, subset=subset,
+                            revision=revision)
+    if source.ranking:
+        raise ConfigError(f"'{source.name}' is a ranking (preference) data set, not SFT conversations: "
+                          "train it with a preference objective (sftlab.data.preference reads its rows)")
     read_options = make_options(on_error, options)
-    records = iter_records(path)
+    records = iter_records(source)
     head = list(itertools.islice(records, DETECT_ROWS))
-    format = format or _detect(path, head)
+    format = format or source.format or _detect(source.label, head)
     reader = FORMATS.get(format)
     result = ReadResult([], format)
     seen: dict[str, str] = {}  # conversation id -> where it first appeared
     for record in itertools.chain(head, records):
         result.records += 1
         try:
-            conversations = read_record(reader, record, read_options, path, result.dropped)
+            conversations = read_record(reader, record, read_options, source.path, result.dropped)
             check_unique_ids(conversations, record, seen)
             result.conversations += conversations
         except DataError as error:
-            error = locate(error, path, record)
+            if not isinstance(record.value, DataError):  # the reader's field names -> the file's
+                error = DataError(error.message, field=source.file_field(error.field), hint=error.hint,
+                                  reason=error.reason)
+            error = locate(error, source.label, record)
             if read_options.on_error == "fail":
                 raise error from None
             result.skipped[error.reason] += 1
             if len(result.errors) < KEEP_ERRORS:
                 result.errors.append(error)
     if not result.records:
-        raise DataError("the file holds no records", file=str(path), hint="give at least one record",
+        raise DataError("the file holds no records", file=source.label, hint="give at least one record",
                         reason="no records")
     return result
 
@@ -138,7 +162,23 @@ def default_id(path: Path, index: int, number: int | None = None) -> str:
     return f"{file_stem(path)}-{index}" + ("" if number is None else f"-{number}")
 
 
-def locate(error: DataError, path: Path, record: Record) -> DataError:
+def parse_records(path: str | Path, parse: Callable[[Any], Any], on_error: str = "fail") -> tuple[list, Counter]:
+    """``parse(row)`` of every record of a JSON/JSONL file, and the reasons of those left
+    out: a ``DataError`` from ``parse`` stops the read, named with the file and line
+    (``locate``), or with ``on_error="skip"`` is counted as ``bad record: <reason>``."""
+    path = Path(path)
+    parsed, skipped = [], Counter()
+    for record in read_objects(path):
+        try:
+            parsed.append(parse(record.value))
+        except DataError as error:
+            if on_error != "skip":
+                raise locate(error, path, record) from None
+            skipped[f"bad record: {error.reason}"] += 1
+    return parsed, skipped
+
+
+def locate(error: DataError, path: Path | str, record: Record) -> DataError:
     """The same error with the file and line (JSONL) or record index (JSON array) filled in."""
     where = {"line": record.line} if record.line is not None else {"index": record.index}
     return DataError(error.message, file=str(path), field=error.field, hint=error.hint,
@@ -148,12 +188,12 @@ def locate(error: DataError, path: Path, record: Record) -> DataError:
 def file_stem(path: Path) -> str:
     """``data/alpaca.jsonl.gz`` -> ``alpaca``."""
     name = path.name
-    for suffix in (".gz", ".jsonl", ".json"):
+    for suffix in (".gz", ".jsonl", ".json", ".csv", ".tsv", ".parquet", ".arrow"):
         name = name.removesuffix(suffix)
     return name
 
 
-def _detect(path: Path, head: list[Record]) -> str:
+def _detect(path: Path | str, head: list[Record]) -> str:
     rows = [record.value for record in head if not isinstance(record.value, DataError)]
     if not rows and head:  # not one readable row to go by: the first row's own error says why
         raise head[0].value
@@ -165,12 +205,29 @@ def _detect(path: Path, head: list[Record]) -> str:
 
 # --- reading files ----------------------------------------------------------------------
 
-def iter_records(path: Path) -> Iterator[Record]:
-    """Parsed rows of a file; a bad JSONL line yields a ``DataError`` in place of its value.
+def iter_records(path: str | Path | DataSource) -> Iterator[Record]:
+    """Parsed rows of a data source, columns mapped (``sftlab.data.sources``); a bad JSONL
+    line or CSV row yields a ``DataError`` in place of its value. A bare path reads files
+    (JSON, CSV, Parquet, Arrow); ``datasets`` directories and hub ids need a ``DataSource``.
 
     A UTF-8 byte-order mark is ignored and CRLF line ends are fine; bytes that are not
-    UTF-8, a broken ``.gz``, a directory or an empty file raise a ``DataError``.
+    UTF-8, a broken ``.gz``, a missing or empty file, or a mapped column that a table lacks
+    raise a ``DataError``.
     """
+    source = path if isinstance(path, DataSource) else resolve_source(path)
+    if not isinstance(path, DataSource) and (source.kind == "hub" or source.path.is_dir()):
+        # a bare path: directories and hub ids are data sets only where read_conversations
+        # (or a caller's own DataSource) says so; elsewhere a directory stays an error
+        return _json_file_records(Path(path))
+    records = _json_file_records(source.path) if source.kind == "json" else _table_records(source)
+    if source.num_samples is not None:
+        records = iter(sample_rows(list(records), source))
+    if source.columns or source.tags or source.kind == "csv":
+        records = _mapped(records, source)
+    return records
+
+
+def _json_file_records(path: Path) -> Iterator[Record]:
     text = read_text(path)
     if not text.strip():
         raise DataError("the file is empty", file=str(path), hint="give a file with at least one record",
@@ -178,6 +235,37 @@ def iter_records(path: Path) -> Iterator[Record]:
     if ".jsonl" in path.suffixes:
         return _jsonl_records(text, path)
     return _json_records(text, path)
+
+
+def _table_records(source: DataSource) -> Iterator[Record]:
+    """CSV/TSV (records know their line), Parquet and ``datasets`` rows (their index)."""
+    if source.kind == "csv":
+        text = read_text(source.path)
+        if not text.strip():
+            raise DataError("the file is empty", file=source.label, hint="give a header line and rows",
+                            reason="empty file")
+        delimiter = "\t" if ".tsv" in source.path.suffixes else ","
+        header, rows = csv_rows(text, source.label, delimiter)
+        check_columns(source, header)
+        return (Record(value, index, line) for index, (line, value) in enumerate(rows))
+    columns, values = parquet_rows(source.path) if source.kind == "parquet" else dataset_rows(source)
+    check_columns(source, columns)
+    return (Record(value, index) for index, value in enumerate(values))
+
+
+def _mapped(records: Iterator[Record], source: DataSource) -> Iterator[Record]:
+    """``records`` as the reader wants them; a row that cannot be mapped (a CSV cell of bad
+    JSON) becomes its ``DataError``, in the file's column names."""
+    for record in records:
+        if isinstance(record.value, DataError):
+            yield record
+            continue
+        try:
+            yield Record(map_row(record.value, source), record.index, record.line)
+        except DataError as error:
+            error = DataError(error.message, field=source.file_field(error.field), hint=error.hint,
+                              reason=error.reason)
+            yield Record(locate(error, source.label, record), record.index, record.line)
 
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -356,6 +444,9 @@ def to_alpaca(conversation: Conversation) -> dict:
     """``{"instruction", "input": "", "output", "system"?, "history"?: [[user, assistant], ...]}``;
     the turns before the last exchange become ``history``."""
     messages = conversation.messages
+    if conversation.tools or any(m.tool_calls or m.role == "tool" or m.reasoning is not None for m in messages):
+        raise DataError("alpaca cannot hold tools, tool calls or reasoning", field="messages",
+                        hint="write it as sharegpt, openai or jsonl instead", reason="not alpaca")
     system = [m.content for m in messages[:1] if m.role == "system"]
     turns = messages[len(system):]
     if len(turns) < 2 or turns[-2].role != "user" or turns[-1].role != "assistant":
@@ -370,17 +461,43 @@ def to_alpaca(conversation: Conversation) -> dict:
     return _with_meta(conversation, row)
 
 
-SHAREGPT_FROM = {"system": "system", "user": "human", "assistant": "gpt"}
+SHAREGPT_FROM = {"system": "system", "user": "human", "assistant": "gpt", "tool": "observation"}
 
 
 @writer("sharegpt")
 def to_sharegpt(conversation: Conversation) -> dict:
-    """``{"id", "conversations": [{"from": "human"|"gpt"|"system", "value": ...}]}``"""
-    turns = [{"from": SHAREGPT_FROM[m.role], "value": m.content} for m in conversation.messages]
-    return _with_meta(conversation, {"conversations": turns})
+    """``{"id", "conversations": [{"from": "human"|"gpt"|"system"|"function_call"|"observation",
+    "value": ...}], "tools"?: "<JSON list of functions>"}`` (LLaMA-Factory's tool layout).
+
+    An assistant turn that only calls tools is a ``function_call`` turn (the JSON of one
+    ``{"name", "arguments"}``, or a list of several); one that also has text writes the text
+    then its calls as ``<tool_call>`` blocks (read back by ``parse_hermes_tool_calls``).
+    Reasoning is written as a leading ``<think>`` block. Call ids and tool names are not
+    kept (the format has no place for them).
+    """
+    turns = [_sharegpt_turn(m) for m in conversation.messages]
+    row: dict = {"conversations": turns}
+    if conversation.tools:
+        row["tools"] = json.dumps([tool.get("function", tool) for tool in conversation.tools], ensure_ascii=False)
+    return _with_meta(conversation, row)
+
+
+def _sharegpt_turn(message) -> dict:
+    if message.tool_calls and not message.content and message.reasoning is None:
+        calls = [{"name": call.name, "arguments": call.arguments} for call in message.tool_calls]
+        return {"from": "function_call", "value": json.dumps(calls[0] if len(calls) == 1 else calls,
+                                                             ensure_ascii=False)}
+    value = message.content
+    if message.tool_calls:
+        value = f"{value}\n{format_hermes_calls(message.tool_calls)}" if value else format_hermes_calls(message.tool_calls)
+    return {"from": SHAREGPT_FROM[message.role], "value": join_reasoning(message.reasoning, value)}
 
 
 @writer("openai")
 def to_openai(conversation: Conversation) -> dict:
-    """``{"id", "messages": [{"role", "content"}]}`` (the OpenAI chat fine-tuning rows)."""
-    return _with_meta(conversation, {"messages": [m.to_dict() for m in conversation.messages]})
+    """``{"id", "messages": [{"role", "content", ...}], "tools"?}`` (the OpenAI chat fine-tuning
+    rows; ``tool_calls`` with arguments as objects, ``reasoning_content``, ``tool_call_id``)."""
+    row: dict = {"messages": [m.to_dict() for m in conversation.messages]}
+    if conversation.tools:
+        row["tools"] = conversation.tools
+    return _with_meta(conversation, row)

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sftlab.data.formats import ROLE_ALIASES, SHAREGPT_ROLES, parse_messages, parse_turns
-from sftlab.data.io import locate, read_objects
+from sftlab.data.formats import parse_messages, parse_turns, sharegpt_message, sharegpt_turns
+from sftlab.data.io import parse_records
 from sftlab.errors import DataError
 from sftlab.types import Message
 
@@ -61,22 +61,16 @@ def read_preference_pairs(path: str | Path, on_error: str = "fail", *,
     reasons of rows left out. A bad row (with ``require_reference``: one without reference
     log-probs too) raises ``DataError`` naming the file, its line (JSONL) or record index,
     and the field; with ``on_error="skip"`` it is counted instead."""
-    path = Path(path)
-    pairs, skipped = [], Counter()
-    for record in read_objects(path):
-        try:
-            pair = parse_preference(record.value)
-            if require_reference and None in pair.reference:
-                raise DataError("no reference log-probs", field="meta.ref_logp_chosen",
-                                hint="add meta.ref_logp_chosen and meta.ref_logp_rejected, or "
-                                "let the initial model compute them (dpo.reference=auto)",
-                                reason="no reference log-probs")
-            pairs.append(pair)
-        except DataError as error:
-            if on_error != "skip":
-                raise locate(error, path, record) from None
-            skipped[f"bad record: {error.reason}"] += 1
-    return pairs, skipped
+    def parse(row: dict) -> PreferencePair:
+        pair = parse_preference(row)
+        if require_reference and None in pair.reference:
+            raise DataError("no reference log-probs", field="meta.ref_logp_chosen",
+                            hint="add meta.ref_logp_chosen and meta.ref_logp_rejected, or "
+                            "let the initial model compute them (dpo.reference=auto)",
+                            reason="no reference log-probs")
+        return pair
+
+    return parse_records(path, parse, on_error)
 
 
 def parse_preference(row: dict) -> PreferencePair:
@@ -127,17 +121,9 @@ def _trl(row: dict) -> tuple[list[Message], list[Message]]:
 
 
 def _llamafactory(row: dict) -> tuple[list[Message], list[Message]]:
-    turns = row["conversations"]
-    if not isinstance(turns, list) or not turns:
-        raise DataError("must be a non-empty list of {from, value} turns", field="conversations",
-                        reason="bad conversations")
-    system = row.get("system")
-    if system is not None and not isinstance(system, str):
-        raise DataError("must be a string", field="system", reason="bad system")
-    prompt = ([Message("system", system)] if system else []) + \
-        [_sharegpt(item, f"conversations[{i}]") for i, item in enumerate(turns)]
-    return prompt + [_sharegpt(row.get("chosen"), "chosen")], \
-        prompt + [_sharegpt(row.get("rejected"), "rejected")]
+    prompt = sharegpt_turns(row)
+    return prompt + [sharegpt_message(row.get("chosen"), "chosen")], \
+        prompt + [sharegpt_message(row.get("rejected"), "rejected")]
 
 
 def _openai(row: dict) -> tuple[list[Message], list[Message]]:
@@ -152,26 +138,18 @@ def _openai(row: dict) -> tuple[list[Message], list[Message]]:
 
 def _turns(row: dict, key: str, role: str) -> list[Message]:
     """``row[key]``: a non-empty string (one turn of ``role``) or OpenAI-style messages."""
+    return parse_turns(present(row, key, HINT), key, role)
+
+
+def present(row: dict, key: str, hint: str) -> Any:
+    """``row[key]``, which must be a non-empty string or list (``hint`` says what a row holds)."""
     value = row.get(key)
     if value is None or value == "" or value == []:
-        raise DataError("missing or empty", field=key, hint=HINT, reason=f"missing {key}")
+        raise DataError("missing or empty", field=key, hint=hint, reason=f"missing {key}")
     if not isinstance(value, (str, list)):
         raise DataError(f"must be a string or a list of messages, got {type(value).__name__}",
-                        field=key, hint=HINT, reason=f"bad {key}")
-    return parse_turns(value, key, role)
-
-
-def _sharegpt(item: Any, field: str) -> Message:
-    if not isinstance(item, dict):
-        raise DataError("missing or malformed: expected {\"from\": ..., \"value\": ...}",
-                        field=field, hint=HINT, reason=f"bad {field.split('[')[0]}")
-    speaker, value = item.get("from"), item.get("value")
-    if speaker not in SHAREGPT_ROLES:
-        raise DataError(f"unknown speaker {speaker!r}", field=f"{field}.from",
-                        hint=f"use one of {', '.join(SHAREGPT_ROLES)}", reason="unknown role")
-    if not isinstance(value, str):
-        raise DataError("missing or not a string", field=f"{field}.value", reason="bad value")
-    return Message(ROLE_ALIASES[speaker], value)
+                        field=key, hint=hint, reason=f"bad {key}")
+    return value
 
 
 def _reference(row: dict) -> tuple[float | None, float | None]:

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
+from sftlab.data.chat import apply_template
 from sftlab.data.io import ReadResult
 from sftlab.types import ROLES, Conversation
 
@@ -29,6 +30,8 @@ def data_stats(result: ReadResult, lengths: Sequence[int] | None = None) -> dict
     """
     conversations = result.conversations
     messages = [message for conversation in conversations for message in conversation.messages]
+    # tool turns are counted only in data that has them (the other roles always)
+    roles = [role for role in ROLES if role != "tool" or any(m.role == "tool" for m in messages)]
     stats: dict[str, Any] = {
         "format": result.format,
         "records": result.records,
@@ -36,8 +39,9 @@ def data_stats(result: ReadResult, lengths: Sequence[int] | None = None) -> dict
         "skipped": dict(result.skipped),
         "dropped": dict(result.dropped),
         "assistant_turns": _sorted_counts(Counter(conversation.turns for conversation in conversations)),
-        "roles": {role: sum(m.role == role for m in messages) for role in ROLES},
-        "empty_messages": {role: sum(m.role == role and not m.content.strip() for m in messages) for role in ROLES},
+        "roles": {role: sum(m.role == role for m in messages) for role in roles},
+        "empty_messages": {role: sum(m.role == role and not m.content.strip() and not m.tool_calls for m in messages)
+                           for role in roles},
         "chars_per_message": summarize([len(m.content) for m in messages]),
     }
     if lengths is not None:
@@ -49,7 +53,7 @@ def token_lengths(conversations: Sequence[Conversation], tokenizer) -> list[int]
     """Tokens per conversation: the chat-template rendering when the tokenizer has a
     template (what training sees), else the contents joined by newlines."""
     if getattr(tokenizer, "chat_template", None):
-        texts = [tokenizer.apply_chat_template([m.to_dict() for m in c.messages], tokenize=False)
+        texts = [apply_template(tokenizer, c.messages, tools=c.tools, add_generation_prompt=False)
                  for c in conversations]
         special = False  # the template already wrote the special tokens
     else:

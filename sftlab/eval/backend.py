@@ -20,7 +20,7 @@ from typing import Any
 from sftlab.data.io import read_objects, record_error
 from sftlab.errors import ConfigError, DataError
 from sftlab.eval.remote import OpenAIGenerator
-from sftlab.infer.hf import HFGenerator, prompt_to_ids
+from sftlab.infer.hf import HFGenerator, prompt_text, prompt_to_ids
 from sftlab.models import context_length, load_model, load_tokenizer
 
 
@@ -67,11 +67,10 @@ class EvalBackend:
         else the messages themselves (a remote server applies its own template)."""
         if isinstance(prompt, str):
             return prompt
-        messages = [m.to_dict() for m in prompt]
         tokenizer = self._tokenizer if self.responses is None else None
         if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return messages
+            return prompt_text(tokenizer, prompt)  # what the server and training render
+        return [m.to_dict() for m in prompt]
 
     def context_length(self) -> int | None:
         """The local model's context in tokens; None for a remote model."""

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from importlib import metadata
 
 from sftlab.errors import ConfigError
-from sftlab.eval.extract import closing_brace
+from sftlab.data.answers import closing_brace
 
 INVALID_ANSWER = "[invalidanswer]"
 _FINAL_ANSWER = re.compile(r"Final Answer: The final answer is(.*?). I hope it is correct.")

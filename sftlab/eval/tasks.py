@@ -24,7 +24,7 @@ from typing import Any
 from sftlab.data.io import read_rows
 from sftlab.errors import DataError
 from sftlab.eval.base import TASKS, GenerationTask, LoglikelihoodTask, read_task_rows
-from sftlab.eval.extract import (bbh_answer, bbh_answer_lm_eval, gsm8k_exact_match, gsm8k_flexible,
+from sftlab.data.answers import (bbh_answer, bbh_answer_lm_eval, gsm8k_exact_match, gsm8k_flexible,
                                  gsm8k_lenient, gsm8k_strict, gsm8k_target, last_boxed, math_answer,
                                  math_equal, normalize_number)
 from sftlab.eval.math_equivalence import (answer_from_final_line, is_equiv, math_verify_equal,
@@ -54,7 +54,7 @@ class Gsm8k(GenerationTask):
     8 exemplars of Wei et al. (2022) ship in ``sftlab/eval/data/gsm8k_cot_exemplars.json``
     (the same text as gsm8k-cot.yaml's). Generation stops at lm-eval's ``until``.
     ``exact_match_strict`` / ``exact_match_flexible`` are lm-eval's ``strict-match`` /
-    ``flexible-extract`` with its exact_match settings (``sftlab.eval.extract``);
+    ``flexible-extract`` with its exact_match settings (``sftlab.data.answers``);
     ``exact_match_lenient`` is sftlab's own (also "####", lower case, numbers by value).
     """
 
@@ -88,7 +88,9 @@ class Gsm8k(GenerationTask):
 class Math(GenerationTask):
     """MATH (Hendrycks et al. 2021) in its JSONL form: ``{"problem", "solution", "level",
     "type"}`` per line (an ``answer`` field, as in MATH-500, is used when present; otherwise
-    the last ``\\boxed{}`` of the solution). 4-shot Minerva prompt. Three verdicts per sample:
+    the last ``\\boxed{}`` of the solution). 4-shot Minerva prompt byte for byte as lm-eval's
+    minerva_math builds it (exemplars, "Solution: " before each, stop at "Problem:"). Three
+    verdicts per sample:
 
     - ``math_verify`` (primary): math-verify on the whole output against the solution, as
       lm-eval's minerva_math ``math_verify`` metric;
@@ -104,7 +106,7 @@ class Math(GenerationTask):
     name = "math"
     data_file = "math/test.jsonl"
     num_fewshot = 4
-    sampling = SamplingConfig(max_new_tokens=512, stop=["Problem:", "\n\n\n\n"])
+    sampling = SamplingConfig(max_new_tokens=512, stop=["Problem:"])  # lm-eval's `until`
 
     def docs(self, data_path: str | None = None) -> list[dict[str, Any]]:
         require_math_extra()
@@ -123,7 +125,8 @@ class Math(GenerationTask):
 
     def prompt(self, doc: dict[str, Any]) -> str:
         shots = _packaged("math_exemplars.json")["exemplars"][: self.num_fewshot or 0]
-        parts = [f"Problem:\n{s['problem']}\n\nSolution:\n{s['solution']}\n\n" for s in shots]
+        # lm-eval's minerva_math: doc_to_text(shot) + target_delimiter " " + solution + fewshot_delimiter "\n\n"
+        parts = [f"Problem:\n{s['problem']}\n\nSolution: {s['solution']}\n\n" for s in shots]
         return "".join(parts) + f"Problem:\n{doc['problem']}\n\nSolution:"
 
     def score(self, doc: dict[str, Any], response: str) -> tuple[Any, dict[str, float]]:

@@ -1,16 +1,17 @@
 """The generation protocol every backend implements; synthesis and evaluation use only this.
 
-A prompt is either a list of messages (the chat template is applied) or a raw string
-(used as is, for base models and few-shot text prompts).
+A prompt is a list of messages (the chat template is applied), a ``Conversation`` (the
+same, with its ``tools`` rendered too) or a raw string (used as is, for base models and
+few-shot text prompts).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, Sequence, Union, runtime_checkable
 
-from sftlab.types import Message
+from sftlab.types import Conversation, Message
 
-Prompt = Union[str, Sequence[Message]]
+Prompt = Union[str, Sequence[Message], Conversation]
 
 
 @dataclass

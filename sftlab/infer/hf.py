@@ -43,11 +43,12 @@ from typing import Callable, Sequence
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
+from sftlab.data.chat import apply_template
 from sftlab.errors import ConfigError
 from sftlab.infer.base import Generation, Prompt, SamplingConfig
 from sftlab.infer.continuous import generate_continuously, supports_continuous
 from sftlab.models import context_length, load_model, load_tokenizer, pad_id
-from sftlab.types import Message
+from sftlab.types import Conversation, Message
 
 # on_text(index_in_input_order, new_text): called as text becomes final, for streaming
 TextCallback = Callable[[int, str], None]
@@ -60,15 +61,18 @@ class PromptTooLong(ConfigError):
 
 
 def prompt_text(tokenizer, prompt: Prompt) -> str:
-    """The text a prompt is tokenised from: the chat template with the generation prompt for
-    messages, a raw string as is."""
+    """The text a prompt is tokenised from: for messages (or a ``Conversation``, with its
+    tools) the chat template with the generation prompt, rendered by the same function
+    training renders with (``sftlab.data.chat.apply_template``); a raw string as is."""
     if isinstance(prompt, str):
         return prompt
-    messages = [m.to_dict() if isinstance(m, Message) else dict(m) for m in prompt]
     if not getattr(tokenizer, "chat_template", None):
         raise ConfigError("this tokenizer has no chat template; pass raw string prompts instead "
                           "of messages, or use a chat model")
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if isinstance(prompt, Conversation):
+        return apply_template(tokenizer, prompt.messages, tools=prompt.tools, add_generation_prompt=True)
+    messages = [m if isinstance(m, Message) else Message(m["role"], m["content"]) for m in prompt]
+    return apply_template(tokenizer, messages, add_generation_prompt=True)
 
 
 def prompt_to_ids(tokenizer, prompt: Prompt) -> list[int]:
@@ -331,13 +335,19 @@ class HFGenerator:
                                   f"it exceeds the model's context of {limit} tokens")
 
     def _eos_ids(self) -> set[int]:
-        ids: set[int] = set()
-        for source in (getattr(self.model, "generation_config", None), self.model.config):
-            value = getattr(source, "eos_token_id", None)
-            ids.update(value if isinstance(value, (list, tuple)) else [value] if value is not None else [])
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(self.tokenizer.eos_token_id)
-        return ids
+        return eos_ids_of(self.model.config, getattr(self.model, "generation_config", None), self.tokenizer)
+
+
+def eos_ids_of(config, generation_config, tokenizer) -> set[int]:
+    """The token ids generation stops at: every ``eos_token_id`` of the generation config and
+    the model config (an id or a list), and the tokenizer's eos."""
+    ids: set[int] = set()
+    for source in (generation_config, config):
+        value = getattr(source, "eos_token_id", None)
+        ids.update(value if isinstance(value, (list, tuple)) else [value] if value is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
 
 
 def _greedy(logits, indices: list[int]) -> list[int]:

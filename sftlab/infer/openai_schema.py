@@ -5,7 +5,7 @@ What ``sftlab.infer.server`` accepts and answers, in one place:
 * ``ChatRequest`` (``POST /v1/chat/completions``) and ``CompletionRequest``
   (``POST /v1/completions``): pydantic models of the request JSON; their fields are the
   accepted fields. ``parse_request`` answers HTTP 400 for out-of-range values, for an
-  OpenAI field this server cannot honour (``UNSUPPORTED_FIELDS``: ``logprobs``, ``tools``,
+  OpenAI field this server cannot honour (``UNSUPPORTED_FIELDS``: ``logprobs``,
   ``response_format``, ...) unless its value asks for nothing (``logprobs: false``), and,
   as OpenAI does, for unknown fields; ``IGNORED_FIELDS`` (``user``) are accepted and have
   no effect. ``param`` names the field. A body over ``max_bytes`` is 413, refused from its
@@ -35,8 +35,12 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sftlab.data.formats import parse_messages
+from sftlab.data.tools import normalize_tools
+from sftlab.errors import DataError
 from sftlab.infer.base import Generation, SamplingConfig
-from sftlab.types import Message
+from sftlab.infer.parsing import Reply, parse_reply
+from sftlab.types import Conversation
 
 MAX_NEW_TOKENS_LIMIT = 4096
 """The largest ``max_tokens`` a request may ask for."""
@@ -44,7 +48,6 @@ MAX_NEW_TOKENS_LIMIT = 4096
 UNSUPPORTED_FIELDS: dict[str, tuple] = {
     "logprobs": (None, False, 0), "top_logprobs": (None, 0), "echo": (None, False), "best_of": (None, 1),
     "suffix": (None, ""), "logit_bias": (None, {}), "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
-    "tools": (None, []), "tool_choice": (None, "none"), "parallel_tool_calls": (None, True, False),
     "functions": (None, []), "function_call": (None, "none"), "response_format": (None, {"type": "text"}),
     "modalities": (None, ["text"]), "audio": (None,), "prediction": (None,), "web_search_options": (None,),
 }
@@ -56,22 +59,6 @@ IGNORED_FIELDS = frozenset({"user"})
 
 
 # -- request bodies ---------------------------------------------------------------------------
-
-
-class _TextPart(BaseModel):
-    type: Literal["text"]
-    text: str
-
-
-class _ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    role: Literal["system", "user", "assistant", "developer"]
-    content: Union[str, list[_TextPart]]
-
-    def to_message(self) -> Message:
-        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-        # OpenAI's newer name for the system role
-        return Message("system" if self.role == "developer" else self.role, text)
 
 
 class _Sampling(BaseModel):
@@ -101,10 +88,37 @@ class _Sampling(BaseModel):
 
 
 class ChatRequest(_Sampling):
-    """The body of ``POST /v1/chat/completions``."""
+    """The body of ``POST /v1/chat/completions``.
 
-    messages: list[_ChatMessage] = Field(min_length=1)
+    ``messages`` are parsed by sftlab's one message parser (``sftlab.data.formats.parse_messages``:
+    tool turns, ``tool_calls``, content parts, reasoning), ``tools`` by ``normalize_tools``;
+    ``conversation()`` gives both as one ``Conversation``. ``tool_choice``: ``auto`` (the
+    default with tools: the reply's tool calls are parsed into ``tool_calls``) or ``none``
+    (the tools are still shown to the model, its reply stays text). ``include_reasoning``
+    (vLLM's option): return a reasoning block apart as ``message.reasoning``.
+    """
+
+    messages: list[Any] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS_LIMIT)
+    tools: list[Any] | None = None
+    tool_choice: Literal["auto", "none"] | None = None
+    parallel_tool_calls: bool | None = None
+    include_reasoning: bool = False
+
+    def conversation(self) -> Conversation:
+        """The request's messages and tools; ``ApiError`` 400 naming the bad field."""
+        try:
+            messages = parse_messages(self.messages, "messages")
+            tools = normalize_tools(self.tools, "tools") if self.tools else None
+        except DataError as exc:
+            raise ApiError(400, f"{exc.field}: {exc.message}" if exc.field else exc.message,
+                           param=exc.field) from None
+        return Conversation(messages, tools=tools or None)
+
+    @property
+    def parses_tool_calls(self) -> bool:
+        """True when the reply's tool calls go to ``tool_calls``: tools given, choice not ``none``."""
+        return bool(self.tools) and self.tool_choice != "none"
 
 
 class CompletionRequest(_Sampling):
@@ -199,14 +213,30 @@ def usage_counts(results: list[Generation], n: int = 1) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def chat_completion_body(name: str, results: list[Generation], n: int = 1) -> dict[str, Any]:
-    """The ``chat.completion`` response: one choice per result, in order."""
+def chat_completion_body(name: str, results: list[Generation], n: int = 1,
+                         body: ChatRequest | None = None) -> dict[str, Any]:
+    """The ``chat.completion`` response: one choice per result, in order; with ``body``, each
+    reply is parsed as the request asks (tool calls, reasoning: ``reply_of``)."""
+    replies = [reply_of(r, body) for r in results]
     return {"id": f"chatcmpl-{secrets.token_hex(12)}", "object": "chat.completion",
             "created": int(time.time()), "model": name,
-            "choices": [{"index": i, "message": {"role": "assistant", "content": r.text},
-                         "finish_reason": r.finish_reason, "logprobs": None}
-                        for i, r in enumerate(results)],
+            "choices": [{"index": i, "message": reply.message(), "finish_reason": finish_reason(r, reply),
+                         "logprobs": None}
+                        for i, (r, reply) in enumerate(zip(results, replies))],
             "usage": usage_counts(results, n)}
+
+
+def reply_of(result: Generation, body: ChatRequest | None) -> Reply:
+    """The generated text split as ``body`` asks: tool calls when it gave tools, reasoning
+    when it set ``include_reasoning``; else the text as it is."""
+    if body is None:
+        return Reply(result.text)
+    return parse_reply(result.text, tools=body.parses_tool_calls, reasoning=body.include_reasoning)
+
+
+def finish_reason(result: Generation, reply: Reply) -> str:
+    """OpenAI's ``tool_calls`` when the reply is tool calls, else the generation's own reason."""
+    return "tool_calls" if reply.tool_calls and result.finish_reason == "stop" else result.finish_reason
 
 
 def completion_body(name: str, results: list[Generation], n: int = 1) -> dict[str, Any]:

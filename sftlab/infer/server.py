@@ -54,7 +54,8 @@ from sftlab.infer.base import Generation, Prompt
 from sftlab.infer.batcher import Batcher, Job
 from sftlab.infer.hf import HFGenerator, PromptTooLong
 from sftlab.infer.openai_schema import (ApiError, ChatRequest, CompletionRequest, chat_completion_body,
-                                        completion_body, parse_request, usage_counts, wants_usage)
+                                        completion_body, finish_reason, parse_request, reply_of, usage_counts,
+                                        wants_usage)
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 """Default largest request body (4 MiB): far more text than any context holds."""
@@ -146,12 +147,13 @@ def create_app(generator, *, model_name: str | Sequence[str] | None = None, api_
         sampling = body.sampling(default_max_tokens)
         if body.max_completion_tokens:
             sampling.max_new_tokens = body.max_completion_tokens
-        prompt = await _encode(generator, [m.to_message() for m in body.messages], sampling.max_new_tokens,
-                               "messages")
+        conversation = body.conversation()
+        prompt = await _encode(generator, conversation if conversation.tools else conversation.messages,
+                               sampling.max_new_tokens, "messages")
         job = Job([prompt] * body.n, sampling)
         if body.stream:
-            return _stream(batcher, job, name, chat=True, usage=wants_usage(body), n=body.n)
-        return chat_completion_body(name, await _wait(batcher, job, request), body.n)
+            return _stream(batcher, job, name, chat=True, usage=wants_usage(body), n=body.n, body=body)
+        return chat_completion_body(name, await _wait(batcher, job, request), body.n, body)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -206,8 +208,15 @@ async def _wait(batcher: Batcher, job: Job, request: Request) -> list[Generation
         job.cancel.set()  # a no-op once done; frees the rows of a request abandoned midway
 
 
-def _stream(batcher: Batcher, job: Job, name: str, *, chat: bool, usage: bool, n: int):
-    """Server-sent events: one chunk per text delta, a final chunk per choice, ``[DONE]``."""
+def _stream(batcher: Batcher, job: Job, name: str, *, chat: bool, usage: bool, n: int,
+            body: ChatRequest | None = None):
+    """Server-sent events: one chunk per text delta, a final chunk per choice, ``[DONE]``.
+
+    A chat request whose reply is parsed (tools given, or ``include_reasoning``) streams no
+    text deltas: each choice's parsed message (content, reasoning, ``tool_calls`` with their
+    ``index``) comes as one delta when it is complete, since a tool call is only known to be
+    one once its block has closed."""
+    parsed = chat and body is not None and (body.parses_tool_calls or body.include_reasoning)
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
 
@@ -217,7 +226,8 @@ def _stream(batcher: Batcher, job: Job, name: str, *, chat: bool, usage: bool, n
         except RuntimeError:  # the event loop has closed (shutdown): nobody reads this stream
             job.cancel.set()
 
-    job.on_text = lambda k, delta: put(("text", k, delta))
+    if not parsed:
+        job.on_text = lambda k, delta: put(("text", k, delta))
     future = batcher.submit(job)
     future.add_done_callback(lambda f: put(("done", None, None)))
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{secrets.token_hex(12)}"
@@ -248,7 +258,14 @@ def _stream(batcher: Batcher, job: Job, name: str, *, chat: bool, usage: bool, n
                 error = {"message": f"generation failed: {exc}", "type": "server_error", "param": None, "code": None}
                 yield f"data: {json.dumps({'error': error})}\n\n"
                 return
-            yield chunk([choice(k, None, r.finish_reason) for k, r in enumerate(results)])
+            if parsed:
+                replies = [reply_of(r, body) for r in results]
+                for k, reply in enumerate(replies):
+                    yield chunk([{"index": k, "delta": _delta(reply), "finish_reason": None, "logprobs": None}])
+                yield chunk([choice(k, None, finish_reason(r, reply))
+                             for k, (r, reply) in enumerate(zip(results, replies))])
+            else:
+                yield chunk([choice(k, None, r.finish_reason) for k, r in enumerate(results)])
             if usage:
                 yield chunk([], usage=usage_counts(results, n))
             yield "data: [DONE]\n\n"
@@ -256,6 +273,15 @@ def _stream(batcher: Batcher, job: Job, name: str, *, chat: bool, usage: bool, n
             job.cancel.set()
 
     return StreamingResponse(events_source(), media_type="text/event-stream")
+
+
+def _delta(reply) -> dict:
+    """A parsed reply as one streaming delta (tool calls carry their ``index``, as OpenAI's do)."""
+    message = reply.message()
+    del message["role"]
+    if "tool_calls" in message:
+        message["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
+    return message
 
 
 # -- running it ------------------------------------------------------------------------------

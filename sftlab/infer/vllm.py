@@ -19,8 +19,8 @@ from typing import Sequence
 
 from sftlab.errors import SftlabError
 from sftlab.infer.base import Generation, Prompt, SamplingConfig
+from sftlab.infer.hf import prompt_text
 from sftlab.models import resolve_adapter, resolve_model
-from sftlab.types import Message
 
 INSTALL_HINT = "pip install vllm (needs a CUDA GPU); or use the default HF backend (HFGenerator)"
 
@@ -70,7 +70,4 @@ class VLLMGenerator:
         return results
 
     def _render(self, prompt: Prompt) -> str:
-        if isinstance(prompt, str):
-            return prompt
-        messages = [m.to_dict() if isinstance(m, Message) else dict(m) for m in prompt]
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return prompt_text(self.tokenizer, prompt)  # the one prompt renderer (sftlab.infer.hf)

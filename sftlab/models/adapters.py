@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from sftlab.errors import ConfigError
+from sftlab.models import intrinsic
 
 CONFIG_FILE = "sftlab_adapter.json"
 WEIGHTS_FILE = "sftlab_adapter.safetensors"
@@ -130,14 +131,24 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_adapter(model: nn.Module, path: str | Path) -> Path:
-    """Write ``sftlab_adapter.safetensors`` + ``sftlab_adapter.json`` into directory ``path``."""
+    """Write ``sftlab_adapter.safetensors`` + ``sftlab_adapter.json`` into directory ``path``
+    (bottleneck adapters, or an intrinsic delta: ``sftlab.models.intrinsic``)."""
     path = Path(path)
+    base = getattr(getattr(model, "config", None), "_name_or_path", None)
+    if hasattr(model, "sftlab_intrinsic"):  # theta, scales and the projection's seed
+        config = {"format": intrinsic.FORMAT, "version": intrinsic.FORMAT_VERSION,
+                  **intrinsic.intrinsic_config(model), "base_model": base}
+        return _write(path, config, intrinsic.intrinsic_tensors(model))
     if not hasattr(model, "sftlab_adapter"):
         raise ConfigError("save_adapter: the model has no sftlab adapter")
-    path.mkdir(parents=True, exist_ok=True)
     config = {"format": "sftlab_adapter", "version": FORMAT_VERSION, **model.sftlab_adapter,
-              "base_model": getattr(getattr(model, "config", None), "_name_or_path", None)}
+              "base_model": base}
     tensors = {k: v.detach().contiguous().cpu() for k, v in adapter_state_dict(model).items()}
+    return _write(path, config, tensors)
+
+
+def _write(path: Path, config: dict, tensors: dict[str, torch.Tensor]) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path / WEIGHTS_FILE), metadata={"format": "pt"})
     (path / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return path
@@ -158,6 +169,9 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
     if not is_adapter_dir(path):
         raise ConfigError(f"{path}: not an sftlab adapter (no {CONFIG_FILE})")
     config = json.loads((path / CONFIG_FILE).read_text())
+    if config.get("format") == intrinsic.FORMAT and config.get("version") == intrinsic.FORMAT_VERSION:
+        return intrinsic.load_intrinsic(model, config, load_file(str(path / WEIGHTS_FILE)),
+                                        source=str(path))  # merged: W <- W0 + delta
     if config.get("format") != "sftlab_adapter" or config.get("version") != FORMAT_VERSION:
         raise ConfigError(f"{path / CONFIG_FILE}: unknown format/version "
                           f"{config.get('format')!r}/{config.get('version')!r}")

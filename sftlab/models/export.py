@@ -31,6 +31,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from sftlab.data.chat import serving_template
 from sftlab.errors import ConfigError
 from sftlab.models import (BUILTIN, ModelNotFoundError, _auto_tokenizer, adapter_base, load_model,
                            load_tokenizer, resolve_adapter)
@@ -97,6 +98,8 @@ def export_model(source: str | Path, output: str | Path, *, merge: bool = False,
     try:
         info = {"source": str(Path(source)), "kind": kind, "merged": False}
         model, tokenizer = _write_weights(kind, where, merge, base, tmp, info)
+        if tokenizer.chat_template:  # as training saves it: with the tool / reasoning fallbacks it needs
+            serving_template(tokenizer)
         tokenizer.save_pretrained(tmp)  # writes the chat template with it
         if gguf_type:
             info.update(_write_gguf(model, tokenizer, tmp, output.name, gguf_type, ollama, system))

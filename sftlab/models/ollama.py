@@ -133,6 +133,28 @@ def _render(pieces: list, messages: list[dict]) -> str:
     return "".join(out)
 
 
+_MODELFILE_LINE = re.compile(r'^(TEMPLATE|SYSTEM) """(.*?)"""|^PARAMETER stop "(.*?)"$', re.DOTALL | re.MULTILINE)
+
+
+def read_modelfile(text: str) -> tuple[str | None, list[str], str | None]:
+    """``(template, stop strings, system)`` of a Modelfile ``modelfile`` wrote (triple-quoted
+    TEMPLATE and SYSTEM, one ``PARAMETER stop`` per line).
+
+    >>> None
+    
+    """
+    template = system = None
+    stops = []
+    for match in _MODELFILE_LINE.finditer(text):
+        if match.group(3) is not None:
+            stops.append(match.group(3))
+        elif match.group(1) == "TEMPLATE":
+            template = match.group(2)
+        else:
+            system = match.group(2)
+    return template, stops, system
+
+
 def _quoted(text: str) -> str:
     if '"""' in text:
         raise ConfigError('--ollama: the template or system prompt contains """, which a Modelfile '

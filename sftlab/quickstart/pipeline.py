@@ -74,8 +74,10 @@ def run_quickstart(config: QuickstartConfig) -> QuickstartResult:
 
     with _stage(5, "writing the report", timings, "report"):
         summary = summarize(before, after, config, timings)
+        check = train_result.output_dir / "check.json"  # `sftlab check` on the saved result
         summary["train"] = {"steps": train_result.steps, "final_loss": train_result.final_loss,
-                            "run": str(train_result.output_dir)}
+                            "run": str(train_result.output_dir),
+                            "check_ok": json.loads(check.read_text())["ok"] if check.exists() else None}
         _write_json(run_dir / "summary.json", summary)
         report = write_report(run_dir, built, before, after, summary, model_path)
     print_summary(summary, report)

@@ -53,6 +53,7 @@ def write_report(run_dir: Path, built: QuickstartData, before: list[dict], after
                                      if loss_png else "<p>(no metrics found)</p>"),
         _data_stats(built),
         _mask_preview(built.train[0], model_path),
+        _conformance(run_dir / "train" / "check.json"),
         _samples(before, after),
     ]
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>sftlab quickstart</title>
@@ -69,6 +70,22 @@ th{{background:#f3f3f3}}.up{{color:#11772d;font-weight:600}}pre{{white-space:pre
 
 
 # -- sections -------------------------------------------------------------------------------
+
+
+def _conformance(path: Path) -> str:
+    """``sftlab check``'s findings on the trained result (written by ``sftlab train``)."""
+    if not path.exists():
+        return "<h2>Train-to-serve check</h2><p>(no check.json: the run saved no model)</p>"
+    report = json.loads(path.read_text(encoding="utf-8"))
+    verdict = "passed" if report["ok"] else "FAILED"
+    rows = "".join(f"<tr><td>{ {True: 'ok', False: 'FAIL', None: 'n/a'}[f['ok']] }</td><td>{html.escape(f['check'])}</td>"
+                   f"<td>{html.escape(f['probe'])}</td><td>{html.escape(f['detail'])}</td></tr>"
+                   for f in report["findings"])
+    return (f"<h2>Train-to-serve check: {verdict}</h2><p>The probe conversations rendered through the "
+            f"training renderer, the saved chat template, the server's prompt and its reply parser "
+            f"(<code>sftlab check</code>):</p><table><tr><th></th><th>check</th><th>probe</th><th>detail</th></tr>"
+            f"{rows}</table>")
+
 
 def _pct(block: dict) -> str:
     return f"{100 * block['mean']:.1f}% <small>[{100 * block['low']:.0f}–{100 * block['high']:.0f}]</small>"

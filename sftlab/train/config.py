@@ -35,15 +35,19 @@ from typing import Any, Literal, get_args
 from sftlab.errors import ConfigError
 
 MethodName = Literal["full", "freeze", "lora", "dora", "qlora", "prompt", "prefix", "ia3",
-                     "adapter", "bitfit", "lomo"]
+                     "adapter", "bitfit", "lomo", "intrinsic"]
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 # the names registered in ``sftlab.train.objectives.OBJECTIVES`` (a unit test keeps them
 # equal). Spelled out, not read from the registry: this module stays free of torch, which
 # the objectives import, so ``sftlab --help`` stays fast
-ObjectiveName = Literal["sft", "spin", "dpo"]
+ObjectiveName = Literal["sft", "spin", "dpo", "kto", "reward", "grpo", "ppo", "vision"]
 OBJECTIVE_NAMES = get_args(ObjectiveName)
+# objectives whose units are compared row by row (no packing, no padding-free): what they train
+PADDED_OBJECTIVES = {"spin": "pairs", "dpo": "pairs", "kto": "completions", "reward": "pairs",
+                     "vision": "examples with images",
+                     "grpo": "completions", "ppo": "completions"}
 
 
 @dataclass
@@ -59,15 +63,33 @@ class ModelSection:
 @dataclass
 class DataSection:
     paths: list[str] = field(default_factory=list)
-    """Training files (any format ``sftlab data`` reads); examples are concatenated."""
+    """Training data (any format ``sftlab data`` reads); examples are concatenated. Each is a
+    JSON/JSONL(.gz), CSV/TSV or Parquet file, a ``datasets`` directory, ``hf://owner/name``,
+    or with ``data.dataset_info`` a dataset name in it."""
     format: str | None = None
     """Force a format (``alpaca``, ``sharegpt``, ...); ``None`` detects it per file."""
+    dataset_info: str | None = None
+    """LLaMA-Factory's ``dataset_info.json`` (or its folder): ``data.paths`` then name its
+    entries, read with their file name, formatting, columns and tags."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Rename the files' columns to the reader's fields before reading, ``{instruction: q, output: a}``."""
+    split: str | None = None
+    """Split of a hub dataset or ``datasets`` directory (default: ``train``, or the only one)."""
+    subset: str | None = None
+    """Subset (configuration ``name``) of a hub dataset."""
+    revision: str | None = None
+    """Git revision (branch, tag or commit) of a hub dataset."""
     on_error: Literal["fail", "skip"] = "fail"
     """A malformed record stops the run (``fail``) or is counted and dropped (``skip``)."""
     max_length: int = 1024
     """Examples are truncated to this many tokens (must fit the model's positions)."""
     mask: Literal["all_assistant", "last_assistant", "everything"] = "all_assistant"
     """Which tokens are trained (``sftlab data show-mask`` shows them)."""
+    train_tool_calls: bool = True
+    """Train assistant turns that call tools (their call text); ``False`` keeps them as context."""
+    reasoning: Literal["keep", "last_turn", "drop"] = "keep"
+    """Assistant reasoning traces: ``keep`` trains every turn's, ``last_turn`` only the final
+    turn's (earlier turns rendered without it), ``drop`` removes them."""
     packing: bool = False
     """Bin-pack examples into rows of ``max_length`` (attention isolated per example)."""
     padding_free: bool = False
@@ -190,6 +212,167 @@ class DPOSection:
         if self.loss_type == "ipo" and self.label_smoothing:
             raise ConfigError("dpo.label_smoothing applies to loss_type=sigmoid only; set it to 0 "
                               "for ipo")
+
+
+@dataclass
+class KTOSection:
+    """Settings of ``objective: kto`` (``sftlab.train.objectives.kto``)."""
+
+    beta: float = 0.1
+    """Inverse temperature β of KTO's value function ``σ(β·(r - z0))``, with ``r = log π(y|x)
+    - log π_ref(y|x)``: how far the policy may move from the reference (smaller: further)."""
+    desirable_weight: float = 1.0
+    """λ_D: weight of the desirable completions' losses. The paper advises
+    ``desirable_weight · n_desirable / (undesirable_weight · n_undesirable)`` in [1, 4/3]."""
+    undesirable_weight: float = 1.0
+    """λ_U: weight of the undesirable completions' losses."""
+
+    def __post_init__(self) -> None:
+        if not (_finite(self.beta) and self.beta > 0):
+            raise ConfigError(f"kto.beta must be above 0, got {self.beta!r}")
+        for name in ("desirable_weight", "undesirable_weight"):
+            if not (_finite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ConfigError(f"kto.{name} must be above 0, got {getattr(self, name)!r}")
+
+
+@dataclass
+class RewardSection:
+    """Settings of ``objective: reward`` (``sftlab.train.objectives.reward``)."""
+
+    center_rewards: float = 0.0
+    """Coefficient c of the auxiliary term ``c · (r_chosen + r_rejected)²`` per pair
+    (Eisenstein et al. 2023; TRL's ``center_rewards_coefficient``): keeps the rewards near
+    zero mean, which the Bradley-Terry loss leaves free. 0: off; TRL suggests 0.01."""
+
+    def __post_init__(self) -> None:
+        if not (_finite(self.center_rewards) and self.center_rewards >= 0):
+            raise ConfigError(f"reward.center_rewards must be >= 0, got {self.center_rewards!r}")
+
+
+@dataclass
+class GRPOSection:
+    """Settings of ``objective: grpo`` (``sftlab.train.objectives.grpo``)."""
+
+    num_generations: int = 4
+    """G: completions sampled per prompt each step; advantages are normalised within these."""
+    max_new_tokens: int = 64
+    """Length limit of a sampled completion in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts (above 0: a group needs different completions)."""
+    top_p: float = 1.0
+    """Nucleus sampling of the rollouts (1.0 = off)."""
+    rewards: list[str] = field(default_factory=lambda: ["exact_match"])
+    """Reward functions summed per completion (``grpo.REWARDS``): ``exact_match`` (the
+    completion is the row's ``answer``), ``gsm8k`` (its last number equals the answer's
+    final number, GSM8K's ``#### N``), ``format`` (``format_pattern`` matches its start)."""
+    reward_weights: list[float] = field(default_factory=list)
+    """One weight per reward (empty: all 1)."""
+    format_pattern: str = ""
+    """The regular expression of the ``format`` reward (``re.match`` at the start)."""
+    beta: float = 0.0
+    """Coefficient of the k3 KL(π || π_ref) penalty against the frozen initial model
+    (DeepSeekMath uses 0.04; TRL's default is 0). Above 0, a copy of the model is kept."""
+    epsilon: float = 0.2
+    """Clip range ε of the ratio π/π_old. Each rollout is trained on once, so π_old is the
+    policy itself and the clip binds only where they differ numerically."""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.num_generations, int) and self.num_generations >= 2):
+            raise ConfigError(f"grpo.num_generations must be at least 2 (a group needs more than "
+                              f"one completion), got {self.num_generations!r}")
+        if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1):
+            raise ConfigError(f"grpo.max_new_tokens must be at least 1, got {self.max_new_tokens!r}")
+        if not (_finite(self.temperature) and self.temperature > 0):
+            raise ConfigError(f"grpo.temperature must be above 0 (greedy decoding gives a group "
+                              f"identical completions), got {self.temperature!r}")
+        if not self.rewards:
+            raise ConfigError("grpo.rewards is empty: name at least one reward function")
+        if self.reward_weights and len(self.reward_weights) != len(self.rewards):
+            raise ConfigError(f"grpo.reward_weights has {len(self.reward_weights)} weights for "
+                              f"{len(self.rewards)} rewards; give one per reward or none")
+        for name in ("beta", "epsilon"):
+            if not (_finite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ConfigError(f"grpo.{name} must be >= 0, got {getattr(self, name)!r}")
+
+
+@dataclass
+class PPOSection:
+    """Settings of ``objective: ppo`` (``sftlab.train.objectives.ppo``)."""
+
+    reward_model: str = ""
+    """The reward model: a run directory of ``objective: reward`` (or its ``model/`` or
+    ``adapter/``, with ``reward_head.safetensors``); frozen. Its tokenizer must be the policy's."""
+    max_new_tokens: int = 64
+    """Length limit of a sampled completion in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts; the log-probs are taken at it too (TRL's)."""
+    top_p: float = 1.0
+    """Nucleus sampling of the rollouts (1.0 = off)."""
+    epochs: int = 4
+    """PPO epochs: optimizer steps on each rollout (TRL's ``num_ppo_epochs``); a new rollout
+    is sampled every ``epochs`` steps, from that step's prompts."""
+    kl_coef: float = 0.05
+    """β of the per-token KL penalty ``-β·(log π_old - log π_ref)`` added to the rewards
+    (InstructGPT's; TRL's default 0.05). 0: no penalty (the KL is still logged)."""
+    gamma: float = 1.0
+    """Discount γ of GAE (1: the score at the last token counts fully for every token)."""
+    gae_lambda: float = 0.95
+    """λ of GAE: 0 is the one-step TD advantage, 1 the Monte-Carlo return minus the value."""
+    epsilon: float = 0.2
+    """Clip range ε of the ratio π/π_old in the surrogate objective."""
+    value_clip: float = 0.2
+    """Clip range of the new values around the rollout's values in the value loss."""
+    value_coef: float = 0.1
+    """Weight of the value loss ``½·max((V - R)², (V_clipped - R)²)`` (TRL's ``vf_coef``)."""
+    whiten_advantages: bool = True
+    """Normalise the advantages to mean 0, variance 1 over each rollout's tokens."""
+    missing_eos_penalty: float = 0.0
+    """Subtracted from the score of a completion that hit ``max_new_tokens`` without
+    stopping (TRL's ``missing_eos_penalty``; 0: off)."""
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
+                 "ppo.max_new_tokens", self.max_new_tokens, ">= 1")
+        _require(isinstance(self.epochs, int) and self.epochs >= 1, "ppo.epochs", self.epochs, ">= 1")
+        _require(_finite(self.temperature) and self.temperature > 0, "ppo.temperature",
+                 self.temperature, "above 0 (the rollouts are sampled)")
+        _require(_finite(self.top_p) and 0 < self.top_p <= 1, "ppo.top_p", self.top_p, "in (0, 1]")
+        for name in ("gamma", "gae_lambda"):
+            _require(_finite(getattr(self, name)) and 0 <= getattr(self, name) <= 1, f"ppo.{name}",
+                     getattr(self, name), "in [0, 1]")
+        for name in ("kl_coef", "epsilon", "value_clip", "value_coef", "missing_eos_penalty"):
+            _require(_finite(getattr(self, name)) and getattr(self, name) >= 0, f"ppo.{name}",
+                     getattr(self, name), "a finite number >= 0")
+
+
+@dataclass
+class VisionSection:
+    """Settings of ``objective: vision`` (``sftlab.train.objectives.vision``)."""
+
+    tower: str = "tiny-clip"
+    """The vision tower: ``tiny-clip`` / ``tiny-siglip`` (random, for tests) or a CLIP or
+    SigLIP (vision) model directory or hub id; it stays frozen."""
+    stage: int = 2
+    """LLaVA's stages: ``1`` trains only the projector (alignment on captions; ``method``
+    must be ``full`` or ``freeze`` and becomes freeze-all-but-the-projector); ``2`` trains the
+    projector and the LM as ``method`` says (full, freeze, lora, dora, qlora)."""
+    init_from: str | None = None
+    """A saved vision model (a stage-1 run's ``model/``): its projector and tower start this
+    run (set ``model.name`` to it too, to continue its LM)."""
+    image_folder: str | None = None
+    """Folder that relative image paths of ``data.paths`` are in (LLaVA's
+    ``--image_folder``); none: each data file's folder."""
+    image_token: str = "<image>"
+    """The placeholder in the data and the special token added to the tokenizer; each is
+    expanded to the tower's patch count and never labelled."""
+    feature_layer: int = -2
+    """Tower hidden-state layer whose patch features are projected (LLaVA-1.5: the penultimate)."""
+    max_pixels: int = 4096 * 4096
+    """Images with more pixels are refused (a data error naming the image and record)."""
+
+    def __post_init__(self) -> None:
+        _require(self.stage in (1, 2), "vision.stage", self.stage, "1 or 2")
+        _require(self.max_pixels >= 1, "vision.max_pixels", self.max_pixels, ">= 1")
 
 
 # -- method: which parameters train (``sftlab.train.methods``) ---------------------------
@@ -315,12 +498,37 @@ class LomoSection:
 
 
 @dataclass
+class IntrinsicSection:
+    """Intrinsic-subspace delta-tuning (Aghajanyan et al. 2021): ``W = W0 + P theta`` with
+    ``theta`` of size ``dimension`` and P a fixed, seeded Fastfood projection
+    (``sftlab.models.intrinsic``); only ``theta`` (and the SAID scales) train."""
+
+    dimension: int = 1024
+    """d, the size of the trained vector theta (Aghajanyan et al. reach 90% of full
+    fine-tuning on MRPC with d = 200 for RoBERTa); memory and time do not grow with it."""
+    said: bool = True
+    """SAID, the paper's structure-aware variant: one learned scale per target tensor,
+    ``W_i = W0_i + lambda_i P_i theta`` (one more trained number per tensor); false: DID."""
+    seed: int = 0
+    """seeds the random projection; saved with theta, so the two reproduce the delta."""
+    targets: list[str] = field(default_factory=lambda: ["*"])
+    """parameter-name globs that get the projected delta; ``*``: every parameter, as in the
+    paper (tied embeddings share one delta); e.g. ``["model.layers.*"]`` for the layers only."""
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.dimension, int) and self.dimension >= 1,
+                 "method.intrinsic.dimension", self.dimension, "an integer >= 1")
+        _require(bool(self.targets), "method.intrinsic.targets", self.targets,
+                 "at least one parameter-name glob")
+
+
+@dataclass
 class MethodConfig:
     """Which fine-tuning method, with one section of settings per method (all defaulted)."""
 
     name: MethodName = "full"
     """which parameters train: full, freeze, lora, dora, qlora, prompt, prefix, ia3,
-    adapter, bitfit or lomo (``sftlab train --help`` describes each)."""
+    adapter, bitfit, lomo or intrinsic (``sftlab train --help`` describes each)."""
     lora: LoraSection = field(default_factory=LoraSection)
     """settings of ``lora``, ``dora`` and ``qlora``."""
     freeze: FreezeSection = field(default_factory=FreezeSection)
@@ -339,6 +547,8 @@ class MethodConfig:
     """settings of ``bitfit``."""
     lomo: LomoSection = field(default_factory=LomoSection)
     """settings of ``lomo``."""
+    intrinsic: IntrinsicSection = field(default_factory=IntrinsicSection)
+    """settings of ``intrinsic``."""
 
 
 @dataclass
@@ -364,12 +574,48 @@ class TrainConfig:
     for cDPO) on preference pairs of ``data.paths`` (TRL ``prompt``/``chosen``/``rejected``,
     LLaMA-Factory ranking rows, OpenAI ``preferred_output``); the same pair pipeline as
     ``spin`` (per pair, no packing, only the final assistant turn labelled, ``batch_size``
-    counts pairs). See ``sftlab.train.objectives.dpo``."""
+    counts pairs). See ``sftlab.train.objectives.dpo``.
+    ``kto``: KTO (Ethayarajh et al. 2024) on unpaired completions of ``data.paths`` (TRL
+    ``prompt``/``completion``/``label``, LLaMA-Factory ``messages``/``conversations`` with a
+    boolean ``label`` or ``kto_tag``); the KL reference point is estimated over each step
+    from mismatched prompt/completion rows; the reference is the initial model; normalised
+    per completion, no packing, ``batch_size`` counts completions. See
+    ``sftlab.train.objectives.kto``.
+    ``reward``: a Bradley-Terry reward model (a zero-initialised scalar head on the last
+    token's hidden state, ``-log σ(r_chosen - r_rejected)``) on the preference pairs ``dpo``
+    reads; the eval rows get the held-out pair accuracy; the saved model/ or adapter/ holds
+    ``reward_head.safetensors`` (``sftlab.train.objectives.reward.load_reward_model``).
+    ``grpo``: GRPO (Shao et al. 2024) on prompt rows of ``data.paths`` (``messages`` or
+    ``prompt`` plus the ``answer`` the rule-based rewards check): each step samples
+    ``grpo.num_generations`` completions per prompt with the current policy, scores them
+    (``grpo.rewards``) and trains on group-normalised advantages; normalised per completion;
+    ``batch_size`` counts prompts; no eval loss. See ``sftlab.train.objectives.grpo``.
+    ``ppo``: PPO (InstructGPT stage 3) on prompt rows of ``data.paths`` against the reward
+    model of ``ppo.reward_model`` (trained with ``objective: reward``): one completion per
+    prompt per rollout, a per-token KL penalty to the initial model, a value head on the
+    policy, GAE, the clipped objective, ``ppo.epochs`` steps per rollout; normalised per
+    completion token; ``batch_size`` counts prompts; no eval loss. See
+    ``sftlab.train.objectives.ppo``.
+    ``vision``: LLaVA-style visual instruction tuning on image rows of ``data.paths`` (LLaVA
+    ``image`` + ``conversations``, OpenAI ``image_url`` parts, an ``images`` column): a frozen
+    ``vision.tower``, an MLP projector into the LM, ``vision.stage`` 1 (projector only) or 2
+    (projector + ``method``); image tokens are never labelled; no packing. See
+    ``sftlab.train.objectives.vision``."""
     spin: SpinSection = field(default_factory=SpinSection)
     """Settings of ``objective: spin`` (``beta``)."""
     dpo: DPOSection = field(default_factory=DPOSection)
     """Settings of ``objective: dpo`` (``beta``, ``loss_type``, ``label_smoothing``,
     ``reference``)."""
+    kto: KTOSection = field(default_factory=KTOSection)
+    """Settings of ``objective: kto`` (``beta``, ``desirable_weight``, ``undesirable_weight``)."""
+    reward: RewardSection = field(default_factory=RewardSection)
+    """Settings of ``objective: reward`` (``center_rewards``)."""
+    grpo: GRPOSection = field(default_factory=GRPOSection)
+    """Settings of ``objective: grpo`` (``num_generations``, ``rewards``, ``beta``, ...)."""
+    ppo: PPOSection = field(default_factory=PPOSection)
+    """Settings of ``objective: ppo`` (``reward_model``, ``epochs``, ``kl_coef``, ``gamma``, ...)."""
+    vision: VisionSection = field(default_factory=VisionSection)
+    """Settings of ``objective: vision`` (``tower``, ``stage``, ``init_from``, ``image_folder``, ...)."""
     batch_size: int = 8
     """Examples (or packed rows, or pairs) per micro-batch per process."""
     grad_accumulation: int = 1
@@ -433,9 +679,10 @@ class TrainConfig:
                  "a directory to write the run into, not an existing file")
         if self.objective not in OBJECTIVE_NAMES:  # build_config checks it too; Python callers too
             raise ConfigError(f"objective={self.objective!r} (allowed: {', '.join(OBJECTIVE_NAMES)})")
-        if self.objective in ("spin", "dpo") and (self.data.packing or self.data.padding_free):
+        if self.objective in PADDED_OBJECTIVES and (self.data.packing or self.data.padding_free):
             # here, not only in the objective's check: a YAML file fails when it is read.
             # A pair's two sides are separate rows compared with each other; one packed row
             # would mix pairs (and the sequence log-probs assume one example per row)
-            raise ConfigError(f"objective={self.objective} trains pairs as padded rows; set "
+            units = PADDED_OBJECTIVES[self.objective]
+            raise ConfigError(f"objective={self.objective} trains {units} as padded rows; set "
                               "data.packing=false and data.padding_free=false")

@@ -68,7 +68,9 @@ def _tokenize_files(paths, section, tokenizer, progress: bool):
         raise DataError("no training data: set data.paths", hint="data.paths=[train.jsonl]")
     conversations = []
     for path in paths:
-        result = read_conversations(path, format=section.format, on_error=section.on_error)
+        result = read_conversations(path, format=section.format, on_error=section.on_error,
+                                    columns=section.columns, dataset_info=section.dataset_info,
+                                    split=section.split, subset=section.subset, revision=section.revision)
         if result.skipped:
             print(f"{path}: skipped {sum(result.skipped.values())} bad records "
                   f"({dict(result.skipped)})")
@@ -76,7 +78,8 @@ def _tokenize_files(paths, section, tokenizer, progress: bool):
     if section.limit is not None:
         conversations = conversations[:section.limit]
     result = tokenize_conversations(conversations, tokenizer, max_length=section.max_length,
-                                    strategy=section.mask, progress=progress)
+                                    strategy=section.mask, progress=progress,
+                                    train_tool_calls=section.train_tool_calls, reasoning=section.reasoning)
     print(f"{', '.join(map(str, paths))}: {result.summary()}")
     return result.examples, result.dropped
 

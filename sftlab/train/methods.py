@@ -28,6 +28,9 @@ ia3       learned per-channel scales of keys, values and the MLP (PEFT IA3)
 adapter   Houlsby bottleneck adapters after attention and MLP, plus the norms
 bitfit    bias terms only (zero biases are added when the model has none)
 lomo      every parameter, updated by SGD inside backward (``sftlab.train.lomo``)
+intrinsic ``intrinsic.dimension`` numbers theta, projected onto ``intrinsic.targets`` by a
+          fixed seeded Fastfood projection (+ one SAID scale per tensor;
+          ``sftlab.models.intrinsic``)
 ========  ==========================================================================
 
 Each method's settings are a section of ``MethodConfig`` (``sftlab.train.config``); 4-bit
@@ -49,6 +52,7 @@ from peft import (IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig,
 from sftlab.errors import ConfigError
 from sftlab.models.layers import decoder_layers
 from sftlab.models.adapters import add_adapters, norm_parameters, save_adapter
+from sftlab.models.intrinsic import add_intrinsic
 from sftlab.registry import Registry
 from sftlab.train.config import MethodConfig
 from sftlab.train.fused import fuse_lora
@@ -457,6 +461,19 @@ def prepare_adapter(model, config: MethodConfig, tokenizer=None) -> Prepared:
         for param in params:
             param.requires_grad_(True)
     return Prepared(model=model, parameters=params, kind="sftlab_adapter", method="adapter")
+
+
+@METHODS.register("intrinsic")
+def prepare_intrinsic(model, config: MethodConfig, tokenizer=None) -> Prepared:
+    """Intrinsic dimension (Aghajanyan et al. 2021): d numbers, Fastfood-projected (+ SAID).
+
+    The base is frozen; every ``intrinsic.targets`` tensor becomes ``W0 + lambda_i P_i theta``
+    with ``theta = 0`` and ``lambda = 1`` at the start (exactly the base model). Saved as an
+    sftlab adapter directory holding theta, the scales and the seed (``load_adapter`` merges).
+    """
+    delta = add_intrinsic(model, dataclasses.asdict(config.intrinsic))
+    return Prepared(model=model, parameters=list(delta.parameters()), kind="sftlab_adapter",
+                    method="intrinsic")
 
 
 @METHODS.register("lomo")

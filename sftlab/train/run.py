@@ -17,6 +17,8 @@
                     once (a resume drops the rows after its checkpoint; a fresh start moves an
                     earlier run's file to metrics.previous.jsonl)
     loss.png        training (and eval) loss against step
+    check.json      ``sftlab check`` on the saved result: training renderer, saved template,
+                    server prompt and reply parser, stop tokens (``sftlab.infer.conformance``)
     checkpoints/    see ``sftlab.train.checkpoint``
     model/ | adapter/   the trained result with the tokenizer (chat template) beside it
     tracking/ mlruns/ wandb/   with ``report_to``: TensorBoard event files, the MLflow file
@@ -53,6 +55,8 @@ def write_run_json(run) -> None:
         "versions": library_versions(),
         "git_revision": git_revision(),
         "chat_template_sha256": _sha256(getattr(run.tokenizer, "chat_template", None) or ""),
+        # the template training rendered with, for ``sftlab check`` to compare the saved one against
+        "chat_template": getattr(run.tokenizer, "chat_template", None),
         "data_fingerprint": run.data_order["data_sha256"],
         "train_examples": len(run.train_examples),
         "train_units": len(run.units),

@@ -90,6 +90,7 @@ class Run:
     data_order: dict  # what the order of the batches depends on (``data_order_of``)
     state: TrainState = field(default_factory=TrainState)
     history: list[dict] = field(default_factory=list)
+    eval_metrics: dict = field(default_factory=dict)  # the last eval's eval_<metric_names>
 
 
 @dataclass
@@ -158,7 +159,7 @@ def setup(config: TrainConfig, model=None, tokenizer=None, train_examples=None,
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    prepared = prepare_model(model, config.method, tokenizer)
+    prepared = objective.prepare(prepare_model(model, config.method, tokenizer))
     fuse_swiglu(prepared.model)  # one [tokens, intermediate] activation fewer per layer
     _print(accelerator, prepared.describe())
     optimizer = None if prepared.fused_backward else build_optimizer(prepared.parameters, config.optim)
@@ -298,7 +299,7 @@ def loop(run: Run) -> None:
     window = run_files.Window(run.objective.count_key, run.objective.metric_names)
     while state.step < run.total_steps:
         started = time.perf_counter()  # batch building counts: it is part of a step's cost
-        batches = next_step_batches(run)
+        batches = run.objective.make_step_data(run, next_step_batches(run))
         stats = train_step(run, batches)
         window.add(stats, time.perf_counter() - started)
         state.step += 1
@@ -407,10 +408,12 @@ def log(run: Run, row: dict) -> None:
 
 def evaluate(run: Run) -> float:
     """Held-out loss: sum of the units' losses / units over the whole eval set (labelled
-    tokens, pairs: the objective's)."""
-    acc, config = run.accelerator, run.config
+    tokens, pairs: the objective's); the means of the objective's ``metric_names`` over the
+    same units go to ``run.eval_metrics`` as ``eval_<name>`` (the reward model's held-out
+    pair accuracy)."""
+    acc, config, names = run.accelerator, run.config, run.objective.metric_names
     run.loss_module.eval()
-    totals = torch.zeros(2, dtype=torch.float64, device=acc.device)
+    totals = torch.zeros(2 + len(names), dtype=torch.float64, device=acc.device)
     rank_units = run.eval_units[acc.process_index::acc.num_processes]
     with torch.no_grad():
         for start in range(0, len(rank_units), config.batch_size):
@@ -418,18 +421,22 @@ def evaluate(run: Run) -> float:
                                           run.pad_id, config.data.padding_free)
             with acc.autocast():
                 loss_sum, count = run.loss_module(**{k: v.to(acc.device) for k, v in batch.tensors.items()})
-            totals += torch.stack([loss_sum.double(), count.double()])
+            metrics = acc.unwrap_model(run.loss_module).metrics if names else {}  # SFT's loss has none
+            means = torch.tensor([metrics[k] for k in names], dtype=torch.float64, device=acc.device)
+            totals += torch.cat([torch.stack([loss_sum.double(), count.double()]), means * count])
     run.loss_module.train()
     if acc.num_processes > 1:
         totals = acc.reduce(totals, reduction="sum")
-    return float(totals[0] / totals[1].clamp(min=1))
+    units = totals[1].clamp(min=1)
+    run.eval_metrics = {f"eval_{k}": round(float(v / units), 6) for k, v in zip(names, totals[2:])}
+    return float(totals[0] / units)
 
 
 def evaluate_and_check(run: Run) -> bool:
     """Evaluate, log, track the best loss; True when early stopping should stop the run."""
     state, patience = run.state, run.config.early_stopping_patience
     loss = evaluate(run)
-    log(run, {"step": state.step, "eval_loss": round(loss, 6)})
+    log(run, {"step": state.step, "eval_loss": round(loss, 6), **run.eval_metrics})
     _print(run.accelerator, f"step {state.step}: eval loss {loss:.4f}")
     if state.best_eval is None or loss < state.best_eval:
         state.best_eval, state.evals_without_improvement = loss, 0
@@ -458,7 +465,7 @@ def finish(run: Run) -> TrainResult:
         eval_loss = last["eval_loss"]  # the loop just evaluated this very step
     elif run.eval_units:
         eval_loss = evaluate(run)
-        log(run, {"step": run.state.step, "eval_loss": round(eval_loss, 6)})
+        log(run, {"step": run.state.step, "eval_loss": round(eval_loss, 6), **run.eval_metrics})
     attention.disable(run.prepared.model)  # the saved config names transformers' own sdpa
     saved_to = None
     if config.save_model:
@@ -466,6 +473,7 @@ def finish(run: Run) -> TrainResult:
         saved_to = run.output_dir / ("model" if run.prepared.kind == "full" else "adapter")
         if acc.is_main_process:
             save_result(run, saved_to)
+            conformance_check(run, saved_to)
         acc.wait_for_everyone()
     if acc.is_main_process and config.plot:
         run_files.plot_loss(run.output_dir, run.history, run.objective.unit_name)
@@ -474,6 +482,28 @@ def finish(run: Run) -> TrainResult:
         _print(acc, f"saved {saved_to}")
     return TrainResult(run.output_dir, run.state.step, losses[-1] if losses else None,
                        eval_loss, saved_to, run.history, run.prepared)
+
+
+def conformance_check(run: Run, saved_to: Path) -> None:
+    """``sftlab check`` on the saved result (``sftlab.infer.conformance``): the findings go to
+    ``check.json`` in the run directory; a failure is printed, it does not fail the run."""
+    import copy
+
+    from sftlab.infer.conformance import check_tokenizers  # lazy: only once there is a result
+    from sftlab.infer.hf import eos_ids_of
+    from sftlab.models import _auto_tokenizer
+
+    model = run.accelerator.unwrap_model(run.prepared.model)
+    stop_ids = eos_ids_of(model.config, getattr(model, "generation_config", None), run.tokenizer)
+    report = check_tokenizers(copy.deepcopy(run.tokenizer), _auto_tokenizer(str(saved_to)), stop_ids=sorted(stop_ids),
+                              source=str(saved_to))
+    report.save(run.output_dir / "check.json")
+    if report.ok:
+        _print(run.accelerator, f"check: passed ({sum(f.ok is True for f in report.findings)} checks; check.json)")
+    else:
+        lines = "\n  ".join(f.line() for f in report.failures)
+        _print(run.accelerator, f"check: FAILED, the model would not be served as trained "
+                                f"(check.json):\n  {lines}")
 
 
 def save_result(run: Run, target: Path) -> None:

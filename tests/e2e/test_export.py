@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
+
+from sftlab.data.template_fallbacks import with_fallbacks
 import torch
 
 from sftlab.cli import main
@@ -45,7 +47,7 @@ def test_merged_export_equals_adapter(tmp_path, tiny_tokenizer):
     assert not any("lora" in name for name, _ in merged.named_parameters())
     assert torch.allclose(_logits(merged, ids), _logits(peft_model, ids), atol=1e-4)
     tokenizer = load_tokenizer(str(merged_dir))
-    assert tokenizer.chat_template == tiny_tokenizer.chat_template
+    assert tokenizer.chat_template == with_fallbacks(tiny_tokenizer.chat_template)  # as sftlab saves it
     assert json.loads((merged_dir / "sftlab_export.json").read_text())["merged"] is True
 
 
@@ -144,7 +146,7 @@ def test_gguf_export_loads_back_into_transformers(tmp_path, tiny_tokenizer, gguf
     assert difference <= GGUF_TOLERANCE[gguf_type]
 
     tokenizer = AutoTokenizer.from_pretrained(out / "gguf", gguf_file=gguf_file)
-    assert tokenizer.chat_template == tiny_tokenizer.chat_template
+    assert tokenizer.chat_template == with_fallbacks(tiny_tokenizer.chat_template)  # as sftlab saves it
     text = tiny_tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
     assert tokenizer(text)["input_ids"] == tiny_tokenizer(text)["input_ids"]
     assert (tokenizer.eos_token, tokenizer.bos_token, tokenizer.pad_token) == ("<|im_end|>", "<|im_start|>", "<pad>")

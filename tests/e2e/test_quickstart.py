@@ -24,6 +24,8 @@ def test_quickstart_fast_writes_report_and_summary(tmp_path):
         assert 0 <= block["before"]["low"] <= block["before"]["mean"] <= block["before"]["high"] <= 1
     page = (run_dir / "report.html").read_text()
     assert "class='trained'" in page and "Sample outputs" in page and "data:image/png;base64," in page
+    # the trained adapter was checked train-to-serve, and the report shows it
+    assert summary["train"]["check_ok"] is True and "Train-to-serve check: passed" in page
 
     # a second run reuses the built data and the base model's answers
     again = subprocess.run(

@@ -127,8 +127,8 @@ def test_n_choices_and_sampling_seed(client):
 @pytest.mark.parametrize("body, param", [
     ({"model": "tiny"}, "messages"),
     ({"model": "tiny", "messages": "hello"}, "messages"),
-    ({"model": "tiny", "messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
-    ({"model": "tiny", "messages": [{"role": "wizard", "content": "hi"}]}, "messages.0.role"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+    ({"model": "tiny", "messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
     ({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "many"}, "max_tokens"),
     ({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": -1}, "temperature"),
     ({"model": "tiny", "messages": []}, "messages"),

@@ -62,6 +62,18 @@ def test_lora_run_writes_a_peft_adapter(shared_data, tmp_path, tiny_model_dir):
     after = tuned(torch.tensor([[1, 7, 9]])).logits
     assert not torch.allclose(before, after)  # the adapter learned something and loads
     assert (out / "adapter" / "tokenizer_config.json").is_file()
+    # train-to-serve: the run checked itself, and `sftlab check` agrees until the template is tampered with
+    assert json.loads((out / "check.json").read_text())["ok"] is True
+    assert main(["check", str(out)]) == 0
+    config = out / "adapter" / "tokenizer_config.json"
+    template_file = out / "adapter" / "chat_template.jinja"
+    if template_file.is_file():
+        template_file.write_text(template_file.read_text().replace("'<|im_start|>'", "'<|im_start|> '"))
+    else:
+        data = json.loads(config.read_text())
+        data["chat_template"] = data["chat_template"].replace("'<|im_start|>'", "'<|im_start|> '")
+        config.write_text(json.dumps(data))
+    assert main(["check", str(out)]) == 1
 
 
 @pytest.mark.parametrize("extra, message", [

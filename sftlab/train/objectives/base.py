@@ -30,22 +30,19 @@ the log window into the log row (SPIN's margin, accuracy, rewards).
 **DPO** (and IPO, cDPO) is SPIN's pipeline with "chosen"/"rejected" preference pairs: both
 are ``pair.PairObjective``s (``Pair`` units, ``collate_pairs``, reference log-probs filled in
 ``setup`` with the initial model or read from the records, ``count`` = pairs, ``PairLoss``
-with the variant's loss). How the next objectives plug in (none is implemented yet):
+with the variant's loss). **KTO** (``kto.py``) trains unpaired ``Completion`` units, each
+with its prompt's *mismatched* row (another row's completion); its ``make_step_data``
+estimates the KL reference point over the whole step before the step's micro-batches train,
+so the estimate does not depend on how the step is split. How the next objectives plug in:
 
-- **KTO**: unpaired completions, each labelled desirable or not: units are
-  ``(Tokenized, label)``; ``collate`` builds the micro-batch *and* its KL reference batch
-  (the same prompts with mismatched completions, shifted within the batch) into one
-  tensor dict; ``setup`` fills reference log-probs of both; ``count`` = completions; the
-  loss module estimates the KL term from the mismatched rows.
-- **Reward modelling**: ``Pair`` units of chosen/rejected responses; the loss module puts
-  a scalar head on the model body (``sftlab.models.split_model``) and returns the sum of
-  ``-log sigmoid(r_chosen - r_rejected)``; the head's parameters must train and be saved,
-  so such an objective also supplies ``extra_parameters(loss_module)`` for the optimizer
-  and a ``save(loss_module, path)`` beside the method's.
+- **Reward modelling** (``reward.py``): ``Pair`` units of chosen/rejected responses; the
+  loss module puts a scalar head on the model body (``sftlab.models.split_model``) and
+  returns the sum of ``-log sigmoid(r_chosen - r_rejected)``; the head trains and is saved
+  through ``prepare(prepared)``, which adds it to the method's parameters and ``save``.
 - **PPO / GRPO**: the units are prompts; the data of a step is generated *during* the
-  step by the current policy. Such an objective supplies ``make_step_data(run) ->
-  list[Batch]`` (generate completions with ``sftlab.infer``, score them with the reward,
-  compute advantages, collate), which the loop calls in place of ``data.step_batches``;
+  step by the current policy. Such an objective's ``make_step_data(run, batches) ->
+  list[Batch]`` turns the step's prompt batches into trained ones (generate completions
+  with ``sftlab.infer``, score them with the reward, compute advantages, collate);
   ``count`` = completion tokens (or sequences for GRPO's sequence mean), and the reward,
   KL and clip fraction are its ``metric_names``.
 
@@ -106,6 +103,11 @@ class Objective:
     def setup(self, model, units: list, *, accelerator, pad_id: int) -> None:
         """Work on the initial model before the method prepares it (reference log-probs)."""
 
+    def prepare(self, prepared):
+        """The method's ``Prepared`` with what the objective trains besides (the reward
+        model's scalar head: attached, trainable, saved). Default: unchanged."""
+        return prepared
+
     def make_units(self, examples: list) -> list:
         """What a batch is made of (``data.make_units``: examples, or packed rows)."""
         raise NotImplementedError
@@ -121,6 +123,13 @@ class Objective:
     def count(self, tensors: dict) -> int:
         """Units the loss of one collated micro-batch is a sum over."""
         raise NotImplementedError
+
+    def make_step_data(self, run, batches: list) -> list:
+        """The micro-batches the step trains on, given this process's ``batches`` of the
+        step's units (``data.step_batches`` with ``collate``); called by the loop before
+        the step counts them. For data that depend on the policy as it is now: KTO's
+        reference point, PPO/GRPO's rollouts. Default: ``batches`` unchanged."""
+        return batches
 
     def unit_key(self, unit) -> Any:
         """What identifies a unit's data, for the run's data fingerprint."""

@@ -74,23 +74,35 @@ def load_pairs(section, tokenizer, read, seed: int = 0):
     """Pairs of ``section.paths`` (``read(path, tokenizer, max_length, on_error) -> (pairs,
     dropped)``) -> ``(train, eval, summary_line)``, lists of ``Pair``. ``data.limit`` keeps
     the first N pairs; the eval split and ``eval_path`` work as for examples."""
+    train, evaluation, dropped = read_units(section, tokenizer, read, seed, unit="pair")
+    return train, evaluation, summary_line(train, evaluation, dropped, "pairs")
+
+
+def read_units(section, tokenizer, read, seed: int = 0, *, unit: str) -> tuple[list, list, Counter]:
+    """``(train, eval, dropped)`` units of ``section.paths`` read by ``read(path, tokenizer,
+    max_length, on_error) -> (units, dropped)``: what every objective with its own units
+    (pairs, completions) shares. ``DataError`` naming the files when no ``unit`` is left."""
     if not section.paths:
-        raise DataError("no training data: set data.paths", hint="data.paths=[pairs.jsonl]")
+        raise DataError("no training data: set data.paths", hint=f"data.paths=[{unit}s.jsonl]")
     train, dropped = [], Counter()
     for path in section.paths:
-        pairs, left_out = read(path, tokenizer, section.max_length, section.on_error)
-        train += pairs
+        units, left_out = read(path, tokenizer, section.max_length, section.on_error)
+        train += units
         dropped += left_out
     train = train[:section.limit] if section.limit is not None else train
     if not train:
         reasons = ", ".join(f"{r}: {n}" for r, n in dropped.most_common()) or "no records"
-        raise DataError(f"no trainable pair in the data set (dropped: {reasons})",
+        raise DataError(f"no trainable {unit} in the data set (dropped: {reasons})",
                         file=", ".join(section.paths), hint="check data.max_length")
-    evaluation: list[Pair] = []
+    evaluation: list = []
     if section.eval_path:
         evaluation, _ = read(section.eval_path, tokenizer, section.max_length, section.on_error)
     elif section.eval_split > 0:
         train, evaluation = split_eval(train, section.eval_split, seed)
+    return train, evaluation, dropped
+
+
+def summary_line(train: list, evaluation: list, dropped: Counter, units: str, detail: str = "") -> str:
+    """``data: 12 train pairs (1 dropped: {...}); 3 eval pairs`` (``detail`` after the count)."""
     left_out = f" ({sum(dropped.values())} dropped: {dict(dropped)})" if dropped else ""
-    summary = f"data: {len(train)} train pairs{left_out}; {len(evaluation)} eval pairs"
-    return train, evaluation, summary
+    return f"data: {len(train)} train {units}{detail}{left_out}; {len(evaluation)} eval {units}"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sftlab.eval.extract import bbh_answer, bbh_answer_lm_eval
+from sftlab.data.answers import bbh_answer, bbh_answer_lm_eval
 from sftlab.eval.tasks import Bbh
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "lm_eval_bbh_cot_fewshot.json").read_text("utf-8"))

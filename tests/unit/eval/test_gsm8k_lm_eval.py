@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from sftlab.eval.extract import gsm8k_exact_match, gsm8k_flexible, gsm8k_strict, gsm8k_target
+from sftlab.data.answers import gsm8k_exact_match, gsm8k_flexible, gsm8k_strict, gsm8k_target
 from sftlab.eval.tasks import Gsm8k
 
 STRICT = {"gsm8k": "#### (\\-?[0-9\\.\\,]+)", "gsm8k-cot": "The answer is (\\-?[0-9\\.\\,]+)."}

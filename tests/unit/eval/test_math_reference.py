@@ -59,3 +59,19 @@ def test_math_task_reports_the_three_verdicts(tmp_path):
     assert extracted == {"boxed": "0.75", "minerva": "0.75"}
     _, scores = task.score(doc, "so the sum is $\\boxed{\\dfrac34}$")
     assert scores == {"math_verify": 1.0, "minerva": 0.0, "exact_match_normalized": 1.0}
+
+
+# sha256 of the prompt lm-evaluation-harness (main, 2026-12) builds for minerva_math with 4 shots
+# and the doc {"problem": "What is $1+1$?"}: its utils.doc_to_text and list_fewshot_samples,
+# target_delimiter " ", fewshot_delimiter "\n\n" (computed from the reference's source; 1,826 chars)
+LM_EVAL_PROMPT_SHA256 = "422b974c9e62454aaa40d45cd0746349284d80ac596fe830b18df85aeadfbb6c"
+
+
+def test_prompt_is_byte_identical_to_lm_eval():
+    import hashlib
+
+    prompt = Math().prompt({"problem": "What is $1+1$?"})
+    assert len(prompt) == 1826
+    assert hashlib.sha256(prompt.encode()).hexdigest() == LM_EVAL_PROMPT_SHA256
+    assert prompt.count("\n\nSolution: ") == 4 and prompt.endswith("What is $1+1$?\n\nSolution:")
+    assert Math.sampling.stop == ["Problem:"]

@@ -115,8 +115,8 @@ def test_served_names_models_and_health(server):
 
 
 @pytest.mark.parametrize("field, value", [
-    ("logprobs", True), ("top_logprobs", 3), ("tools", [{"type": "function", "function": {"name": "f"}}]),
-    ("tool_choice", "required"), ("response_format", {"type": "json_object"}), ("presence_penalty", 0.5),
+    ("logprobs", True), ("top_logprobs", 3), ("functions", [{"name": "f"}]),
+    ("response_format", {"type": "json_object"}), ("presence_penalty", 0.5),
     ("logit_bias", {"1": 5}), ("frobnicate", 1),
 ])
 def test_unsupported_and_unknown_fields_are_400_naming_them(server, field, value):
@@ -131,8 +131,11 @@ def test_fields_that_ask_for_nothing_are_accepted(server):
             "logprobs": False, "presence_penalty": 0, "frequency_penalty": 0.0, "tools": [],
             "response_format": {"type": "text"}, "user": "someone"}
     assert _post(server, "/chat/completions", body).status_code == 200
-    bad_message = {"messages": [{"role": "user", "content": "hi", "tool_calls": []}]}
-    assert _error(_post(server, "/chat/completions", bad_message), 400)["param"] == "messages.0.tool_calls"
+    bad_message = {"messages": [{"role": "user", "content": "hi", "tool_calls": [{"function": {"name": "f"}}]}]}
+    assert _error(_post(server, "/chat/completions", bad_message), 400)["param"].startswith("messages[0]")
+    # tool_choice values this server cannot honour ("required", a named function) are 400 too
+    forced = {"messages": [{"role": "user", "content": "hi"}], "tools": [], "tool_choice": "required"}
+    assert _error(_post(server, "/chat/completions", forced), 400)["param"] == "tool_choice"
 
 
 # -- 4. tokenising off the batching path ------------------------------------------------------

@@ -1,7 +1,7 @@
 """Answer extraction tables: GSM8K lenient, MATH boxed + normalisation, BBH."""
 import pytest
 
-from sftlab.eval.extract import (bbh_answer, gsm8k_lenient, gsm8k_target, last_boxed,
+from sftlab.data.answers import (bbh_answer, gsm8k_lenient, gsm8k_target, last_boxed,
                                  math_answer, math_equal, normalize_math)
 
 GSM8K_LENIENT_CASES = [

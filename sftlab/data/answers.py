@@ -1,4 +1,5 @@
-"""Answer extraction: from a model's free text to the one answer a metric compares.
+"""Answer extraction: from a model's free text to the one answer a metric compares (used
+by the evaluation tasks and by rule-based rewards, hence in the data layer).
 
 GSM8K: lm-evaluation-harness 0.4.x's filters and exact match, regex for regex:
 - ``strict`` (``strict-match``): the first "The answer is N" (gsm8k-cot) or ``#### N`` (gsm8k);

@@ -1,0 +1,203 @@
+"""``objective: vision``: LLaVA-style visual instruction tuning through the one loop.
+
+Units are ``VisualTokenized`` examples (``sftlab.data.images``: visual rows read, images
+checked and fingerprinted, ``<image>`` expanded to the tower's patch count, never
+labelled; an example whose image tokens would be truncated is dropped and counted,
+``truncated_image``). A micro-batch is padded rows plus the batch's images as
+``pixel_values`` (``sftlab.models.vision.collate_visual``); packing and padding-free are
+refused (``train.config.PADDED_OBJECTIVES``: a packed row would need its images in packed
+order and block masks around each example, not built yet). The loss is token
+cross-entropy on the labelled tokens, as ``sft``: the step's loss is the mean over them.
+
+The two LLaVA stages (``vision.stage``):
+
+1. **Alignment**: only the projector trains (on captions): the method becomes ``freeze``
+   with no decoder layer and ``freeze.modules = ["multi_modal_projector.*"]`` (allowed
+   when ``method`` is ``full`` or ``freeze``).
+2. **Visual instruction tuning**: the projector and the LM as ``method`` says: ``full``,
+   ``freeze`` (the projector added to ``freeze.modules``), or ``lora``/``dora``/``qlora`` (the
+   projector added to ``lora.modules_to_save``, so PEFT trains and saves it beside the
+   adapter). ``vision.init_from`` starts from a stage-1 run's projector and tower.
+
+The vision tower is frozen (it runs without autograd). Where the parts live: the tower is
+held by the objective's loss module; the projector is attached to the LM
+(``sftlab.models.vision.attach_projector``) so methods, the optimizer, checkpoints and
+resume treat it as model weights; the saved ``model/`` (or ``adapter/``) directory gets the
+tower and ``sftlab_vision.json`` beside the LM's files and opens with
+``sftlab.models.vision.load_vision_model``.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from torch import nn
+
+from sftlab.data.images import VisualTokenized, check_images, read_visual_file, tokenize_visual
+from sftlab.errors import ConfigError, DataError
+from sftlab.models import split_model
+from sftlab.models.vision import (VisionLanguageModel, add_image_token, attach_projector, collate_visual,
+                                  load_vision_tower, projector_weights, save_vision_parts, tokens_per_image,
+                                  vision_settings)
+from sftlab.train import data
+from sftlab.train.loss import batch_tokens, linear_cross_entropy, next_token_targets
+from sftlab.train.objectives.base import OBJECTIVES, Objective
+from sftlab.types import IGNORE_INDEX
+
+PROJECTOR_GLOB = "multi_modal_projector.*"
+STAGE_2_METHODS = ("full", "freeze", "lora", "dora", "qlora")
+
+
+@OBJECTIVES.register("vision")
+class VisionObjective(Objective):
+    name = "vision"
+    unit_type = VisualTokenized
+
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.tower = None
+        self.settings = None
+        self.image_sha256: dict[str, str] = {}
+        """image -> sha256 of its bytes, for every image of the data (provenance)."""
+
+    @classmethod
+    def check(cls, config) -> None:
+        """Map ``vision.stage`` onto the method (see the module docstring)."""
+        section, method = config.vision, config.method
+        if section.stage == 1:
+            if method.name not in ("full", "freeze"):
+                raise ConfigError(f"vision.stage=1 trains the projector only; method.name={method.name!r} "
+                                  "would train the LM too (use vision.stage=2, or method.name=full)")
+            method.name, method.freeze.last_layers = "freeze", 0
+            method.freeze.modules = [PROJECTOR_GLOB]
+        elif method.name not in STAGE_2_METHODS:
+            raise ConfigError(f"objective=vision trains with method {', '.join(STAGE_2_METHODS)}; "
+                              f"method.name={method.name!r} is not supported with images yet")
+        elif method.name == "freeze" and PROJECTOR_GLOB not in method.freeze.modules:
+            method.freeze.modules = [*method.freeze.modules, PROJECTOR_GLOB]
+        elif method.name in ("lora", "dora", "qlora") and "multi_modal_projector" not in method.lora.modules_to_save:
+            method.lora.modules_to_save = [*method.lora.modules_to_save, "multi_modal_projector"]
+
+    def _load_tower(self):
+        if self.tower is None:
+            source = self.config.vision.init_from
+            self.tower = load_vision_tower(Path(source) / "vision_tower" if source else self.config.vision.tower)
+            self.tower.requires_grad_(False).eval()
+        return self.tower
+
+    def load_data(self, tokenizer, *, progress: bool = False):
+        """Read ``data.paths`` (visual rows), open and fingerprint every image, render."""
+        section, vision = self.config.data, self.config.vision
+        add_image_token(tokenizer, vision.image_token)
+        per_image = tokens_per_image(self._load_tower().config)
+        train, dropped = self._tokenize(section.paths, tokenizer, per_image)
+        if not train:
+            reasons = ", ".join(f"{reason}: {n}" for reason, n in dropped.most_common()) or "no records"
+            raise DataError(f"no trainable example in the visual data (dropped: {reasons})",
+                            file=", ".join(section.paths), hint="raise data.max_length or check the images")
+        evaluation = []
+        if section.eval_path:
+            evaluation, _ = self._tokenize([section.eval_path], tokenizer, per_image)
+        elif section.eval_split > 0:
+            train, evaluation = data.split_eval(train, section.eval_split, self.config.seed)
+        summary = (f"data: {len(train)} train examples with {sum(len(e.images) for e in train)} images "
+                   f"({per_image} tokens each), {sum(e.num_trained for e in train):,} trained tokens; "
+                   f"{len(evaluation)} eval examples")
+        return train, evaluation, summary
+
+    def _tokenize(self, paths: list[str], tokenizer, per_image: int) -> tuple[list, Counter]:
+        section, vision = self.config.data, self.config.vision
+        if not paths:
+            raise DataError("no training data: set data.paths", hint="data.paths=[llava.json]")
+        examples = []
+        for path in paths:
+            read, skipped = read_visual_file(path, image_folder=vision.image_folder, on_error=section.on_error)
+            if skipped:
+                print(f"{path}: skipped {sum(skipped.values())} bad records ({dict(skipped)})")
+            examples += read
+        examples = examples[:section.limit] if section.limit is not None else examples
+        self.image_sha256.update(check_images(examples, vision.max_pixels))
+        result = tokenize_visual(examples, tokenizer, tokens_per_image=per_image, image_token=vision.image_token,
+                                 max_length=section.max_length, strategy=section.mask)
+        print(f"{', '.join(paths)}: {result.summary()}")
+        return result.examples, result.dropped
+
+    def check_units(self, train: list, evaluation: list) -> None:
+        super().check_units(train, evaluation)
+        per_image = tokens_per_image(self._load_tower().config)
+        for example in train + evaluation:
+            found = example.input_ids.count(example.image_token_id)
+            if found != per_image * len(example.images):
+                raise ConfigError(f"example {example.id}: {found} image tokens for {len(example.images)} images, "
+                                  f"but the tower {self.config.vision.tower!r} gives {per_image} per image: "
+                                  "render the data for this tower (sftlab.data.images.tokenize_visual)")
+        ids = {example.image_token_id for example in train + evaluation}
+        if len(ids) != 1:
+            raise ConfigError(f"the examples mark images with different token ids {sorted(ids)}")
+
+    def setup(self, model, units: list, *, accelerator, pad_id: int) -> None:
+        """Attach the projector to the LM (from ``vision.init_from`` if set); the tower takes
+        the LM's dtype."""
+        vision = self.config.vision
+        tower = self._load_tower().to(next(model.parameters()).dtype)
+        self.settings = vision_settings(tower, units[0].image_token_id, image_token=vision.image_token,
+                                        feature_layer=vision.feature_layer)
+        projector = attach_projector(model, tower, seed=self.config.seed)
+        if vision.init_from:
+            projector.load_state_dict(projector_weights(Path(vision.init_from)))
+
+    def make_units(self, examples: list) -> list:
+        return list(examples)
+
+    def collate(self, items: list, pad_id: int, padding_free: bool = False) -> data.Batch:
+        tensors = collate_visual(items, pad_id, self.settings, self.config.vision.max_pixels)
+        return data.Batch(tensors, int(tensors["attention_mask"].sum()), tensors["input_ids"].numel())
+
+    def loss_module(self, prepared) -> "VisionLoss":
+        """The loss module; the method's ``save`` also writes the tower and settings."""
+        save_model = prepared.save
+
+        def save(path):
+            saved = save_model(path)
+            save_vision_parts(self.tower, self.settings, saved)
+            return saved
+
+        prepared.save = save
+        return VisionLoss(VisionLanguageModel(self.tower, prepared.model, self.settings),
+                          chunk_size=self.config.loss_chunk_size)
+
+    def count(self, tensors: dict) -> int:
+        return batch_tokens(tensors)
+
+    def unit_key(self, unit):
+        return (unit.input_ids, unit.labels, [self.image_sha256.get(ref.describe()) or ref.sha256
+                                              for ref in unit.images])
+
+
+class VisionLoss(nn.Module):
+    """``forward(input_ids, labels, attention_mask, pixel_values) -> (sum of token losses,
+    labelled tokens)``: image features scattered into the embeddings, then the LM body and
+    the chunked head on labelled positions only (``sftlab.train.loss``)."""
+
+    def __init__(self, model: VisionLanguageModel, chunk_size: int = 1024) -> None:
+        super().__init__()
+        self.model, self.chunk_size = model, chunk_size
+        self.metrics: dict[str, float] = {}  # no metric_names: the token loss is the only number
+        self.body, self.head = split_model(model.language_model)
+        if self.body is None:
+            raise ConfigError("objective=vision needs a model whose LM head can be split off its body")
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.model.vision_tower.eval()  # frozen: no dropout, whatever the loop's mode
+        return self
+
+    def forward(self, input_ids, labels, attention_mask=None, pixel_values=None):
+        targets = next_token_targets(labels)
+        keep = targets != IGNORE_INDEX
+        embeds = self.model.embed(input_ids, pixel_values)
+        hidden = self.body(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        loss = linear_cross_entropy(hidden[keep], self.head.weight, targets[keep], bias=self.head.bias,
+                                    chunk_size=self.chunk_size)
+        return loss, keep.sum()
+
