@@ -358,28 +358,11 @@ class GRPOObjective(Objective):
         """``(texts, completion token ids)`` of G samples of every prompt, in order (prompt
         0's G first). The ids are the text re-tokenized plus the end-of-turn token when the
         model stopped, so the policy learns where to stop."""
-        settings, model = self.config.grpo, run.prepared.model
+        settings = self.config.grpo
+        prompt_ids = [p.prompt_ids for p in prompts for _ in range(settings.num_generations)]
         if self.generator is None:
-            self.generator = HFGenerator(model, run.tokenizer, batch_size=64, name="grpo-policy")
-        self.generator.model = model.eval()
-        seed = (self.config.seed * 1_000_003 + run.state.step * 1009
-                + run.accelerator.process_index) % 2 ** 31
-        sampling = SamplingConfig(max_new_tokens=settings.max_new_tokens,
-                                  temperature=settings.temperature, top_p=settings.top_p, seed=seed)
-        try:
-            generations = self.generator.generate(
-                [p.prompt_ids for p in prompts for _ in range(settings.num_generations)], sampling)
-        finally:
-            model.train()
-        stop = _stop_id(run.tokenizer, self.generator.eos_ids)
-        texts, ids = [], []
-        for generation in generations:
-            tokens = list(run.tokenizer(generation.text, add_special_tokens=False)["input_ids"])
-            tokens = tokens[:settings.max_new_tokens]
-            if generation.finish_reason == "stop" or not tokens:
-                tokens.append(stop)
-            texts.append(generation.text)
-            ids.append(tokens)
+            self.generator = HFGenerator(run.prepared.model, run.tokenizer, batch_size=64, name="grpo-policy")
+        texts, ids, _ = sample_completions(self.generator, run, prompt_ids, settings, self.config.seed)
         return texts, ids
 
     @torch.no_grad()
@@ -407,6 +390,35 @@ class GRPOObjective(Objective):
 
 def _where(prompt: RLPrompt, index: int) -> str:
     return f"prompt {prompt.id!r}" if prompt.id else f"prompt #{index} of the step"
+
+
+def sample_completions(generator, run, prompt_ids: list[list[int]], settings,
+                       seed: int) -> tuple[list[str], list[list[int]], list[bool]]:
+    """``(texts, completion token ids, stopped)`` of one sample per prompt from the policy
+    as it is now (``generator`` wraps ``run.prepared.model``; eval mode while sampling),
+    seeded by ``seed``, the step and the process. The ids are the text re-tokenized plus
+    the end-of-turn token when the model stopped, so the policy learns where to stop.
+    ``settings`` has ``max_new_tokens``, ``temperature`` and ``top_p`` (grpo's and ppo's)."""
+    model = run.prepared.model
+    generator.model = model.eval()
+    seed = (seed * 1_000_003 + run.state.step * 1009 + run.accelerator.process_index) % 2 ** 31
+    sampling = SamplingConfig(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                              top_p=settings.top_p, seed=seed)
+    try:
+        generations = generator.generate(prompt_ids, sampling)
+    finally:
+        model.train()
+    stop = _stop_id(run.tokenizer, generator.eos_ids)
+    texts, ids, stopped = [], [], []
+    for generation in generations:
+        tokens = list(run.tokenizer(generation.text, add_special_tokens=False)["input_ids"])
+        tokens = tokens[:settings.max_new_tokens]
+        if generation.finish_reason == "stop" or not tokens:
+            tokens.append(stop)
+        texts.append(generation.text)
+        ids.append(tokens)
+        stopped.append(generation.finish_reason == "stop")
+    return texts, ids, stopped
 
 
 def _stop_id(tokenizer, eos_ids: set[int]) -> int:

@@ -58,13 +58,12 @@ from safetensors.torch import save_file
 
 from sftlab.data.collate import collate_padded
 from sftlab.errors import ConfigError, DataError, SftlabError
-from sftlab.infer.base import SamplingConfig
 from sftlab.infer.hf import HFGenerator
 from sftlab.models import split_model
 from sftlab.train.data import Batch
 from sftlab.train.methods import Prepared, trainable_summary
 from sftlab.train.objectives.base import OBJECTIVES, Objective
-from sftlab.train.objectives.grpo import RLPrompt, _stop_id, read_prompts
+from sftlab.train.objectives.grpo import RLPrompt, read_prompts, sample_completions
 from sftlab.train.objectives.reward import base_model, load_reward_model
 from sftlab.types import IGNORE_INDEX, Conversation, Message, Tokenized
 
@@ -435,29 +434,10 @@ class PPOObjective(Objective):
         """``(texts, completion token ids, stopped)`` of one sample of every prompt, in order.
         The ids are the text re-tokenized plus the end-of-turn token when the model stopped
         (as ``grpo``), so the policy learns where to stop."""
-        settings, model = self.config.ppo, run.prepared.model
         if self.generator is None:
-            self.generator = HFGenerator(model, run.tokenizer, batch_size=64, name="ppo-policy")
-        self.generator.model = model.eval()
-        seed = (self.config.seed * 1_000_003 + run.state.step * 1009
-                + run.accelerator.process_index) % 2 ** 31
-        sampling = SamplingConfig(max_new_tokens=settings.max_new_tokens,
-                                  temperature=settings.temperature, top_p=settings.top_p, seed=seed)
-        try:
-            generations = self.generator.generate([p.prompt_ids for p in prompts], sampling)
-        finally:
-            model.train()
-        stop = _stop_id(run.tokenizer, self.generator.eos_ids)
-        texts, ids, stopped = [], [], []
-        for generation in generations:
-            tokens = list(run.tokenizer(generation.text, add_special_tokens=False)["input_ids"])
-            tokens = tokens[:settings.max_new_tokens]
-            if generation.finish_reason == "stop" or not tokens:
-                tokens.append(stop)
-            texts.append(generation.text)
-            ids.append(tokens)
-            stopped.append(generation.finish_reason == "stop")
-        return texts, ids, stopped
+            self.generator = HFGenerator(run.prepared.model, run.tokenizer, batch_size=64, name="ppo-policy")
+        return sample_completions(self.generator, run, [p.prompt_ids for p in prompts], self.config.ppo,
+                                  self.config.seed)
 
     def score(self, run, prompts: list[RLPrompt], texts: list[str], stopped: list[bool]) -> torch.Tensor:
         """The reward model's score of each (prompt, completion) conversation, minus
