@@ -496,8 +496,16 @@ def _sharegpt_turn(message) -> dict:
 @writer("openai")
 def to_openai(conversation: Conversation) -> dict:
     """``{"id", "messages": [{"role", "content", ...}], "tools"?}`` (the OpenAI chat fine-tuning
-    rows; ``tool_calls`` with arguments as objects, ``reasoning_content``, ``tool_call_id``)."""
-    row: dict = {"messages": [m.to_dict() for m in conversation.messages]}
+    rows; ``tool_calls`` with arguments as JSON strings, as OpenAI's format has them,
+    ``reasoning_content``, ``tool_call_id``)."""
+    row: dict = {"messages": [_openai_message(m) for m in conversation.messages]}
     if conversation.tools:
         row["tools"] = conversation.tools
     return _with_meta(conversation, row)
+
+
+def _openai_message(message) -> dict:
+    row = message.to_dict()
+    for call in row.get("tool_calls", ()):
+        call["function"]["arguments"] = json.dumps(call["function"]["arguments"], ensure_ascii=False)
+    return row

@@ -332,3 +332,19 @@ def test_bad_tool_fields_name_file_line_and_field(tmp_path):
         assert str(error.value).startswith(f"{path}:2: field '{field}'")
     result = read_conversations(path, on_error="skip")
     assert len(result.conversations) == 1 and result.skipped == {"bad tools": 1}
+
+
+def test_openai_writer_gives_arguments_as_json_strings(tmp_path):
+    """OpenAI's chat fine-tuning rows carry ``function.arguments`` as a JSON string."""
+    import json as _json
+
+    from sftlab.data.io import write_conversations
+    from sftlab.types import Conversation, Message, ToolCall
+
+    conversation = Conversation([Message("user", "Paris?"),
+                                 Message("assistant", "", tool_calls=(ToolCall("get_weather", {"city": "Paris"}),)),
+                                 Message("tool", "18"), Message("assistant", "18 degrees.")])
+    write_conversations([conversation], tmp_path / "out.jsonl", format="openai")
+    row = _json.loads((tmp_path / "out.jsonl").read_text().splitlines()[0])
+    arguments = row["messages"][1]["tool_calls"][0]["function"]["arguments"]
+    assert isinstance(arguments, str) and _json.loads(arguments) == {"city": "Paris"}
