@@ -44,6 +44,7 @@ from sftlab.infer.hf import HFGenerator, prompt_to_ids
 from sftlab.registry import Registry
 from sftlab.train.data import Batch
 from sftlab.train.objectives.base import OBJECTIVES, Objective
+from sftlab.train.objectives.pair import read_units
 from sftlab.types import IGNORE_INDEX, Message, Tokenized
 
 ADVANTAGE_EPS = 1e-4  # TRL's and DeepSeekMath's: a group with one distinct reward gets A = 0
@@ -289,23 +290,14 @@ class GRPOObjective(Objective):
 
     def load_data(self, tokenizer, *, progress: bool = False):
         section, settings = self.config.data, self.config.grpo
-        if not section.paths:
-            raise DataError("no training data: set data.paths", hint="data.paths=[prompts.jsonl]")
         needs_answer = any(REWARDS.get(name).needs_answer for name in settings.rewards)
         limit = section.max_length - settings.max_new_tokens
-        train, dropped = [], Counter()
-        for path in section.paths:
-            wanted = None if section.limit is None else section.limit - len(train)
-            units, left_out = read_prompts(path, tokenizer, limit, section.on_error,
-                                           require_answer=needs_answer, limit=wanted)
-            train += units
-            dropped += left_out
-        train = train[:section.limit] if section.limit is not None else train
-        if not train:
-            reasons = ", ".join(f"{r}: {n}" for r, n in dropped.most_common()) or "no records"
-            raise DataError(f"no usable prompt in the data set (dropped: {reasons})",
-                            file=", ".join(section.paths),
-                            hint="prompts must fit data.max_length - grpo.max_new_tokens tokens")
+
+        def read(path, tokenizer, max_length, on_error):
+            return read_prompts(path, tokenizer, limit, on_error, require_answer=needs_answer, limit=section.limit)
+
+        train, _, dropped = read_units(section, tokenizer, read, unit="prompt",
+                                       hint="prompts must fit data.max_length - grpo.max_new_tokens tokens")
         left_out = f" ({sum(dropped.values())} dropped: {dict(dropped)})" if dropped else ""
         return train, [], (f"data: {len(train)} train prompts{left_out}; "
                            f"{settings.num_generations} completions each per step")

@@ -40,7 +40,7 @@ from sftlab.data.unpaired import UnpairedExample, read_unpaired
 from sftlab.errors import ConfigError, DataError
 from sftlab.train.data import Batch
 from sftlab.train.objectives.base import OBJECTIVES, Objective
-from sftlab.train.objectives.pair import read_units, summary_line
+from sftlab.train.objectives.pair import read_units, score_references, summary_line
 from sftlab.train.pairwise import sequence_logps
 from sftlab.types import Conversation, Message, Tokenized
 
@@ -208,15 +208,8 @@ class KTOObjective(Objective):
         """Reference log-probs of every unit's two sequences, from ``model`` as it is now
         (the initial model, frozen, under the run's autocast: step 1 has r = z0 = 0)."""
         missing = [u for u in units if u.ref is None or u.ref_mismatched is None]
-        if not missing:
-            return
-        if getattr(model, "hf_quantizer", None) is None:
-            model.to(accelerator.device)
-        if accelerator.is_main_process:
-            print(f"kto: reference log-probs of {len(missing)} completions with the initial "
-                  "model", flush=True)
-        with accelerator.autocast():
-            reference_logps(model, missing, pad_id, self.config.batch_size)
+        score_references(model, missing, reference_logps, f"kto: reference log-probs of {len(missing)} completions",
+                         accelerator=accelerator, pad_id=pad_id, batch_size=self.config.batch_size)
 
     def make_units(self, examples: list) -> list:
         return list(examples)

@@ -41,15 +41,8 @@ class PairObjective(Objective):
         (frozen, under the run's autocast so step 1's margin is 0). Every process scores
         the same pairs (same numbers everywhere; nothing to gather)."""
         missing = [p for p in units if p.ref_real is None or p.ref_generated is None]
-        if not missing:
-            return
-        if getattr(model, "hf_quantizer", None) is None:  # 4-bit weights are placed at load
-            model.to(accelerator.device)
-        if accelerator.is_main_process:
-            print(f"{self.name}: reference log-probs of {len(missing)} pairs with the initial "
-                  "model", flush=True)
-        with accelerator.autocast():
-            reference_logps(model, missing, pad_id, self.config.batch_size)
+        score_references(model, missing, reference_logps, f"{self.name}: reference log-probs of {len(missing)} pairs",
+                         accelerator=accelerator, pad_id=pad_id, batch_size=self.config.batch_size)
 
     def make_units(self, examples: list) -> list:
         return list(examples)
@@ -70,6 +63,20 @@ class PairObjective(Objective):
         return unit.real
 
 
+def score_references(model, missing: list, score, what: str, *, accelerator, pad_id: int, batch_size: int) -> None:
+    """``score(model, missing, pad_id, batch_size)`` (which fills in each unit's reference
+    log-probs) with ``model`` as it is now: on the run's device, under its autocast, so step
+    1 starts at a zero margin. ``what`` is printed once; nothing happens when none is missing."""
+    if not missing:
+        return
+    if getattr(model, "hf_quantizer", None) is None:  # 4-bit weights are placed at load
+        model.to(accelerator.device)
+    if accelerator.is_main_process:
+        print(f"{what} with the initial model", flush=True)
+    with accelerator.autocast():
+        score(model, missing, pad_id, batch_size)
+
+
 def load_pairs(section, tokenizer, read, seed: int = 0):
     """Pairs of ``section.paths`` (``read(path, tokenizer, max_length, on_error) -> (pairs,
     dropped)``) -> ``(train, eval, summary_line)``, lists of ``Pair``. ``data.limit`` keeps
@@ -78,10 +85,12 @@ def load_pairs(section, tokenizer, read, seed: int = 0):
     return train, evaluation, summary_line(train, evaluation, dropped, "pairs")
 
 
-def read_units(section, tokenizer, read, seed: int = 0, *, unit: str) -> tuple[list, list, Counter]:
+def read_units(section, tokenizer, read, seed: int = 0, *, unit: str,
+               hint: str = "check data.max_length") -> tuple[list, list, Counter]:
     """``(train, eval, dropped)`` units of ``section.paths`` read by ``read(path, tokenizer,
     max_length, on_error) -> (units, dropped)``: what every objective with its own units
-    (pairs, completions) shares. ``DataError`` naming the files when no ``unit`` is left."""
+    (pairs, completions, prompts) shares. ``DataError`` naming the files (and ``hint``)
+    when no ``unit`` is left."""
     if not section.paths:
         raise DataError("no training data: set data.paths", hint=f"data.paths=[{unit}s.jsonl]")
     train, dropped = [], Counter()
@@ -93,7 +102,7 @@ def read_units(section, tokenizer, read, seed: int = 0, *, unit: str) -> tuple[l
     if not train:
         reasons = ", ".join(f"{r}: {n}" for r, n in dropped.most_common()) or "no records"
         raise DataError(f"no trainable {unit} in the data set (dropped: {reasons})",
-                        file=", ".join(section.paths), hint="check data.max_length")
+                        file=", ".join(section.paths), hint=hint)
     evaluation: list = []
     if section.eval_path:
         evaluation, _ = read(section.eval_path, tokenizer, section.max_length, section.on_error)

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import copy
 import json
-from collections import Counter
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -63,6 +62,7 @@ from sftlab.models import split_model
 from sftlab.train.data import Batch
 from sftlab.train.methods import Prepared, trainable_summary
 from sftlab.train.objectives.base import OBJECTIVES, Objective
+from sftlab.train.objectives.pair import read_units
 from sftlab.train.objectives.grpo import RLPrompt, read_prompts, sample_completions
 from sftlab.train.objectives.reward import base_model, load_reward_model
 from sftlab.types import IGNORE_INDEX, Conversation, Message, Tokenized
@@ -296,22 +296,14 @@ class PPOObjective(Objective):
         """Prompt rows of ``data.paths`` (``grpo``'s reader, no answer needed); the reward
         model loads here too, so a wrong path or tokenizer fails before the policy loads."""
         section, settings = self.config.data, self.config.ppo
-        if not section.paths:
-            raise DataError("no training data: set data.paths", hint="data.paths=[prompts.jsonl]")
-        self.load_scorer(tokenizer)
         limit = section.max_length - settings.max_new_tokens
-        train, dropped = [], Counter()
-        for path in section.paths:
-            wanted = None if section.limit is None else section.limit - len(train)
-            units, left_out = read_prompts(path, tokenizer, limit, section.on_error,
-                                           require_answer=False, limit=wanted)
-            train += units
-            dropped += left_out
-        if not train:
-            reasons = ", ".join(f"{r}: {n}" for r, n in dropped.most_common()) or "no records"
-            raise DataError(f"no usable prompt in the data set (dropped: {reasons})",
-                            file=", ".join(section.paths),
-                            hint="prompts must fit data.max_length - ppo.max_new_tokens tokens")
+
+        def read(path, tokenizer, max_length, on_error):
+            return read_prompts(path, tokenizer, limit, on_error, require_answer=False, limit=section.limit)
+
+        train, _, dropped = read_units(section, tokenizer, read, unit="prompt",
+                                       hint="prompts must fit data.max_length - ppo.max_new_tokens tokens")
+        self.load_scorer(tokenizer)
         left_out = f" ({sum(dropped.values())} dropped: {dict(dropped)})" if dropped else ""
         return train, [], (f"data: {len(train)} train prompts{left_out}; one completion each "
                            f"per rollout, {settings.epochs} PPO epochs per rollout")
