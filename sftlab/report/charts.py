@@ -13,7 +13,8 @@ import math
 from typing import Sequence
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
     # lazy: matplotlib is only needed at plot time, and importing it costs ~0.5 s
     import matplotlib
 
@@ -23,17 +24,18 @@ def _pyplot():
     return plt
 
 
-def _png(figure) -> bytes:
+def png(figure) -> bytes:
+    """``figure`` as PNG bytes (closed afterwards)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    _pyplot().close(figure)
+    pyplot().close(figure)
     return buffer.getvalue()
 
 
 def bar_chart(run_names: Sequence[str], rows, *, title: str = "", ylabel: str = "score (%)",
               ylim: tuple[float, float] | None = (0, 100)) -> bytes:
     """PNG of ``bar_figure`` (grouped bars of ``rows`` with interval error bars)."""
-    return _png(bar_figure(run_names, rows, title=title, ylabel=ylabel, ylim=ylim))
+    return png(bar_figure(run_names, rows, title=title, ylabel=ylabel, ylim=ylim))
 
 
 def bar_figure(run_names: Sequence[str], rows, *, title: str = "", ylabel: str = "score (%)",
@@ -43,7 +45,7 @@ def bar_figure(run_names: Sequence[str], rows, *, title: str = "", ylabel: str =
     ``ylim``: the value axis, fixed (0-100 for percentages) so that no single value, such as
     a count put in by mistake, rescales the chart; None lets matplotlib choose.
     """
-    plt = _pyplot()
+    plt = pyplot()
     groups = len(rows)
     width = 0.8 / max(1, len(run_names))
     figure, axes = plt.subplots(figsize=(max(4.0, 1.2 * groups * max(1, len(run_names)) ** 0.5 + 2), 3.6))
@@ -73,7 +75,7 @@ def bar_figure(run_names: Sequence[str], rows, *, title: str = "", ylabel: str =
 def radar_chart(categories: Sequence[str], series: dict[str, Sequence[float]], *,
                 title: str = "MT-Bench", maximum: float = 10.0) -> bytes:
     """One closed polygon per run over the categories (scores 0..maximum)."""
-    plt = _pyplot()
+    plt = pyplot()
     angles = [2 * math.pi * i / len(categories) for i in range(len(categories))]
     figure = plt.figure(figsize=(4.6, 4.6))
     axes = figure.add_subplot(111, polar=True)
@@ -86,4 +88,4 @@ def radar_chart(categories: Sequence[str], series: dict[str, Sequence[float]], *
     axes.set_ylim(0, maximum)
     axes.set_title(title)
     axes.legend(fontsize=8, loc="upper right", bbox_to_anchor=(1.3, 1.1))
-    return _png(figure)
+    return png(figure)

@@ -24,7 +24,8 @@ from sftlab.models import load_model, load_tokenizer
 from sftlab.study import select
 from sftlab.study.common import Clock, open_study, run_info
 from sftlab.study.config import CompareDataConfig
-from sftlab.study.report import paired_difference, pct, png, pyplot, score_block, signed_pct, write_outputs
+from sftlab.report.charts import png, pyplot
+from sftlab.study.report import paired_difference, pct, score_block, signed_pct, write_outputs
 from sftlab.study.runs import Benchmark, RunStore, data_digest, digest, write_json
 from sftlab.types import Conversation
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 from pathlib import Path
 from typing import Sequence
@@ -83,20 +82,3 @@ def write_outputs(out: Path, summary: dict, charts: dict[str, bytes], sections: 
     path = out / "report.html"
     write_text(path, page)
     return path
-
-
-def pyplot():
-    # lazy: matplotlib is needed at plot time only and costs ~0.5 s to import
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def png(figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    pyplot().close(figure)
-    return buffer.getvalue()

@@ -22,7 +22,8 @@ from typing import Sequence
 from sftlab.errors import ConfigError
 from sftlab.study.common import Clock, open_study, run_info
 from sftlab.study.config import SizeSweepConfig
-from sftlab.study.report import pct, png, pyplot, score_block, write_outputs
+from sftlab.report.charts import png, pyplot
+from sftlab.study.report import pct, score_block, write_outputs
 from sftlab.study.runs import Benchmark
 from sftlab.types import Conversation
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from sftlab.report import comparison_rows, load_runs, markdown_table, write_report
-from sftlab.report.charts import _pyplot, bar_figure
+from sftlab.report.charts import bar_figure, pyplot
 from sftlab.report.html import percent_rows
 from sftlab.report.tables import is_count
 
@@ -53,4 +53,4 @@ def test_counts_stay_out_of_the_percent_chart_whose_axis_is_0_to_100(tmp_path):
         assert figure.axes[0].get_ylim() == (0.0, 100.0)
         assert max(p.get_height() for p in figure.axes[0].patches) <= 100
     finally:
-        _pyplot().close(figure)
+        pyplot().close(figure)
