@@ -39,6 +39,9 @@ class ChatConfig:
     """Allow model code from the model directory or hub to run (off by default)."""
     system: str | None = None
     """System message that opens the conversation (`/system TEXT` changes it)."""
+    images: list[str] = field(default_factory=list)
+    """Image files sent with the first message (repeat --image; `/image PATH` attaches one to
+    the next message); needs a vision model directory (one with sftlab_vision.json)."""
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=512, temperature=0.7))
     """Decoding settings of each reply."""
 
@@ -171,11 +174,11 @@ def _generator(config, *, backend: str = "hf", trust_remote_code: bool = False):
         from sftlab.infer.vllm import VLLMGenerator  # lazy: vllm is optional and needs a GPU
 
         return VLLMGenerator(config.model, adapter=config.adapter, trust_remote_code=trust_remote_code)
-    from sftlab.infer.hf import HFGenerator  # lazy: loads torch and transformers
+    from sftlab.infer.vision import generator_for  # lazy: loads torch and transformers
 
-    return HFGenerator.from_name(config.model, adapter=config.adapter, batch_size=getattr(config, "batch_size", 1),
-                                 dtype=config.dtype, device=config.device,
-                                 trust_remote_code=trust_remote_code)
+    # a vision model directory gets the vision generator (prompts with images), else HFGenerator
+    return generator_for(config.model, adapter=config.adapter, batch_size=getattr(config, "batch_size", 1),
+                         dtype=config.dtype, device=config.device, trust_remote_code=trust_remote_code)
 
 
 # -- models -----------------------------------------------------------------------------------
@@ -250,8 +253,10 @@ def _register_chat(subparsers) -> None:
                      "Interactive chat with streaming replies and history. Commands: /reset, "
                      "/system TEXT, /exit. Reads one message per line from a pipe as well.")
     add_config_arguments(parser, ChatConfig, flags={
-        **MODEL_FLAGS, "trust_remote_code": "--trust-remote-code", **SAMPLING_FLAGS, "system": "--system"},
-        epilog="example:\n  sftlab chat default --system 'You are terse.'")
+        **MODEL_FLAGS, "trust_remote_code": "--trust-remote-code", **SAMPLING_FLAGS, "system": "--system",
+        "images": Flag("--image", append=True, metavar="PATH")},
+        epilog="examples:\n  sftlab chat default --system 'You are terse.'\n"
+               "  sftlab chat runs/qs-vision/stage2 --image runs/qs-vision/data/tasks/images/heldout_image-0.png")
     parser.set_defaults(handler=_chat)
 
 
@@ -260,7 +265,7 @@ def _chat(args) -> int:
 
     config = config_from_args(ChatConfig, args)
     chat_loop(_generator(config, trust_remote_code=config.trust_remote_code), config.sampling,
-              system=config.system)
+              system=config.system, images=config.images)
     return 0
 
 

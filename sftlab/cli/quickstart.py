@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from sftlab.cli.options import add_config_arguments, config_from_args
+from sftlab.cli.options import Flag, add_config_arguments, config_from_args
 from sftlab.quickstart.config import QuickstartConfig
 
 DESCRIPTION = """Instruction tuning in one command, in about 15 minutes on a 2-core CPU.
@@ -24,9 +24,10 @@ def register(subparsers) -> None:
         description=DESCRIPTION)
     add_config_arguments(parser, QuickstartConfig, flags={
         "model": "--model",
-        "output_dir": "--output-dir", "fast": "--fast"},
+        "output_dir": Flag("--output-dir", "-o"), "fast": "--fast", "vision": "--vision"},
         epilog="examples:\n  sftlab quickstart\n  sftlab quickstart --fast --model tiny\n"
-               "  sftlab quickstart train_per_task=96 epochs=2 threads=2")
+               "  sftlab quickstart train_per_task=96 epochs=2 threads=2\n"
+               "  sftlab quickstart --vision -o runs/qs-vision   # visual instruction tuning (LLaVA-style)")
     parser.add_argument("--show-config", action="store_true", help="print the settings and exit")
     parser.set_defaults(handler=run)
 
@@ -36,6 +37,11 @@ def run(args) -> int:
     if args.show_config:
         for key, value in asdict(config).items():
             print(f"{key}: {value}")
+        return 0
+    if config.vision:  # the visual instruction-tuning quickstart
+        from sftlab.quickstart.vision import run_vision_quickstart  # lazy, as below
+
+        run_vision_quickstart(config)
         return 0
     from sftlab.quickstart.pipeline import run_quickstart  # lazy: torch and the trainer; keeps --help fast
 

@@ -181,6 +181,25 @@ def count_placeholders(conversation: Conversation) -> int:
     return sum(m.content.count(IMAGE_PLACEHOLDER) for m in conversation.messages)
 
 
+def has_images(row: Any) -> bool:
+    """True when a row carries images: an ``image`` or ``images`` field, or an image content
+    part (``{"type": "image_url"}`` / ``{"type": "image"}``) in its ``messages`` (or a bare
+    message list). Prompt readers and the server use it to send such rows to ``read_visual``.
+
+    >>> has_images({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "a.png"}}]}]})
+    True
+    >>> has_images({"messages": [{"role": "user", "content": "Hi"}]})
+    False
+    """
+    if isinstance(row, dict) and (row.get("image") or row.get("images")):
+        return True
+    messages = row.get("messages") if isinstance(row, dict) else row
+    return isinstance(messages, list) and any(
+        isinstance(part, dict) and part.get("type") in ("image_url", "image")
+        for message in messages if isinstance(message, dict) and isinstance(message.get("content"), list)
+        for part in message["content"])
+
+
 def detect_visual_format(row: Any) -> VisualFormat:
     """``images`` (an ``images`` column), ``llava`` (an ``image`` key, or ShareGPT
     ``conversations``: LLaVA's text-only rows have no image) or ``openai`` (content parts)."""
@@ -208,20 +227,20 @@ def read_visual(row: dict, *, base_dir: str | Path | None = None, format: Visual
         images = [image_ref(p, base_dir=base_dir, field=f, record=record) for p, f in zip(paths, fields)]
         text_row = {key: v for key, v in row.items() if key != "image"}
         conversation = FORMATS.get("sharegpt")(text_row, options)[0]
-        return _checked(conversation, images, "conversations", "image")
+        return _checked(conversation, images, "conversations", "image", options)
     if kind == "images":
         paths = check_type(row["images"], list, "images")
         column = [image_ref(p, base_dir=base_dir, field=f"images[{i}]", record=record) for i, p in enumerate(paths)]
         text_row = {key: v for key, v in row.items() if key != "images"}
         if "conversations" in text_row:
             conversation = FORMATS.get("sharegpt")(text_row, options)[0]
-            return _checked(conversation, column, "conversations", "images")
+            return _checked(conversation, column, "conversations", "images", options)
         messages, inline = _image_parts(text_row.get("messages"), base_dir, record, column)
         conversation = _openai_conversation({**text_row, "messages": messages}, options)
-        return _checked(conversation, inline, "messages", "images")
+        return _checked(conversation, inline, "messages", "images", options)
     messages, images = _image_parts(row.get("messages"), base_dir, record, None)
     conversation = _openai_conversation({**row, "messages": messages}, options)
-    return _checked(conversation, images, "messages", "messages (image parts)")
+    return _checked(conversation, images, "messages", "messages (image parts)", options)
 
 
 def _openai_conversation(row: dict, options: ReadOptions) -> Conversation:
@@ -280,13 +299,13 @@ def _image_parts(messages: Any, base_dir, record, column: list[ImageRef] | None)
 
 
 def _checked(conversation: Conversation, images: list[ImageRef], text_field: str,
-             images_field: str) -> VisualConversation:
+             images_field: str, options: ReadOptions) -> VisualConversation:
     placeholders = count_placeholders(conversation)
     if placeholders != len(images):
         raise DataError(f"{placeholders} {IMAGE_PLACEHOLDER} placeholders in '{text_field}' but "
                         f"{len(images)} images in '{images_field}'", field=text_field, hint=f"write one {IMAGE_PLACEHOLDER} per image where it belongs",
                         reason="image_count_mismatch")
-    return VisualConversation(validate(conversation), images)
+    return VisualConversation(validate(conversation, require_assistant=options.require_assistant), images)
 
 
 def read_visual_file(path: str | Path, *, image_folder: str | Path | None = None,

@@ -16,6 +16,13 @@ and each row's format is detected on its own, so one file may mix them::
                   {"role": "user", "content": "Hi"}]}                       # openai
     {"instruction": "Rewrite the text formally.", "instances": [{"input": "gonna be late"}],
      "is_classification": false}                                            # self-instruct seed
+    {"messages": [{"role": "user", "content": "<image>\nWhat shape?"}], "images": ["a.png"]}
+    {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "a.png"}},
+                                               {"type": "text", "text": "What shape?"}]}]}
+
+A row with images (the last two; also LLaVA's ``image`` + ``conversations``) is read by
+``sftlab.data.images.read_visual``, image paths relative to the file's folder; its prompt
+is a ``VisualConversation``, which only a vision model takes (a text-only one refuses it).
 
 The prompt is the row's conversation up to and including its last user turn, rendered by
 the format's own reader: the system turn and earlier turns are kept, an Alpaca ``input``
@@ -36,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from sftlab.data.formats import DETECTORS, FORMATS, ReadOptions, detect_format, validate
+from sftlab.data.images import IMAGE_PLACEHOLDER, VisualConversation, has_images, read_visual
 from sftlab.data.io import Record, default_id, iter_records, locate
 from sftlab.errors import DataError
 from sftlab.types import Conversation, Message
@@ -67,6 +75,9 @@ class PromptRow:
     """The row as read from the file (extra fields such as ``answer`` or ``category``)."""
     raw: str | None = None
     """The text of a ``{"prompt": "text"}`` row, sent without a chat template; else None."""
+    images: list | None = None
+    """The images of a row with images (``sftlab.data.images``: an ``images`` or ``image``
+    field, or image content parts), one per ``<image>`` of ``messages``; else None."""
 
     @property
     def text(self) -> str:
@@ -74,8 +85,11 @@ class PromptRow:
         return self.messages[-1].content
 
     @property
-    def prompt(self) -> str | list[Message]:
-        """What a generator gets: the ``raw`` text when there is one, else the messages."""
+    def prompt(self):
+        """What a generator gets: the ``raw`` text when there is one, a ``VisualConversation``
+        when the row has images (only a vision generator takes it), else the messages."""
+        if self.images:
+            return VisualConversation(Conversation(self.messages, id=self.id), self.images)
         return self.raw if self.raw is not None else self.messages
 
 
@@ -110,6 +124,8 @@ def record_prompts(record: Record, path: Path) -> list[PromptRow]:
     if isinstance(record.value, DataError):  # a line that is not valid JSON
         raise record.value
     row = record.value
+    if has_images(row):
+        return [_visual_prompt(row, record, path)]
     format = prompt_format(row)
     conversations = FORMATS.get(format)(row, PROMPT_OPTIONS)
     several = len(conversations) > 1
@@ -144,6 +160,17 @@ def prompt_messages(conversation: Conversation) -> list[Message]:
     if not messages[-1].content.strip():
         raise DataError("empty prompt", hint="fill in the prompt or remove the row", reason="empty prompt")
     return messages
+
+
+def _visual_prompt(row: dict, record: Record, path: Path) -> PromptRow:
+    """A row with images, read by ``sftlab.data.images.read_visual`` (paths relative to the
+    file's folder); the prompt keeps the images of the turns it keeps."""
+    where = f"{path}:{record.line}" if record.line is not None else f"{path}[record {record.index}]"
+    example = read_visual(row, base_dir=path.parent, record=where, options=PROMPT_OPTIONS)
+    messages = prompt_messages(example.conversation)
+    kept = sum(message.content.count(IMAGE_PLACEHOLDER) for message in messages)
+    return PromptRow(_prompt_id(example.conversation, path, record.index, None), messages, row,
+                     images=example.images[:kept])
 
 
 def _prompt_id(conversation: Conversation, path: Path, index: int, number: int | None) -> str:

@@ -20,6 +20,12 @@ training: ``HELDOUT_PAIRS``). ``generate_visual_tasks`` returns the three splits
 back by ``sftlab.data.images.read_visual_file``) so training goes through the same readers
 as real data.
 
+With ``jitter=True`` each shape gets a random size and place inside its quadrant, so scenes
+are (almost) never drawn twice; ``heldout_image=True`` adds a fourth split,
+``heldout_image``: training templates and pairs on images whose pixels no training image
+has (checked by hash, redrawn otherwise). Without jitter only 40 one-shape scenes exist,
+so "new images" would be the training images again.
+
 >>> items = generate_visual_tasks(n_train=8, n_eval=4, seed=0)
 >>> sorted(items), len(items["train"])
 (['heldout_combination', 'heldout_template', 'train'], 8)
@@ -29,6 +35,7 @@ as real data.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from dataclasses import dataclass, field
@@ -75,17 +82,24 @@ class VisualItem:
                                   {"from": "gpt", "value": self.answer}]}
 
 
-def draw_scene(shape: str, colour: str, cells: list[int], size: int = 32):
+def draw_scene(shape: str, colour: str, cells: list[int], size: int = 32, rng: random.Random | None = None):
     """An RGB ``size`` x ``size`` image with one ``colour`` ``shape`` in each quadrant of
-    ``cells`` (0 top left, 1 top right, 2 bottom left, 3 bottom right)."""
+    ``cells`` (0 top left, 1 top right, 2 bottom left, 3 bottom right). With ``rng``, each
+    shape's side is 60-100% of the room in its quadrant and its place inside it is random
+    (``jitter``); without, every shape fills its quadrant's room."""
     from PIL import Image, ImageDraw  # lazy: only the generator needs Pillow
 
     image = Image.new("RGB", (size, size), (255, 255, 255))
     draw = ImageDraw.Draw(image)
     half, margin = size // 2, max(1, size // 16)
     for cell in cells:
-        left, top = (cell % 2) * half + margin, (cell // 2) * half + margin
-        right, bottom = left + half - 2 * margin - 1, top + half - 2 * margin - 1
+        side = half - 2 * margin
+        dx = dy = 0
+        if rng is not None:
+            shrunk = max(3, round(side * rng.uniform(0.6, 1.0)))
+            dx, dy, side = rng.randint(0, side - shrunk), rng.randint(0, side - shrunk), shrunk
+        left, top = (cell % 2) * half + margin + dx, (cell // 2) * half + margin + dy
+        right, bottom = left + side - 1, top + side - 1
         fill = COLOURS[colour]
         if shape == "circle":
             draw.ellipse((left, top, right, bottom), fill=fill)
@@ -107,9 +121,9 @@ def _templates(task: str, split: str) -> tuple[str, ...]:
     return TEMPLATES[task][-1:] if split == "heldout_template" else TEMPLATES[task][:-1]
 
 
-def make_item(rng: random.Random, task: str, split: str, size: int = 32) -> VisualItem:
+def make_item(rng: random.Random, task: str, split: str, size: int = 32, jitter: bool = False) -> VisualItem:
     """One random item of ``task`` for ``split`` (its colour-shape pair and template drawn
-    from the split's allowed ones)."""
+    from the split's allowed ones; ``heldout_image`` draws as ``train`` does)."""
     colour, shape = rng.choice(_pairs(split))
     if task == "count":
         count = rng.randint(1, 4)
@@ -119,26 +133,48 @@ def make_item(rng: random.Random, task: str, split: str, size: int = 32) -> Visu
     position = POSITIONS[cells[0]]
     answer = {"shape": shape, "colour": colour, "count": str(count), "position": position,
               "caption": f"A {colour} {shape} in the {position}."}[task]
-    return VisualItem(draw_scene(shape, colour, cells, size), rng.choice(_templates(task, split)), answer,
-                      task, split, {"shape": shape, "colour": colour, "count": count, "position": position})
+    image = draw_scene(shape, colour, cells, size, rng if jitter else None)
+    return VisualItem(image, rng.choice(_templates(task, split)),
+                      answer, task, split, {"shape": shape, "colour": colour, "count": count, "position": position})
 
 
 def generate_visual_tasks(n_train: int = 512, n_eval: int = 64, *, seed: int = 0, size: int = 32,
                           tasks: tuple[str, ...] = ("shape", "colour", "count", "position"),
-                          ) -> dict[str, list[VisualItem]]:
-    """``{"train", "heldout_template", "heldout_combination"}`` -> items, tasks in turn.
+                          jitter: bool = False, heldout_image: bool = False) -> dict[str, list[VisualItem]]:
+    """``{"train", "heldout_template", "heldout_combination"}`` (and ``heldout_image``) ->
+    items, tasks in turn.
 
     ``train`` uses the training templates and pairs; ``heldout_template`` the held-out
     template of each task on training pairs; ``heldout_combination`` training templates on
-    the held-out pairs. The same seed gives the same items.
+    the held-out pairs; ``heldout_image`` (when asked; use ``jitter``) training templates
+    and pairs on images no training item shows. The same seed gives the same items.
     """
     unknown = [t for t in tasks if t not in TEMPLATES]
     if unknown:
         raise ValueError(f"unknown visual tasks {unknown} (choose from: {', '.join(TASKS)})")
     rng = random.Random(seed)
     sizes = {"train": n_train, "heldout_template": n_eval, "heldout_combination": n_eval}
-    return {split: [make_item(rng, tasks[i % len(tasks)], split, size) for i in range(n)]
-            for split, n in sizes.items()}
+    items = {split: [make_item(rng, tasks[i % len(tasks)], split, size, jitter) for i in range(n)]
+             for split, n in sizes.items()}
+    if heldout_image:
+        seen = {_pixels_hash(item.image) for item in items["train"]}
+        items["heldout_image"] = [_unseen_item(rng, tasks[i % len(tasks)], size, jitter, seen) for i in range(n_eval)]
+    return items
+
+
+def _pixels_hash(image) -> str:
+    return hashlib.sha256(image.tobytes()).hexdigest()
+
+
+def _unseen_item(rng: random.Random, task: str, size: int, jitter: bool, seen: set[str],
+                 attempts: int = 1000) -> VisualItem:
+    """A ``heldout_image`` item whose image no training item has (redrawn until it is)."""
+    for _ in range(attempts):
+        item = make_item(rng, task, "heldout_image", size, jitter)
+        if _pixels_hash(item.image) not in seen:
+            return item
+    raise ValueError(f"no {task} image unseen in training after {attempts} draws: use jitter=True "
+                     "or fewer training items")
 
 
 def write_visual_tasks(directory: str | Path, items: dict[str, list[VisualItem]]) -> dict[str, Path]:
@@ -159,7 +195,8 @@ def write_visual_tasks(directory: str | Path, items: dict[str, list[VisualItem]]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
-    """``python -m sftlab.data.visual_tasks DIR [--n-train N] [--n-eval N] [--tasks caption]``:
+    """``python -m sftlab.data.visual_tasks DIR [--n-train N] [--n-eval N] [--tasks caption]
+    [--jitter] [--heldout-image]``:
     write the splits (PNGs + LLaVA JSON) into ``DIR`` and print their paths."""
     import argparse
 
@@ -170,8 +207,11 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--tasks", nargs="+", default=["shape", "colour", "count", "position"], choices=TASKS)
+    parser.add_argument("--jitter", action="store_true", help="random shape sizes and places")
+    parser.add_argument("--heldout-image", action="store_true", help="also a heldout_image split")
     args = parser.parse_args(argv)
-    items = generate_visual_tasks(args.n_train, args.n_eval, seed=args.seed, size=args.size, tasks=tuple(args.tasks))
+    items = generate_visual_tasks(args.n_train, args.n_eval, seed=args.seed, size=args.size, tasks=tuple(args.tasks),
+                                  jitter=args.jitter, heldout_image=args.heldout_image)
     written = write_visual_tasks(args.directory, items)
     for split, path in written.items():
         print(f"{split}: {path} ({len(items[split])} items)")

@@ -20,7 +20,10 @@ from typing import Any
 from sftlab.data.io import read_objects, record_error
 from sftlab.errors import ConfigError, DataError
 from sftlab.eval.remote import OpenAIGenerator
+from sftlab.data.images import VisualConversation
 from sftlab.infer.hf import HFGenerator, prompt_text, prompt_to_ids
+from sftlab.infer.vision import VisionGenerator
+from sftlab.models.vision import vision_model_dir
 from sftlab.models import context_length, load_model, load_tokenizer
 
 
@@ -56,6 +59,12 @@ class EvalBackend:
         if self._generator is None:
             if self.base_url:
                 self._generator = OpenAIGenerator(self.base_url, self.api_model)
+            elif vision_model_dir(self._name()) is not None:  # prompts with images need the vision generator
+                if self.adapter:
+                    raise ConfigError("a vision model takes no --adapter: evaluate its run's adapter/ directory")
+                self._generator = VisionGenerator.from_name(self._name(), batch_size=self.batch_size,
+                                                            dtype=self.dtype, device=self.device)
+                self._tokenizer = self._generator.tokenizer
             else:
                 model, tokenizer = self.local_model()
                 self._generator = HFGenerator(model, tokenizer, batch_size=self.batch_size,
@@ -70,6 +79,8 @@ class EvalBackend:
         tokenizer = self._tokenizer if self.responses is None else None
         if tokenizer is not None and getattr(tokenizer, "chat_template", None):
             return prompt_text(tokenizer, prompt)  # what the server and training render
+        if isinstance(prompt, VisualConversation):
+            prompt = prompt.conversation.messages
         return [m.to_dict() for m in prompt]
 
     def context_length(self) -> int | None:
@@ -135,7 +146,8 @@ def match_responses(docs, prompts, rows) -> list[str]:
                         hint="give one row per item, or give each row the item's 'id'")
     outputs = []
     for index, (doc, prompt) in enumerate(zip(docs, prompts)):
-        text = prompt if isinstance(prompt, str) else (prompt[-1].content if prompt else "")
+        messages = prompt.conversation.messages if isinstance(prompt, VisualConversation) else prompt
+        text = prompt if isinstance(prompt, str) else (messages[-1].content if messages else "")
         if str(doc["id"]) in by_id:
             outputs.append(by_id[str(doc["id"])])
         elif text in by_prompt:

@@ -59,7 +59,7 @@ class EvalConfig:
     `responses` unless a log-likelihood task runs."""
     tasks: list[str] = field(default_factory=lambda: ["gsm8k"])
     """Task names, comma-separated on the command line (gsm8k, math, bbh, mc, mc_letters,
-    ifeval, humaneval); `NAME=PATH` gives one task its own data file or folder."""
+    ifeval, humaneval, vqa); `NAME=PATH` gives one task its own data file or folder."""
     output_dir: str | None = None
     """Directory for results.json, samples.jsonl and settings.json; none: print only."""
     limit: int | None = None
@@ -168,7 +168,7 @@ def build_task(name: str, config: EvalConfig):
 
 
 def _import_task_modules() -> None:
-    for module in ("sftlab.eval.tasks", "sftlab.eval.tasks_ifeval", "sftlab.eval.humaneval"):
+    for module in ("sftlab.eval.tasks", "sftlab.eval.tasks_ifeval", "sftlab.eval.humaneval", "sftlab.eval.vqa"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -6,6 +6,7 @@ any row format ``sftlab synth`` and eval accept too), for example::
     {"id": "q1", "prompt": "Once upon a time"}                       # raw text, used as is
     {"id": "q2", "messages": [{"role": "user", "content": "Hi"}]}    # chat template applied
     {"instruction": "Add the numbers.", "input": "2 and 3"}          # alpaca: chat template applied
+    {"messages": [{"role": "user", "content": "<image>\nWhat?"}], "images": ["a.png"]}  # a vision model
 
 A row without an ``id`` is named ``<file stem>-<index>`` (``prompts-2``).
 
@@ -131,7 +132,7 @@ def generate_file(generator: Generator, config: GenerateConfig, progress: bool =
 def _output_row(prompt: PromptRow, gen: Generation) -> dict[str, Any]:
     """The input row's id and prompt fields (``prompt``, ``messages``), then the completion."""
     out = {"id": prompt.id}
-    for key in ("prompt", "messages"):
+    for key in ("prompt", "messages", "image", "images"):
         if isinstance(prompt.row, dict) and key in prompt.row:
             out[key] = prompt.row[key]
     out.update(output=gen.text, finish_reason=gen.finish_reason, prompt_tokens=gen.prompt_tokens,

@@ -44,6 +44,7 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from sftlab.data.chat import apply_template
+from sftlab.data.images import VisualConversation
 from sftlab.errors import ConfigError
 from sftlab.infer.base import Generation, Prompt, SamplingConfig
 from sftlab.infer.continuous import generate_continuously, supports_continuous
@@ -60,12 +61,28 @@ class PromptTooLong(ConfigError):
     """A prompt plus its ``max_new_tokens`` does not fit the model's context."""
 
 
+class ImagesNotSupported(ConfigError):
+    """A prompt with images sent to a text-only model (``sftlab.infer.vision`` serves images)."""
+
+
+def refuse_images(prompt, model_name: str) -> None:
+    """``ImagesNotSupported`` when ``prompt`` is a ``VisualConversation`` with images: a
+    text-only model would otherwise see the ``<image>`` placeholders as text."""
+    count = len(getattr(prompt, "images", None) or []) if isinstance(prompt, VisualConversation) else 0
+    if count:
+        raise ImagesNotSupported(f"model {model_name} is text-only: it cannot take the prompt's {count} image(s); "
+                                 "use a vision model directory (one with sftlab_vision.json, from `sftlab train` "
+                                 "with objective=vision)")
+
+
 def prompt_text(tokenizer, prompt: Prompt) -> str:
     """The text a prompt is tokenised from: for messages (or a ``Conversation``, with its
     tools) the chat template with the generation prompt, rendered by the same function
     training renders with (``sftlab.data.chat.apply_template``); a raw string as is."""
     if isinstance(prompt, str):
         return prompt
+    if isinstance(prompt, VisualConversation):  # rendered with its <image> placeholders as text
+        prompt = prompt.conversation
     if not getattr(tokenizer, "chat_template", None):
         raise ConfigError("this tokenizer has no chat template; pass raw string prompts instead "
                           "of messages, or use a chat model")
@@ -227,6 +244,7 @@ class HFGenerator:
         """Token ids of ``prompt`` (a message list, a string, or token ids), checked to fit the
         context with ``max_new_tokens``; raises ``PromptTooLong`` before tokenising a text
         too long for any tokenisation to fit."""
+        refuse_images(prompt, self.name)
         if not _is_token_ids(prompt):
             text, limit = prompt_text(self.tokenizer, prompt), context_length(self.model)
             if limit and len(text) > limit * self._longest_token:
@@ -249,6 +267,8 @@ class HFGenerator:
         ``cancelled(i)`` (optional): when it turns True, row ``i`` ends at its next token.
         """
         sampling = sampling or SamplingConfig()
+        for prompt in prompts:
+            refuse_images(prompt, self.name)
         encoded = [p if _is_token_ids(p) else prompt_to_ids(self.tokenizer, p) for p in prompts]
         self._check_context(encoded, sampling.max_new_tokens)
         with self._lock, torch.inference_mode():

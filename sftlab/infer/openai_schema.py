@@ -35,7 +35,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sftlab.data.formats import parse_messages
+from sftlab.data.formats import ReadOptions, parse_messages
+from sftlab.data.images import VisualConversation, has_images, read_visual
 from sftlab.data.tools import normalize_tools
 from sftlab.errors import DataError
 from sftlab.infer.base import Generation, SamplingConfig
@@ -114,6 +115,20 @@ class ChatRequest(_Sampling):
             raise ApiError(400, f"{exc.field}: {exc.message}" if exc.field else exc.message,
                            param=exc.field) from None
         return Conversation(messages, tools=tools or None)
+
+    def visual_conversation(self) -> VisualConversation | None:
+        """The request as a ``VisualConversation`` when a message has image parts
+        (``{"type": "image_url", "image_url": {"url": path | file:// URL | data:image/...;base64,...}}``),
+        else None. ``ApiError`` 400 naming the field for a bad part (a remote URL, bad base64);
+        the images load later, in the generator's ``encode`` (a bad or too large image is 400 there)."""
+        if not has_images(self.messages):
+            return None
+        row = {"messages": self.messages, **({"tools": self.tools} if self.tools else {})}
+        try:
+            return read_visual(row, format="openai", options=ReadOptions(require_assistant=False))
+        except DataError as exc:
+            raise ApiError(400, f"{exc.field}: {exc.message}" if exc.field else exc.message,
+                           param=exc.field) from None
 
     @property
     def parses_tool_calls(self) -> bool:

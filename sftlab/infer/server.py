@@ -27,6 +27,14 @@ server does not answer to is 404 ``model_not_found``; a client that hangs up has
 cancelled at their next token (streams at once, other requests within
 ``DISCONNECT_POLL_S``), which frees their batch slots.
 
+Images: a chat message may hold ``{"type": "image_url", "image_url": {"url": ...}}`` parts (a
+file path, a ``file://`` URL or a base64 ``data:image/png;base64,...`` URL; nothing is
+downloaded) when the model is a vision model (``sftlab.infer.vision``); for a text-only
+model such a request is 400 ``images_not_supported``. A missing, corrupt or too large image
+(``MAX_PIXELS``), or image tokens that overflow the context, are 400 as well. File paths
+are read by the server process: serve a vision model only to clients you would let read
+its image files.
+
 Errors: malformed requests get HTTP 400 (401 for a missing or wrong key when the server
 has one) with the OpenAI error body ``{"error": {"message", "type", "param", "code"}}``;
 a failing generation answers 500 in the same shape and the server keeps running.
@@ -52,7 +60,8 @@ from starlette.exceptions import HTTPException
 from sftlab.errors import SftlabError
 from sftlab.infer.base import Generation, Prompt
 from sftlab.infer.batcher import Batcher, Job
-from sftlab.infer.hf import HFGenerator, PromptTooLong
+from sftlab.infer.hf import ImagesNotSupported, PromptTooLong
+from sftlab.infer.vision import generator_for
 from sftlab.infer.openai_schema import (ApiError, ChatRequest, CompletionRequest, chat_completion_body,
                                         completion_body, finish_reason, parse_request, reply_of, usage_counts,
                                         wants_usage)
@@ -147,9 +156,10 @@ def create_app(generator, *, model_name: str | Sequence[str] | None = None, api_
         sampling = body.sampling(default_max_tokens)
         if body.max_completion_tokens:
             sampling.max_new_tokens = body.max_completion_tokens
-        conversation = body.conversation()
-        prompt = await _encode(generator, conversation if conversation.tools else conversation.messages,
-                               sampling.max_new_tokens, "messages")
+        visual = body.visual_conversation()  # None without image parts
+        conversation = body.conversation() if visual is None else visual.conversation
+        prompt = visual if visual is not None else conversation if conversation.tools else conversation.messages
+        prompt = await _encode(generator, prompt, sampling.max_new_tokens, "messages")
         job = Job([prompt] * body.n, sampling)
         if body.stream:
             return _stream(batcher, job, name, chat=True, usage=wants_usage(body), n=body.n, body=body)
@@ -183,6 +193,8 @@ async def _encode(generator, prompt: Prompt, max_new_tokens: int, param: str):
         return await asyncio.to_thread(encode, prompt, max_new_tokens)
     except PromptTooLong as exc:
         raise ApiError(400, str(exc), param=param, code="context_length_exceeded") from None
+    except ImagesNotSupported as exc:  # an image part sent to a text-only model
+        raise ApiError(400, str(exc), param=param, code="images_not_supported") from None
     except SftlabError as exc:
         raise ApiError(400, str(exc), param=param) from None
 
@@ -319,7 +331,8 @@ def start_server(generator_or_model, *, host: str = "127.0.0.1", port: int = 0,
                  batch_window_ms: float = 10.0, default_max_tokens: int = 256,
                  model_name: str | Sequence[str] | None = None, max_body_bytes: int = MAX_BODY_BYTES,
                  shutdown_timeout_s: float = 5.0) -> ServerHandle:
-    """Serve a ``Generator`` (or a model name/path, loaded with ``HFGenerator.from_name``)
+    """Serve a ``Generator`` (or a model name/path, loaded by ``sftlab.infer.vision.generator_for``:
+    ``HFGenerator.from_name``, or a ``VisionGenerator`` for a vision model directory)
     in a daemon thread; ``port=0`` picks a free port. Returns once the server accepts requests.
 
     Example (``openai`` is the official client)::
@@ -328,8 +341,8 @@ def start_server(generator_or_model, *, host: str = "127.0.0.1", port: int = 0,
             openai.OpenAI(base_url=server.base_url, api_key="x").models.list()
     """
     generator = generator_or_model
-    if isinstance(generator_or_model, str):
-        generator = HFGenerator.from_name(generator_or_model, adapter=adapter, batch_size=batch_size)
+    if isinstance(generator_or_model, str):  # a vision model directory gets the vision generator
+        generator = generator_for(generator_or_model, adapter=adapter, batch_size=batch_size)
     app = create_app(generator, model_name=model_name, api_key=api_key, batch_window_ms=batch_window_ms,
                      default_max_tokens=default_max_tokens, max_body_bytes=max_body_bytes)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

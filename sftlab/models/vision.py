@@ -334,20 +334,57 @@ def collate_visual(examples: list, pad_id: int, settings: VisionSettings, max_pi
     return batch
 
 
+def expand_image_tokens(ids: list[int], settings: VisionSettings) -> list[int]:
+    """Each image token of ``ids`` repeated ``tokens_per_image`` times (the positions
+    ``embed`` fills), as ``sftlab.data.images.render_visual`` expands training text.
+
+    >>> settings = VisionSettings("<image>", 9, 3, 32, "clip")
+    >>> expand_image_tokens([1, 9, 2], settings)
+    [1, 9, 9, 9, 2]
+    """
+    expanded: list[int] = []
+    for token in ids:
+        expanded += [token] * (settings.tokens_per_image if token == settings.image_token_id else 1)
+    return expanded
+
+
+def vision_model_dir(name_or_path: str | Path) -> Path | None:
+    """The directory holding ``sftlab_vision.json`` for ``name_or_path`` (itself, or a
+    training run's ``model/`` or ``adapter/``); None for anything else (a text model, a
+    name such as ``default``)."""
+    path = Path(name_or_path)
+    for candidate in (path, path / "model", path / "adapter"):
+        if (candidate / VISION_CONFIG_FILE).is_file():
+            return candidate
+    return None
+
+
+def save_tiny_vision(path: str | Path, kind: str = "clip", seed: int = 0) -> Path:
+    """A random tiny vision model (the tiny LM, a tiny tower, a seeded projector) and its
+    tokenizer saved as a vision model directory: what tests load through
+    ``load_vision_model``, ``sftlab generate`` and ``sftlab serve``."""
+    from sftlab.models.tiny import tiny_model, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    model = build_vision_model(tiny_model(seed=seed), tokenizer, tiny_vision_tower(kind, seed=seed), seed=seed)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(str(path))
+    return Path(path)
+
+
 def generate_answer(model: VisionLanguageModel, tokenizer, conversation, max_new_tokens: int = 16) -> str:
     """Greedy answer to a ``VisualConversation`` whose last turn is the user's (its images
     loaded and expanded as in training); the decoded new text, special tokens dropped.
 
-    A minimal path for evaluation; ``sftlab generate``/the server do not take images yet.
+    The one-prompt reference path; ``sftlab.infer.vision.VisionGenerator`` (what
+    ``sftlab generate``, ``chat``, ``serve`` and ``eval`` use) batches the same steps.
     """
     from sftlab.data.chat import apply_template  # the one place a template is applied
 
     prompt = apply_template(tokenizer, conversation.conversation.messages, add_generation_prompt=True)
     if model.settings.image_token != IMAGE_TOKEN:
         prompt = prompt.replace(IMAGE_TOKEN, model.settings.image_token)
-    ids = []
-    for token in tokenizer(prompt, add_special_tokens=False)["input_ids"]:
-        ids += [token] * (model.settings.tokens_per_image if token == model.settings.image_token_id else 1)
+    ids = expand_image_tokens(tokenizer(prompt, add_special_tokens=False)["input_ids"], model.settings)
     images = [ref.load() for ref in conversation.images]
     device = next(model.parameters()).device
     input_ids = torch.tensor([ids], device=device)

@@ -40,6 +40,12 @@ class QuickstartConfig:
     """Answer length limit at evaluation (answers are short: exact match)."""
     eval_batch_size: int = 16
     """Prompts generated together at evaluation."""
+    vision: bool = False
+    """LLaVA-style visual instruction tuning instead (``sftlab.quickstart.vision``): generated
+    shape images, a small random CLIP tower, stage 1 (projector on captions) then stage 2
+    (projector + LoRA), exact match on held-out images, templates and colour-shape pairs.
+    Per question type (4 types): 3 x ``train_per_task`` training questions and
+    ``eval_per_task`` questions in each held-out split; 4 x ``train_per_task`` captions."""
     threads: int = 0
     """torch threads (0: all cores)."""
     fast: bool = False
