@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from sftlab.cli.options import add_config_arguments, config_from_args
-from sftlab.study.config import CompareDataConfig, SizeSweepConfig, StudyConfig
+from sftlab.study.config import CompareDataConfig, HelmConfig, SizeSweepConfig, StudyConfig
 
 DESCRIPTION = """Experiments on what instruction tuning does, each from one command. A study trains
 (LoRA, through `sftlab train`) and evaluates many runs, one at a time, and writes study.json (every
@@ -34,11 +34,21 @@ better than a random k of the same size" with the paired interval.
 
 Real configuration (default model, 2 cores): random, longest, ifd, k=128, seeds 0, 1; about 15-20 minutes."""
 
+HELM = """HELM-style multi-metric table (Liang et al. 2022): one or more models side by side (`models: [default,
+runs/x]`, as `sftlab eval` takes them) on scenarios (gsm8k, bbh_mc: BBH multiple choice by log-likelihood,
+checkable: the quickstart's tasks, or any `sftlab eval` task), each with accuracy, calibration (ECE, selective
+accuracy at 10% coverage), robustness (the paired drop under prompt rewordings and under typos) and
+efficiency (prompt and completion tokens, tokens/s, seconds per item). Nothing is trained.
+
+Real configuration (examples/studies/helm.yaml; default model, 2 cores): gsm8k 20 items, bbh_mc 2x20, checkable."""
+
 STUDIES = {
     "size-sweep": (SizeSweepConfig, SIZE_SWEEP, "sftlab study size-sweep --fast --model tiny\n"
                    "  sftlab study size-sweep sizes=[32,128,512] seeds=[0,1] threads=2"),
     "compare-data": (CompareDataConfig, COMPARE_DATA, "sftlab study compare-data --fast --model tiny\n"
                      "  sftlab study compare-data sources=[random,ifd] k=128 threads=2"),
+    "helm": (HelmConfig, HELM, "sftlab study helm --fast --model tiny data_dir=../shared/data\n"
+             "  sftlab study helm examples/studies/helm.yaml models=[default,runs/lora1] threads=2"),
 }
 
 
@@ -69,6 +79,11 @@ def run(args) -> int:
             print(f"{key}: {value}")
         return 0
     benchmark = checkable_benchmark(config)
+    if args.study_name == "helm":
+        from sftlab.study.helm import run_helm  # lazy: torch and the models
+
+        run_helm(config, benchmark)
+        return 0
     if args.study_name == "size-sweep":
         from sftlab.study.size_sweep import run_size_sweep  # lazy: torch and the trainer
 

@@ -6,12 +6,14 @@
 - ``size_sweep``: score against training-set size on nested subsets (LIMA; Gupta et al.)
 - ``compare_data`` and ``select``: data sources at an equal token budget, ranked, with
   paired differences; random, longest-response and IFD selection
+- ``helm``: a HELM-style table: accuracy, calibration, robustness and efficiency per
+  model and scenario
 - ``report``: study.json, the plots and the HTML page
 
 Only the configs are imported here; ``from sftlab.study.size_sweep import run_size_sweep``
 runs one. A study takes its ``Benchmark`` from the caller: ``sftlab study`` passes the
 quickstart's exactly-checkable tasks (``sftlab.cli.study.checkable_benchmark``).
 """
-from sftlab.study.config import CompareDataConfig, SizeSweepConfig, StudyConfig
+from sftlab.study.config import CompareDataConfig, HelmConfig, SizeSweepConfig, StudyConfig
 
-__all__ = ["StudyConfig", "SizeSweepConfig", "CompareDataConfig"]
+__all__ = ["StudyConfig", "SizeSweepConfig", "CompareDataConfig", "HelmConfig"]

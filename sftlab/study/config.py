@@ -123,3 +123,48 @@ class CompareDataConfig(StudyConfig):
         super().__post_init__()
         if self.fast:
             self.k = min(self.k, 8)
+
+
+DEFAULT_SCENARIOS = ("gsm8k", "bbh_mc", "checkable")
+DEFAULT_PARAPHRASES = ("Consider the following. {text}", "{text}\nAnswer carefully.")
+
+
+@dataclass
+class HelmConfig(StudyConfig):
+    """``sftlab study helm``: a HELM-style table of metrics per model and scenario."""
+
+    models: list[str] = field(default_factory=list)
+    """Models side by side: names, model directories, adapters or training run directories,
+    as ``sftlab eval`` takes them (e.g. ``[default, runs/lora1]``); empty: ``[model]``."""
+    scenarios: list[str] = field(default_factory=lambda: list(DEFAULT_SCENARIOS))
+    """``checkable`` (the quickstart's exactly-checkable tasks, ``eval_per_task`` each),
+    ``bbh_mc`` (BIG-Bench Hard's ``mc_subtasks`` as lettered multiple choice, scored by
+    log-likelihood), or any ``sftlab eval`` task as ``NAME`` or ``NAME=PATH`` (gsm8k, bbh,
+    math, mc=FILE, mc_letters=FILE)."""
+    data_dir: str = ""
+    """The folder ``sftlab eval --data-dir`` takes (gsm8k/test.jsonl, bbh/, ...); needed by
+    every scenario but ``checkable`` unless given as ``NAME=PATH``."""
+    limit: int = 20
+    """Items per data-file scenario (the first N; per subtask for bbh and bbh_mc)."""
+    mc_subtasks: list[str] = field(default_factory=lambda: ["sports_understanding", "date_understanding"])
+    """BBH subtasks of ``bbh_mc``: ones whose answers are lettered options or a small fixed set."""
+    num_fewshot: int = -1
+    """Few-shot exemplars of gsm8k / math / bbh prompts; -1: each task's own (8, 4, 3)."""
+    generation_tokens: int = 160
+    """Completion length limit of data-file generation scenarios (gsm8k's chains of thought);
+    ``checkable`` uses ``max_new_tokens``."""
+    paraphrases: list[str] = field(default_factory=lambda: list(DEFAULT_PARAPHRASES))
+    """Rewordings of each item's question (``{text}``: the original) for the robustness
+    columns; every item is answered under each one."""
+    typo_rate: float = 0.2
+    """Chance that a word of the question gets a typo (two letters swapped or one dropped,
+    seeded per item); numbers and the words of the gold answer are never touched."""
+    coverage: float = 0.1
+    """Selective accuracy: accuracy on this fraction of items the model is most confident on."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.fast:
+            self.limit, self.generation_tokens = min(self.limit, 2), min(self.generation_tokens, 8)
+            self.mc_subtasks = self.mc_subtasks[:1]
+            self.paraphrases = self.paraphrases[:1]
