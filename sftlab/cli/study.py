@@ -29,7 +29,8 @@ Real configuration (default model, 2 cores): sizes 32, 128, 512 x seeds 0, 1; ab
 COMPARE_DATA = """Data sources at an equal budget of trained tokens (or examples), the same model and
 evaluation: a ranked table with intervals and each source's paired difference from the baseline
 (bootstrap over the same items). Sources: random, longest (responses), ifd (instruction-following
-difficulty, Li et al. 2024, under the model to be tuned) or a data file. Answers "is the selected k
+difficulty, Li et al. 2024, under the model to be tuned), judge (the examples an OpenAI-compatible
+judge rates highest for accuracy, AlpaGasus: judge=MODEL judge_base_url=URL) or a data file. Answers "is the selected k
 better than a random k of the same size" with the paired interval.
 
 Real configuration (default model, 2 cores): random, longest, ifd, k=128, seeds 0, 1; about 15-20 minutes."""

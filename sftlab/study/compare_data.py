@@ -9,12 +9,15 @@ noise both sides share cancels. "Is the selected k better than a random k of the
 size?" is that difference and its interval: ``better`` when the interval lies above 0,
 ``worse`` below, else ``no clear difference``.
 
-Not here yet: a judge-quality filter (AlpaGasus style) as a source.
+The ``judge`` source (AlpaGasus) asks ``judge`` to rate every pool example once; the
+ratings are cached beside the runs under a hash of the judge, its endpoint and the pool,
+and the judge's endpoint is checked to answer before anything trains.
 """
 from __future__ import annotations
 
 import html
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -46,6 +49,29 @@ def check_sources(config: CompareDataConfig) -> None:
         raise ConfigError(f"pool: no such file: {config.pool}")
     if config.k <= 0:
         raise ConfigError(f"k: must be positive, got {config.k}")
+    if "judge" in config.sources:
+        check_judge(config)
+
+
+def check_judge(config: CompareDataConfig) -> None:
+    """``ConfigError`` naming the key unless the ``judge`` source has a judge that answers."""
+    if not config.judge:
+        raise ConfigError("judge: the `judge` source needs a rater: judge=MODEL (with judge_base_url=URL for an "
+                          "OpenAI-compatible endpoint, or a local model such as judge=default)")
+    if not config.judge_base_url:
+        return
+    import httpx  # lazy: only a remote judge needs it
+
+    url = config.judge_base_url.rstrip("/") + "/models"
+    key = os.environ.get(config.judge_api_key_env)
+    try:
+        response = httpx.get(url, headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=10)
+    except httpx.HTTPError as error:
+        raise ConfigError(f"judge_base_url: {url} does not answer ({type(error).__name__}: {error}); start the "
+                          "judge's server or fix the URL") from None
+    if response.status_code != 200:
+        raise ConfigError(f"judge_base_url: GET {url} answered HTTP {response.status_code}: {response.text[:200]}"
+                          + (f" (is {config.judge_api_key_env} set?)" if response.status_code in (401, 403) else ""))
 
 
 def run_compare_data(config: CompareDataConfig, benchmark: Benchmark) -> dict:
@@ -62,15 +88,18 @@ def run_compare_data(config: CompareDataConfig, benchmark: Benchmark) -> dict:
     _check_ids(everything)
     counts = dict(zip([c.id for c in everything], select.trained_tokens(everything, tokenizer, config.max_length)))
     ifd = _ifd(store, tokenizer, pool, config) if "ifd" in config.sources else None
+    ratings = _judge_ratings(store, pool, config) if "judge" in config.sources else None
 
     chosen: dict[str, dict[int, list[Conversation]]] = {s: {} for s in config.sources}
     budgets = {}
     for seed in config.seeds:
-        selections = {s: _ordering(s, seed, pool, files, counts, ifd, config)[:config.k] for s in config.sources}
+        selections = {s: _ordering(s, seed, pool, files, counts, ifd, ratings, config)[:config.k]
+                      for s in config.sources}
         short = {s: len(chosen_k) for s, chosen_k in selections.items() if len(chosen_k) < config.k}
-        if short:  # a file smaller than k, or the IFD filter leaving fewer than k
+        if short:  # a file smaller than k, or the IFD or judge filter leaving fewer than k
             raise ConfigError(f"k: {config.k} examples cannot be taken from {short}; lower k"
-                              + (" or raise ifd_max" if "ifd" in short else ""))
+                              + (" or raise ifd_max" if "ifd" in short else "")
+                              + (" or lower judge_min_score" if "judge" in short else ""))
         if config.equalise == "tokens":
             budgets[seed], selections = select.equal_budget(selections, counts, config.budget_tokens)
         for s, examples in selections.items():
@@ -96,8 +125,7 @@ def run_compare_data(config: CompareDataConfig, benchmark: Benchmark) -> dict:
         "equalise": config.equalise, "budget_tokens": budgets, "k": config.k,
         "ranking": [row["source"] for row in sources], "sources": sources, "baseline": config.baseline,
         "differences_vs_baseline": {s: {**d, "verdict": verdict(d)} for s, d in differences.items()},
-        "pairwise_differences": pairs, "ifd": _ifd_summary(ifd),
-        "not_included": ["a judge-quality filter (AlpaGasus style) as a source"],
+        "pairwise_differences": pairs, "ifd": _ifd_summary(ifd), "judge": _judge_summary(ratings, config),
         "jobs": {"trained": store.trained, "reused": store.reused}, "timings_s": {"total": clock.seconds()},
         "config": asdict(config),
     }
@@ -130,13 +158,15 @@ def verdict(difference: dict) -> str:
     return "no clear difference"
 
 
-def _ordering(source: str, seed: int, pool, files, counts, ifd, config) -> list[Conversation]:
+def _ordering(source: str, seed: int, pool, files, counts, ifd, ratings, config) -> list[Conversation]:
     if source == "random":
         return select.random_order(pool, seed)
     if source == "longest":
         return select.longest_order(pool, [counts[c.id] for c in pool])
     if source == "ifd":
         return select.ifd_order(pool, ifd, config.ifd_max)
+    if source == "judge":
+        return select.judge_order(pool, [row["score"] for row in ratings], config.judge_min_score)
     return select.random_order(files[source], seed)  # a data set: a random draw of it per seed
 
 
@@ -150,6 +180,36 @@ def _ifd(store: RunStore, tokenizer, pool: list[Conversation], config: CompareDa
     scores = select.ifd_scores(model, tokenizer, pool, config.max_length)
     write_json(path, scores)
     return scores
+
+
+def _judge_ratings(store: RunStore, pool: list[Conversation], config: CompareDataConfig) -> list[dict]:
+    """The judge's 0-5 rating of every pool example (``score`` None where none parsed), cached."""
+    from sftlab.eval.judge.client import complete_checked, make_judge  # lazy: httpx, a local judge's model
+
+    key = digest("judge", config.judge, config.judge_base_url, select.JUDGE_PROMPT, config.judge_max_tokens,
+                 data_digest(pool))
+    path = store.root / f"judge-{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    print(f"      rating {len(pool)} pool examples with judge {config.judge}", flush=True)
+    judge = make_judge(config.judge, base_url=config.judge_base_url or None, cache_dir=store.root / "judge-cache",
+                       api_key_env=config.judge_api_key_env)
+    replies = complete_checked(judge, [select.judge_request(c) for c in pool], select.parse_judge_score,
+                               max_tokens=config.judge_max_tokens)
+    ratings = [{"id": c.id, "score": select.parse_judge_score(text), "reply": text[:200]}
+               for c, text in zip(pool, replies)]
+    write_json(path, ratings)
+    return ratings
+
+
+def _judge_summary(ratings: list[dict] | None, config: CompareDataConfig) -> dict | None:
+    if ratings is None:
+        return None
+    scores = [row["score"] for row in ratings if row["score"] is not None]
+    return {"judge": config.judge, "base_url": config.judge_base_url, "examples": len(ratings),
+            "unparsed": len(ratings) - len(scores), "min_score": config.judge_min_score,
+            "kept": sum(score >= config.judge_min_score for score in scores),
+            "histogram": {str(v): sum(round(s) == v for s in scores) for v in range(6)}}
 
 
 def _ifd_summary(ifd: list[dict] | None) -> dict | None:

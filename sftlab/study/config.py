@@ -101,7 +101,8 @@ class CompareDataConfig(StudyConfig):
     sources: list[str] = field(default_factory=lambda: ["random", "longest", "ifd"])
     """What to train on: ``random`` (k random pool examples, per seed), ``longest`` (the k
     with the longest responses), ``ifd`` (the k of highest instruction-following
-    difficulty under the model to be tuned), or a data file path (any format sftlab reads,
+    difficulty under the model to be tuned), ``judge`` (the k a judge rates highest for
+    accuracy, AlpaGasus style; see ``judge``), or a data file path (any format sftlab reads,
     e.g. a mixture written by ``sftlab data mix``)."""
     pool: str = ""
     """The data file the selections pick from; empty: the checkable-task training pool."""
@@ -118,6 +119,20 @@ class CompareDataConfig(StudyConfig):
     ifd_max: float = 1.0
     """Examples with IFD at or above this are left out of the ``ifd`` selection (a ratio >=
     1: the instruction does not help predict the response, as Li et al. filter)."""
+    judge: str = ""
+    """The ``judge`` source's rater (AlpaGasus): a model name served at ``judge_base_url``,
+    or without it a model sftlab loads locally (``default``, a directory). Needed when
+    ``sources`` holds ``judge``."""
+    judge_base_url: str = ""
+    """OpenAI-compatible endpoint of ``judge`` (e.g. ``http://localhost:8000/v1``); checked
+    to answer ``GET /models`` before anything trains. Empty: ``judge`` runs locally."""
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the judge endpoint's API key (a local server needs none)."""
+    judge_max_tokens: int = 64
+    """Reply length limit of each rating (the score is on its first line)."""
+    judge_min_score: float = 4.5
+    """Examples the judge rates below this (0-5) are left out of the ``judge`` selection
+    (AlpaGasus keeps 4.5 and above)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -12,7 +12,11 @@ and loss mask (``sftlab.data.chat.render``), truncated at ``max_length``.
   mean loss without it, under the model to be tuned. A high ratio means the instruction
   helps the model little: the example teaches what the model cannot yet do. Examples with
   IFD >= ``ifd_max`` (1 by default: the instruction does not help at all) are left out, as
-  the paper filters them.
+  the paper filters them;
+- ``judge``: highest judge-rated quality first (AlpaGasus, Chen et al. 2024): any
+  OpenAI-compatible judge (or a local model) rates each example's response for accuracy
+  on a 0-5 scale with the paper's prompt (the score on the reply's first line); examples
+  below ``judge_min_score`` (4.5, the paper's threshold) are left out.
 
 "Without the instruction" here is the response in an otherwise empty chat (an empty user
 turn): both losses then see the same chat template and (for SmolLM2) the same default
@@ -21,6 +25,7 @@ system prompt, so the ratio measures the instruction alone.
 from __future__ import annotations
 
 import random
+import re
 from typing import Sequence
 
 import torch
@@ -31,7 +36,20 @@ from sftlab.errors import ConfigError, DataError
 from sftlab.train.loss import next_token_targets
 from sftlab.types import IGNORE_INDEX, Conversation, Message, Tokenized
 
-SELECTIONS = ("random", "longest", "ifd")
+SELECTIONS = ("random", "longest", "ifd", "judge")
+
+# AlpaGasus's rating prompt (Chen et al. 2024, "AlpaGasus: Training a Better Alpaca with
+# Fewer Data", its "accuracy" dimension), with the instruction and the response filled in
+JUDGE_PROMPT = (
+    "We would like to request your feedback on the performance of AI assistant in response to the "
+    "instruction and the given input displayed following.\n\nInstruction: {instruction}\n\n"
+    "Response: {response}\n\nPlease rate according to the accuracy of the response to the instruction "
+    "and the input. Each assistant receives a score on a scale of 0 to 5, where a higher score indicates "
+    "higher level of the accuracy. Please first output a single line containing value indicating the "
+    "scores. In the subsequent line, please provide a comprehensive explanation of your evaluation, "
+    "avoiding any potential bias.")
+JUDGE_SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
+_SCORE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)")
 
 
 def random_order(pool: Sequence[Conversation], seed: int) -> list[Conversation]:
@@ -112,6 +130,39 @@ def ifd_order(pool: Sequence[Conversation], scores: Sequence[dict], ifd_max: flo
     """Highest IFD first, those at or above ``ifd_max`` left out."""
     ranked = sorted(range(len(pool)), key=lambda i: -scores[i]["ifd"])
     return [pool[i] for i in ranked if scores[i]["ifd"] < ifd_max]
+
+
+def judge_request(conversation: Conversation) -> list[dict[str, str]]:
+    """The rating request of one example: everything before its last response is the
+    instruction (turns joined as ``role: text`` when there are several)."""
+    *context, response = conversation.messages
+    turns = [m for m in context if m.role != "system"]
+    instruction = turns[0].content if len(turns) == 1 else "\n".join(f"{m.role}: {m.content}" for m in turns)
+    return [{"role": "system", "content": JUDGE_SYSTEM},
+            {"role": "user", "content": JUDGE_PROMPT.format(instruction=instruction, response=response.content)}]
+
+
+def parse_judge_score(text: str) -> float | None:
+    r"""The score on the reply's first non-empty line (0-5), else None.
+
+    >>> parse_judge_score("4.5\nThe response is accurate."), parse_judge_score("Score: 3 out of 5")
+    (4.5, 3.0)
+    >>> parse_judge_score("excellent") is None, parse_judge_score("7") is None
+    (True, True)
+    """
+    line = next((line for line in text.splitlines() if line.strip()), "")
+    match = _SCORE.search(line)
+    if match is None:
+        return None
+    score = float(match.group(1))
+    return score if 0 <= score <= 5 else None
+
+
+def judge_order(pool: Sequence[Conversation], scores: Sequence[float | None], min_score: float) -> list[Conversation]:
+    """Highest score first (ties keep pool order); unparsed scores and those below
+    ``min_score`` are left out."""
+    kept = [i for i, score in enumerate(scores) if score is not None and score >= min_score]
+    return [pool[i] for i in sorted(kept, key=lambda i: -scores[i])]
 
 
 def within_budget(ordered: Sequence[Conversation], counts: Sequence[int], budget: int) -> list[Conversation]:
