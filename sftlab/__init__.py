@@ -16,10 +16,16 @@ torch), so ``sftlab.data`` tools and ``sftlab --help`` start at once.
 from __future__ import annotations
 
 import importlib
+import logging
 
 from sftlab.types import IGNORE_INDEX, Conversation, Message, Tokenized
 
 __version__ = "0.1.0"
+
+# bitsandbytes (which peft imports whenever it is installed) warns at import, in every
+# command, that the optional `kernels` package for a faster CPU 4-bit matmul is missing; it
+# falls back without it, and only QLoRA on a CPU would use it
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 # public name -> the module that defines it
 _EXPORTS = {

@@ -42,6 +42,11 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: Literal["stop", "length"]
+    token_ids: list[int] | None = None
+    """The completion's token ids as sampled (the end-of-sequence token included when it
+    ended on one; ``completion_tokens`` of them), where the backend reports them
+    (``HFGenerator`` does); ``None`` otherwise. Re-tokenising ``text`` need not give them
+    back."""
 
 
 @runtime_checkable

@@ -37,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -127,6 +127,7 @@ class _Row:
     completion_tokens: int = 0
     finish_reason: str | None = None
     emitted: int = 0        # characters of text already streamed
+    token_ids: list[int] = field(default_factory=list)  # the completion as sampled (eos included)
 
 
 class _RowTracker:
@@ -164,6 +165,7 @@ class _RowTracker:
 
     def _update(self, row: _Row, ids: list[int]) -> None:
         row.completion_tokens = len(ids)
+        row.token_ids = list(ids)
         if ids[-1] in self.eos_ids:
             row.finish_reason = "stop"
             ids = ids[:-1]
@@ -278,7 +280,8 @@ class HFGenerator:
             else:
                 rows = self._generate_with_hf(encoded, sampling, on_text, cancelled)
         self.prompts_generated += len(encoded)
-        return [Generation(r.text, r.prompt_tokens, r.completion_tokens, r.finish_reason) for r in rows]
+        return [Generation(r.text, r.prompt_tokens, r.completion_tokens, r.finish_reason, r.token_ids)
+                for r in rows]
 
     def _generate_continuously(self, encoded: list[list[int]], sampling: SamplingConfig,
                                on_text: TextCallback | None, seeds: list[int],

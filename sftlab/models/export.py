@@ -13,7 +13,8 @@ The source may be:
 ``--merge`` folds the adapter into the base weights (PEFT ``merge_and_unload``: for LoRA,
 W <- W + (alpha / r) * B @ A) and writes an ordinary model: safetensors, config, tokenizer
 and chat template, loadable by ``transformers`` with no PEFT at all. Only adapters that
-change existing weights merge (LoRA, DoRA, QLoRA, IA3: ``MERGEABLE_PEFT_TYPES``); prompt
+change existing weights merge (LoRA, DoRA, QLoRA, IA3: ``MERGEABLE_PEFT_TYPES``; and
+sftlab's intrinsic-subspace results, ``W0 + P theta``, folded in by ``merge_intrinsic``); prompt
 tuning, prefix tuning and bottleneck adapters are refused before anything is loaded. The
 base model comes from ``base=`` or the adapter's ``base_model_name_or_path``. Output is
 written to a temporary sibling directory and renamed into place, so a failed export leaves
@@ -42,6 +43,8 @@ from sftlab.models.ollama import modelfile
 # PEFT types whose update is a change of existing weights, which ``merge_and_unload`` folds
 # in; prompt and prefix tuning add virtual tokens / key-value prefixes instead
 MERGEABLE_PEFT_TYPES = ("LORA", "ADALORA", "IA3", "LOHA", "LOKR")
+# sftlab.models.intrinsic.FORMAT (not imported: that module needs torch, this one does not)
+INTRINSIC_FORMAT = "sftlab_intrinsic"
 _ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin",
                   "sftlab_adapter.json", "sftlab_adapter.safetensors")
 
@@ -117,7 +120,9 @@ def _write_weights(kind: str, where: Path, merge: bool, base: str | None, tmp: P
     """Save the model (merged or not) or copy the adapter into ``tmp``; ``(model or None, tokenizer)``."""
     if kind == "adapter" and merge:
         info.update(base=base_model_of(where, base), merged=True)
-        model = load_model(info["base"], adapter=where).merge_and_unload()
+        model = load_model(info["base"], adapter=where)
+        if not _is_intrinsic(where):  # an intrinsic delta is folded in by loading (merge_intrinsic)
+            model = model.merge_and_unload()
         model.save_pretrained(tmp, safe_serialization=True)
         return model, load_tokenizer(info["base"], adapter=where)
     if kind == "adapter":
@@ -176,6 +181,8 @@ def _make_base_portable(adapter_dir: Path) -> None:
 
 def check_mergeable(adapter_dir: Path) -> None:
     """Raise ``ConfigError`` unless the adapter's update folds into the base weights."""
+    if _is_intrinsic(adapter_dir):  # W0 + P theta: a change of existing weights
+        return
     if (adapter_dir / "sftlab_adapter.json").is_file():
         what = "bottleneck adapters, which add layers"
     else:
@@ -184,8 +191,21 @@ def check_mergeable(adapter_dir: Path) -> None:
             return
         what = f"a {peft_type} adapter, which adds virtual tokens or prefixes instead of changing weights"
     raise ConfigError(f"{adapter_dir} holds {what}: it cannot be merged into the base weights (only "
-                      f"LoRA, DoRA, QLoRA and IA3 adapters can: PEFT {', '.join(MERGEABLE_PEFT_TYPES)}); "
+                      f"LoRA, DoRA, QLoRA and IA3 adapters can: PEFT {', '.join(MERGEABLE_PEFT_TYPES)}; "
+                      f"and intrinsic-subspace results); "
                       f"export without --merge to copy the adapter, and load it with its base model")
+
+
+def _is_intrinsic(adapter_dir: Path) -> bool:
+    """True for an intrinsic-subspace result (``sftlab.models.intrinsic``), whose delta folds
+    into the base weights, unlike a bottleneck adapter in the same ``sftlab_adapter.json`` file."""
+    config_path = adapter_dir / "sftlab_adapter.json"
+    if not config_path.is_file():
+        return False
+    try:
+        return json.loads(config_path.read_text()).get("format") == INTRINSIC_FORMAT
+    except (json.JSONDecodeError, AttributeError):
+        return False  # load_adapter names what is wrong with the file
 
 
 def _tokenizer_beside(weights_dir: Path):

@@ -23,7 +23,10 @@ signs, ``Pi`` a random permutation and ``G`` Gaussian, all drawn from ``seed``. 
 ``D x d`` projection has norm close to one (exactly one when ``D_i`` is a power of two and
 the model has one target). Memory: the base weights are not copied; the drawn diagonals
 take about 9 bytes per entry of the padded size (~2 D at most), and a forward pass holds
-the effective weights ``W_i`` (O(D)) as any model does.
+the effective weights ``W_i`` (O(D)) as any model does. With gradients off (evaluation,
+generation, rollouts) they are computed once and kept until ``theta``, the scales or ``W0``
+change (their version counters, storage, dtype and device say so), so such a forward costs
+what the plain model's does; a forward with gradients projects afresh and drops them.
 
 Because ``B``, ``Pi`` and ``G`` follow from the seed and the target shapes, the trained
 result is tiny: ``theta``, the scales and the seed. It is saved as one of sftlab's adapter
@@ -152,6 +155,14 @@ class IntrinsicDelta(nn.Module):
         self.theta = nn.Parameter(torch.zeros(dimension, dtype=dtype, device=device))
         self.scales = nn.Parameter(torch.ones(len(shapes), dtype=dtype, device=device)) \
             if said else None
+        # (target index, id of W0) -> (state of W0, theta and scales when computed, W0 + delta):
+        # the no-grad forward's effective weights (``_AddDelta``)
+        self.weights: dict[tuple[int, int], tuple[tuple, torch.Tensor]] = {}
+
+    def state(self) -> tuple:
+        """The state of ``theta`` and the scales (``_state``): a cached weight is reused
+        while it is unchanged."""
+        return _state(self.theta), _state(self.scales)
 
     def delta(self, index: int) -> torch.Tensor:
         projected = self.blocks[index](self.theta)
@@ -161,7 +172,13 @@ class IntrinsicDelta(nn.Module):
 
 
 class _AddDelta(nn.Module):
-    """The parametrization ``W0 -> W0 + delta(index)`` of one target tensor."""
+    """The parametrization ``W0 -> W0 + delta(index)`` of one target tensor.
+
+    With gradients off (evaluation, generation, a rollout inside training) the effective
+    weight is cached on the owner (``IntrinsicDelta.weights``) and reused until ``theta``,
+    the scales or ``W0`` change; with gradients on it is computed afresh every forward, as
+    the backward pass needs, and the cache is dropped (no second copy of the weights while
+    training)."""
 
     def __init__(self, owner: IntrinsicDelta, index: int) -> None:
         super().__init__()
@@ -169,7 +186,26 @@ class _AddDelta(nn.Module):
         self.index = index
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
-        return original + self.owner.delta(self.index).to(original.dtype)
+        owner = self.owner
+        if torch.is_grad_enabled():
+            owner.weights.clear()
+            return original + owner.delta(self.index).to(original.dtype)
+        key = (_state(original), owner.state())
+        cached = owner.weights.get((self.index, id(original)))
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        weight = original + owner.delta(self.index).to(original.dtype)
+        owner.weights[(self.index, id(original))] = (key, weight)
+        return weight
+
+
+def _state(tensor: torch.Tensor | None) -> tuple:
+    """What changes when ``tensor`` does: its in-place version counter (optimizer steps,
+    ``copy_``, ``load_state_dict`` bump it) and its storage, dtype and device (``.to()``).
+    Writes through ``.data`` bypass the counter: nothing in sftlab makes them."""
+    if tensor is None:
+        return ()
+    return (tensor._version, tensor.data_ptr(), tensor.dtype, tensor.device)
 
 
 def add_intrinsic(model: nn.Module, settings: dict) -> IntrinsicDelta:
@@ -278,6 +314,7 @@ def merge_intrinsic(model: nn.Module) -> nn.Module:
               if parametrize.is_parametrized(module)
               for attribute, chain in module.parametrizations.items()
               if any(isinstance(p, _AddDelta) for p in chain)]
+    model.sftlab_intrinsic.weights.clear()  # the values below are computed afresh, uncached
     with torch.no_grad():
         merged = {}  # original tensor -> its parametrised value, computed before any removal
         for module, attribute in owners:

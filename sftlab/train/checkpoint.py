@@ -148,7 +148,9 @@ def latest_checkpoint(output_dir) -> Path | None:
 
 def load_checkpoint(path: Path, prepared, optimizer, process_index: int = 0) -> dict:
     """Restore everything saved by ``save_checkpoint``; returns ``state.json``'s dict."""
-    if prepared.kind == "full":
+    if hasattr(prepared, "load_full") and prepared.kind == "full":  # ppo: the value head is apart
+        prepared.load_full(path / "model")
+    elif prepared.kind == "full":
         load_weights(prepared.model, path / "model")
     else:
         load_trainable(prepared.model, path / "trainable.safetensors")
@@ -208,9 +210,10 @@ def load_trainable(model, file: Path) -> None:
 
 
 def load_weights(model, directory: Path) -> None:
-    """Copy a ``save_pretrained`` directory's weights into ``model`` in place."""
+    """Copy a ``save_pretrained`` directory's weights into ``model`` in place (its
+    ``model*.safetensors`` files: others beside them, as ppo's value head, are not the model's)."""
     weights = {}
-    for file in sorted(directory.glob("*.safetensors")):
+    for file in sorted(Path(directory).glob("model*.safetensors")):
         weights.update(load_file(file))
     missing, unexpected = model.load_state_dict(weights, strict=False)
     tied = {name for name in missing if _is_tied(model, name)}

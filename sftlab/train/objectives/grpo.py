@@ -348,8 +348,8 @@ class GRPOObjective(Objective):
 
     def rollouts(self, run, prompts: list[RLPrompt]) -> tuple[list[str], list[list[int]]]:
         """``(texts, completion token ids)`` of G samples of every prompt, in order (prompt
-        0's G first). The ids are the text re-tokenized plus the end-of-turn token when the
-        model stopped, so the policy learns where to stop."""
+        0's G first). The ids are the sampled tokens (``sample_completions``), ending with the
+        end-of-turn token when the model stopped, so the policy learns where to stop."""
         settings = self.config.grpo
         prompt_ids = [p.prompt_ids for p in prompts for _ in range(settings.num_generations)]
         if self.generator is None:
@@ -388,9 +388,13 @@ def sample_completions(generator, run, prompt_ids: list[list[int]], settings,
                        seed: int) -> tuple[list[str], list[list[int]], list[bool]]:
     """``(texts, completion token ids, stopped)`` of one sample per prompt from the policy
     as it is now (``generator`` wraps ``run.prepared.model``; eval mode while sampling),
-    seeded by ``seed``, the step and the process. The ids are the text re-tokenized plus
-    the end-of-turn token when the model stopped, so the policy learns where to stop.
-    ``settings`` has ``max_new_tokens``, ``temperature`` and ``top_p`` (grpo's and ppo's)."""
+    seeded by ``seed``, the step and the process. The ids are the tokens the generator
+    sampled (``Generation.token_ids``, its end-of-turn token included when the model
+    stopped), so the loss scores the very tokens drawn: decoding and re-tokenizing the text
+    need not give them back. A generator that reports no ids gets its text re-tokenized;
+    either way a completion that stopped ends with an end-of-turn token, so the policy learns
+    where to stop. ``settings`` has ``max_new_tokens``, ``temperature`` and ``top_p``
+    (grpo's and ppo's)."""
     model = run.prepared.model
     generator.model = model.eval()
     seed = (seed * 1_000_003 + run.state.step * 1009 + run.accelerator.process_index) % 2 ** 31
@@ -403,9 +407,14 @@ def sample_completions(generator, run, prompt_ids: list[list[int]], settings,
     stop = _stop_id(run.tokenizer, generator.eos_ids)
     texts, ids, stopped = [], [], []
     for generation in generations:
-        tokens = list(run.tokenizer(generation.text, add_special_tokens=False)["input_ids"])
-        tokens = tokens[:settings.max_new_tokens]
-        if generation.finish_reason == "stop" or not tokens:
+        tokens = generation.token_ids
+        if tokens is not None:  # as sampled: its end-of-turn token, if any, is there already
+            tokens = list(tokens)
+            ended = bool(tokens) and tokens[-1] in generator.eos_ids
+        else:
+            tokens = list(run.tokenizer(generation.text, add_special_tokens=False)["input_ids"])
+            tokens, ended = tokens[:settings.max_new_tokens], False
+        if (generation.finish_reason == "stop" and not ended) or not tokens:
             tokens.append(stop)
         texts.append(generation.text)
         ids.append(tokens)

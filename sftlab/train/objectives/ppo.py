@@ -7,7 +7,8 @@ with its adapter disabled, otherwise a frozen copy taken before the method chang
 model), the frozen **reward model** (``ppo.reward_model``: a run or model directory of
 ``objective: reward``, read through its scorer ``load_reward_model(path).score``) and a
 **value head** (a zero-initialised ``Linear(hidden, 1)`` on the policy's last hidden
-states, trained with the policy; saved beside the result as ``value_head.safetensors``).
+states, trained with the policy; saved beside the result as ``value_head.safetensors``,
+never inside it: a full-method ``model.safetensors`` is a plain causal LM).
 
 A rollout is made from the prompts of a step (``data.paths`` prompt rows, as ``grpo``
 reads them; no answer needed): one completion per prompt, sampled by sftlab's own generator
@@ -46,6 +47,7 @@ clipped around the rollout's, a penalty for completions that never stop
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from dataclasses import dataclass, fields
@@ -53,12 +55,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from sftlab.data.collate import collate_padded
 from sftlab.errors import ConfigError, DataError, SftlabError
 from sftlab.infer.hf import HFGenerator
 from sftlab.models import split_model
+from sftlab.train.checkpoint import load_weights
 from sftlab.train.data import Batch
 from sftlab.train.methods import Prepared, trainable_summary
 from sftlab.train.objectives.base import OBJECTIVES, Objective
@@ -244,12 +247,28 @@ class PPOLoss(torch.nn.Module):
         return losses.sum(), tokens
 
 
+@contextlib.contextmanager
+def without_value_head(model):
+    """``model`` with its ``value_head`` taken off for the block (then put back, the same
+    module): what ``save_pretrained`` writes and ``load_weights`` expects is a plain causal
+    LM, which ``AutoModelForCausalLM.from_pretrained`` loads with no unexpected keys."""
+    inner = base_model(model)
+    head = inner._modules.pop("value_head", None)
+    try:
+        yield head
+    finally:
+        if head is not None:
+            inner.add_module("value_head", head)
+
+
 @dataclass
 class PPOPrepared(Prepared):
-    """A ``Prepared`` whose ``save`` also writes the value head beside the model/adapter."""
+    """A ``Prepared`` whose ``save`` writes the value head beside the model/adapter
+    (``value_head.safetensors``), never inside it."""
 
     def save(self, path: str | Path) -> Path:
-        path = super().save(path)
+        with without_value_head(self.model):
+            path = super().save(path)
         head = base_model(self.model).value_head
         save_file({"weight": head.weight.detach().float().cpu().contiguous(),
                    "bias": head.bias.detach().float().cpu().contiguous()},
@@ -258,6 +277,17 @@ class PPOPrepared(Prepared):
             {"hidden_size": head.weight.shape[1], "kind": self.kind,
              "reads": "last hidden state at the position predicting each token"}))
         return path
+
+    def load_full(self, directory: Path) -> None:
+        """Restore a ``kind == "full"`` checkpoint's ``save``: the model's weights, then the
+        value head from its own file (``checkpoint.load_checkpoint`` calls this)."""
+        with without_value_head(self.model):
+            load_weights(self.model, directory)
+        saved = load_file(str(Path(directory) / VALUE_HEAD_FILE))
+        head = base_model(self.model).value_head
+        with torch.no_grad():
+            head.weight.copy_(saved["weight"])
+            head.bias.copy_(saved["bias"])
 
 
 # -- the objective ----------------------------------------------------------------------
@@ -424,8 +454,8 @@ class PPOObjective(Objective):
 
     def sample(self, run, prompts: list[RLPrompt]) -> tuple[list[str], list[list[int]], list[bool]]:
         """``(texts, completion token ids, stopped)`` of one sample of every prompt, in order.
-        The ids are the text re-tokenized plus the end-of-turn token when the model stopped
-        (as ``grpo``), so the policy learns where to stop."""
+        The ids are the sampled tokens (``sample_completions``, shared with ``grpo``), ending
+        with the end-of-turn token when the model stopped, so the policy learns where to stop."""
         if self.generator is None:
             self.generator = HFGenerator(run.prepared.model, run.tokenizer, batch_size=64, name="ppo-policy")
         return sample_completions(self.generator, run, [p.prompt_ids for p in prompts], self.config.ppo,
