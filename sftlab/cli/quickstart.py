@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from sftlab.cli.options import Flag, add_config_arguments, config_from_args
+from sftlab.errors import ConfigError
 from sftlab.quickstart.config import QuickstartConfig
 
 DESCRIPTION = """Instruction tuning in one command, in about 15 minutes on a 2-core CPU.
@@ -24,10 +25,12 @@ def register(subparsers) -> None:
         description=DESCRIPTION)
     add_config_arguments(parser, QuickstartConfig, flags={
         "model": "--model",
-        "output_dir": Flag("--output-dir", "-o"), "fast": "--fast", "vision": "--vision"},
+        "output_dir": Flag("--output-dir", "-o"), "fast": "--fast", "vision": "--vision",
+        "objective": "--objective"},
         epilog="examples:\n  sftlab quickstart\n  sftlab quickstart --fast --model tiny\n"
                "  sftlab quickstart train_per_task=96 epochs=2 threads=2\n"
-               "  sftlab quickstart --vision -o runs/qs-vision   # visual instruction tuning (LLaVA-style)")
+               "  sftlab quickstart --vision -o runs/qs-vision   # visual instruction tuning (LLaVA-style)\n"
+               "  sftlab quickstart --objective dpo -o runs/qs-dpo   # or grpo, ppo: preference / RL objectives")
     parser.add_argument("--show-config", action="store_true", help="print the settings and exit")
     parser.set_defaults(handler=run)
 
@@ -37,6 +40,14 @@ def run(args) -> int:
     if args.show_config:
         for key, value in asdict(config).items():
             print(f"{key}: {value}")
+        return 0
+    if config.objective != "sft":  # DPO, GRPO or PPO on the quickstart's tasks
+        if config.vision:
+            raise ConfigError(f"--objective {config.objective} runs on the text tasks; drop --vision "
+                              "(the vision quickstart trains objective=vision)")
+        from sftlab.quickstart.preference import run_preference_quickstart  # lazy, as below
+
+        run_preference_quickstart(config)
         return 0
     if config.vision:  # the visual instruction-tuning quickstart
         from sftlab.quickstart.vision import run_vision_quickstart  # lazy, as below

@@ -10,6 +10,7 @@ the help text), so this module imports nothing heavy; the pipeline that runs the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass
@@ -46,6 +47,14 @@ class QuickstartConfig:
     (projector + LoRA), exact match on held-out images, templates and colour-shape pairs.
     Per question type (4 types): 3 x ``train_per_task`` training questions and
     ``eval_per_task`` questions in each held-out split; 4 x ``train_per_task`` captions."""
+    objective: Literal["sft", "dpo", "grpo", "ppo"] = "sft"
+    """What the text quickstart trains. ``sft``: instruction tuning on the built data.
+    ``dpo``, ``grpo``, ``ppo`` (``sftlab.quickstart.preference``): on ``train_per_task // 8``
+    training prompts per seen task, ``dpo`` trains on preference pairs (chosen: the gold
+    answer; rejected: the base model's own wrong answer, or where it is right another
+    instance's answer), ``grpo`` with an exact-match reward (plus a short-answer term), ``ppo`` against a reward model
+    first trained on those pairs; each reports held-out exact match and answer length
+    before and after, and its reward curve."""
     threads: int = 0
     """torch threads (0: all cores)."""
     fast: bool = False
