@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from sftlab.cli.options import add_config_arguments, config_from_args
-from sftlab.study.config import CompareDataConfig, HelmConfig, SizeSweepConfig, StudyConfig
+from sftlab.study.config import (CompareDataConfig, HelmConfig, ImitationConfig, SizeSweepConfig, StudyConfig,
+                                  SuperficialConfig)
 
 DESCRIPTION = """Experiments on what instruction tuning does, each from one command. A study trains
 (LoRA, through `sftlab train`) and evaluates many runs, one at a time, and writes study.json (every
@@ -43,6 +44,28 @@ efficiency (prompt and completion tokens, tokens/s, seconds per item). Nothing i
 
 Real configuration (examples/studies/helm.yaml; default model, 2 cores): gsm8k 20 items, bbh_mc 2x20, checkable."""
 
+SUPERFICIAL = """Is instruction tuning mostly style? (a) Token-distribution shift (URIAL, Lin et al. 2023):
+the tuned model (`tuned: PATH`, or a LoRA run on the checkable-task pool) answers prompts greedily, and each
+answer token is ranked under the untuned model given the same prefix (one teacher-forced pass, the tuned
+model's chat template for both): fractions unshifted (rank 1), marginal (2-3) and shifted (>3) with
+intervals over responses, by position in the response, and the most often shifted tokens. (b) Kung & Peng
+2023: LoRA runs on the seen tasks with the original instructions, simplified ones (only the output space,
+e.g. "Answer with a number.", and the input) and delusive answers (another instance's answer of the same
+task), evaluated on the same held-out items, with paired differences from original.
+
+Real configuration (examples/studies/superficial.yaml; default model, 2 cores): 128 prompts, a 312-example
+pool x 3 variants x seeds 0, 1; about 12 minutes (6.5 measured with seed 0 alone)."""
+
+IMITATION = """Imitating a stronger model copies its style, not its capability (Gudibande et al. 2023): a
+teacher (`teacher: ""`, a LoRA run on the whole checkable-task pool; a model run locally; or a served one with
+teacher_base_url) answers the training prompts of the supported tasks, and students are LoRA runs on nested
+subsets of those answers (imitation_sizes). Reported: accuracy of the untuned model, the teacher and each
+student on the supported and the unsupported tasks (held-out items), with paired differences, and with a
+pairwise judge (judge=MODEL judge_base_url=URL) each student's win rate against the teacher, both orders.
+
+Real configuration (examples/studies/imitation.yaml; default model, 2 cores): teacher on a 416-example pool,
+192 supported prompts, sizes 32, 128, seed 0, no judge; about 10-15 minutes."""
+
 STUDIES = {
     "size-sweep": (SizeSweepConfig, SIZE_SWEEP, "sftlab study size-sweep --fast --model tiny\n"
                    "  sftlab study size-sweep sizes=[32,128,512] seeds=[0,1] threads=2"),
@@ -50,6 +73,10 @@ STUDIES = {
                      "  sftlab study compare-data sources=[random,ifd] k=128 threads=2"),
     "helm": (HelmConfig, HELM, "sftlab study helm --fast --model tiny data_dir=../shared/data\n"
              "  sftlab study helm examples/studies/helm.yaml models=[default,runs/lora1] threads=2"),
+    "superficial": (SuperficialConfig, SUPERFICIAL, "sftlab study superficial --fast --model tiny\n"
+                    "  sftlab study superficial examples/studies/superficial.yaml tuned=runs/lora1 variants=[]"),
+    "imitation": (ImitationConfig, IMITATION, "sftlab study imitation --fast --model tiny\n"
+                  "  sftlab study imitation examples/studies/imitation.yaml judge=MODEL judge_base_url=URL"),
 }
 
 
@@ -85,6 +112,16 @@ def run(args) -> int:
 
         run_helm(config, benchmark)
         return 0
+    if args.study_name == "imitation":
+        from sftlab.study.imitation import run_imitation  # lazy: as above
+
+        run_imitation(config, benchmark)
+        return 0
+    if args.study_name == "superficial":
+        from sftlab.study.superficial import run_superficial  # lazy: as above
+
+        run_superficial(config, benchmark, checkable_templates())
+        return 0
     if args.study_name == "size-sweep":
         from sftlab.study.size_sweep import run_size_sweep  # lazy: torch and the trainer
 
@@ -105,3 +142,10 @@ def checkable_benchmark(config: StudyConfig):
     built = build(config.data_seed, config.train_per_task, config.eval_per_task)
     return Benchmark("checkable tasks (quickstart)", built.train, [item.__dict__ for item in built.eval],
                      lambda response, answer: float(exact_match(response, answer)))
+
+
+def checkable_templates() -> dict[str, tuple[str, ...]]:
+    """Each quickstart task's templates, which its examples' ``meta.template`` indexes."""
+    from sftlab.quickstart.tasks import TASKS  # lazy: as checkable_benchmark
+
+    return {name: task.templates for name, task in TASKS.items()}

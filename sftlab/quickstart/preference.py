@@ -145,7 +145,7 @@ class Demo:
         self.common_start()
         settings = SETTINGS["grpo"]
         steps = 3 if self.config.fast else GRPO_STEPS
-        with self.stage("GRPO (LoRA, exact-match reward) through `sftlab train`", "train"):
+        with self.stage("GRPO (LoRA, exact-match + format reward) through `sftlab train`", "train"):
             prompts = self.prompt_rows(steps * settings["batch_size"])
             result = self.train("train", {
                 "objective": "grpo",

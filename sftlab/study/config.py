@@ -183,3 +183,100 @@ class HelmConfig(StudyConfig):
             self.limit, self.generation_tokens = min(self.limit, 2), min(self.generation_tokens, 8)
             self.mc_subtasks = self.mc_subtasks[:1]
             self.paraphrases = self.paraphrases[:1]
+
+
+DEFAULT_POSITION_BUCKETS = (1, 6, 21)
+
+
+@dataclass
+class SuperficialConfig(StudyConfig):
+    """``sftlab study superficial``: how much of tuning is style (URIAL; Kung & Peng)."""
+
+    token_shift: bool = True
+    """Measure the token-distribution shift (URIAL): the rank of each token the tuned model
+    generates under the untuned model given the same prefix."""
+    tuned: str = ""
+    """The tuned model of the token shift: an adapter, a training run directory or a model
+    directory (``tiny``/``default`` too); empty: a LoRA run on the checkable-task pool (the
+    ``original`` variant's first seed)."""
+    prompts: str = ""
+    """The prompts the tuned model answers for the token shift: a prompt file (any format
+    ``sftlab generate`` reads, e.g. ``{"prompt": "..."}`` rows); empty: the held-out checkable items."""
+    max_prompts: int = 0
+    """Answer only the first N prompts (0: all)."""
+    response_tokens: int = 64
+    """Length limit of each greedy response of the token shift."""
+    position_buckets: list[int] = field(default_factory=lambda: list(DEFAULT_POSITION_BUCKETS))
+    """First response positions of the buckets the shift is also broken down by: ``[1, 6, 21]``
+    is tokens 1-5, 6-20 and 21 on."""
+    top_tokens: int = 20
+    """How many of the most often shifted tokens to list, with their counts."""
+    variants: list[str] = field(default_factory=lambda: ["original", "simplified", "delusive"])
+    """Training-data variants (Kung & Peng 2023), each trained per seed and evaluated on the
+    held-out items: ``original``; ``simplified`` (the task description replaced by its output
+    space, e.g. "Answer with a number.", the input kept); ``delusive`` (the instruction kept,
+    each answer replaced by another instance's answer of the same task). Empty: skip them."""
+    include_base: bool = True
+    """Also evaluate the untuned model on the held-out items, drawn as a dashed line."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.fast:
+            self.max_prompts = min(self.max_prompts, 4) if self.max_prompts else 4
+            self.response_tokens = min(self.response_tokens, 8)
+            self.top_tokens = min(self.top_tokens, 5)
+            if self.position_buckets == list(DEFAULT_POSITION_BUCKETS):  # buckets given with --fast are kept
+                self.position_buckets = [1, 3, 6]
+
+
+DEFAULT_SUPPORTED_TASKS = ("uppercase", "first_item", "reverse_words", "sort_numbers", "add", "max_number")
+DEFAULT_IMITATION_SIZES = (32, 128)
+
+
+@dataclass
+class ImitationConfig(StudyConfig):
+    """``sftlab study imitation``: imitating a stronger model copies its style, not its
+    capability (Gudibande et al. 2023)."""
+
+    teacher: str = ""
+    """The model imitated. Empty: a LoRA run of ``model`` on the whole checkable-task pool
+    (every seen task, with the gold answers; seed: the first of ``seeds``), so stronger than
+    the students on those tasks; a model name or directory (``default``, ``tiny``, a run
+    directory) runs locally; with ``teacher_base_url``, the model name served there."""
+    teacher_base_url: str = ""
+    """OpenAI-compatible endpoint of ``teacher`` (e.g. ``http://localhost:8000/v1``); checked to
+    answer ``GET /models`` before anything trains. Empty: the teacher runs in-process."""
+    teacher_api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the teacher endpoint's API key (a local server needs none)."""
+    teacher_max_tokens: int = 64
+    """Length limit of each teacher answer that the students imitate (greedy)."""
+    supported_tasks: list[str] = field(default_factory=lambda: list(DEFAULT_SUPPORTED_TASKS))
+    """The tasks imitated: the teacher answers these tasks' pool prompts and the students train
+    on those answers. Every other task of the evaluation is ``unsupported`` (seen tasks left out
+    here, and the unseen tasks)."""
+    imitation_sizes: list[int] = field(default_factory=lambda: list(DEFAULT_IMITATION_SIZES))
+    """Imitation examples per student, increasing; for each seed the smaller sets are among the
+    larger (nested). At most the supported tasks' pool (``train_per_task`` each)."""
+    judge: str = ""
+    """Pairwise judge of each student's answers against the teacher's (win rate, both orders):
+    a model name served at ``judge_base_url``, or without it a model sftlab loads locally.
+    Empty: no judge; the win rate is reported as unavailable and the rest runs."""
+    judge_base_url: str = ""
+    """OpenAI-compatible endpoint of ``judge``; checked to answer ``GET /models`` before
+    anything trains. Empty: ``judge`` runs locally."""
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the judge endpoint's API key (a local server needs none)."""
+    judge_max_tokens: int = 256
+    """Reply length limit of each pairwise verdict (an explanation, then ``[[A]]``/``[[B]]``/``[[C]]``)."""
+    judge_per_task: int = 4
+    """Held-out items per task whose student and teacher answers go to the judge (the first N
+    of each task, supported and unsupported)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.fast:
+            if self.imitation_sizes == list(DEFAULT_IMITATION_SIZES):  # sizes given with --fast are kept
+                self.imitation_sizes = [4, 8]
+            self.teacher_max_tokens = min(self.teacher_max_tokens, 8)
+            self.judge_per_task = min(self.judge_per_task, 1)
+            self.judge_max_tokens = min(self.judge_max_tokens, 32)
