@@ -31,7 +31,7 @@ COMMANDS = {
     "eval": ("eval", "evaluate a model on close-ended tasks (GSM8K, MATH, BBH, MC, ...)"),
     "judge": ("eval", "LLM-as-a-judge: win rates (AlpacaEval, LC) and MT-Bench"),
     "report": ("eval", "compare result directories: HTML page + Markdown summary"),
-    "study": ("study", "the survey's analyses: size sweeps, data comparison"),
+    "study": ("study", "the survey's analyses: size-sweep, compare-data, superficial, imitation, helm"),
 }
 
 

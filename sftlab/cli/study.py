@@ -1,4 +1,5 @@
-"""``sftlab study size-sweep | compare-data``: the survey's analyses as experiments.
+"""``sftlab study size-sweep | compare-data | superficial | imitation | helm``: the survey's
+analyses as experiments.
 
 The CLI gives every study the quickstart's exactly-checkable tasks as its ``Benchmark``:
 the training pool is the seen tasks through their training templates, the evaluation the
@@ -81,7 +82,8 @@ STUDIES = {
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("study", help="the survey's analyses: size sweeps, data comparison",
+    parser = subparsers.add_parser("study", help="the survey's analyses: size-sweep, compare-data, superficial, "
+                                   "imitation, helm",
                                    description=DESCRIPTION)
     studies = parser.add_subparsers(dest="study", metavar="STUDY")
     for name, (config_class, description, examples) in STUDIES.items():
