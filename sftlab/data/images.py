@@ -2,7 +2,7 @@
 
 A visual record becomes one internal example, ``VisualConversation``: a ``Conversation``
 whose text holds one ``<image>`` placeholder per image (in order) and the ordered list of
-``ImageRef`` it refers to. Three row shapes are read (``read_visual``):
+``ImageRef`` it refers to. Four row shapes are read (``read_visual``):
 
 * **LLaVA** (``llava``): ``{"id", "image": "coco/1.jpg" (or a list), "conversations":
   [{"from": "human", "value": "<image>\\nWhat is this?"}, {"from": "gpt", "value": "A cat."}]}``
@@ -15,6 +15,19 @@ whose text holds one ``<image>`` placeholder per image (in order) and the ordere
   ["a.png", "b.png"]}`` (or ``conversations`` with ShareGPT roles); the placeholders are
   ``<image>`` in the text or TRL's ``{"type": "image"}`` content parts, matched to the column
   in order.
+* **MultiInstruct task rows** (``multiinstruct``, Xu et al. 2023: many image tasks unified
+  as instruction templates over task inputs): ``{"id", "task": "vqa", "image": "img.png"
+  (or a list), "inputs": {"question": "What colour?"}, "output": "Red."}`` (detected by the
+  ``task`` and ``inputs`` keys). A task's instruction templates (``TASK_TEMPLATES``, extended
+  by a JSON/YAML mapping or file of task -> list of templates, ``vision.templates``) have
+  ``{field}`` slots filled from ``inputs`` (a list is joined with ", "): the user turn is
+  one ``<image>`` per image, a newline and the filled template (a template may place
+  ``<image>`` itself), the assistant turn is ``output``. ``expand="one"`` picks one
+  template per row from a hash of the seed and the row (its ``id``, else its content: the
+  same choice in any file order); ``expand="all"`` makes one example per template (ids
+  ``<id>-<k>``). ``meta`` records the task and template index. A task with no templates,
+  or a slot of any of the task's templates missing from ``inputs``, is a ``DataError``
+  naming the file, line and field (``task``, ``inputs.<slot>``).
 
 The number of placeholders must equal the number of images, else a ``DataError`` naming the
 record and the field (reason ``image_count_mismatch``). Relative paths resolve against
@@ -45,6 +58,8 @@ import binascii
 import dataclasses
 import hashlib
 import io
+import json
+import string
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +69,7 @@ from urllib.parse import unquote, urlparse
 from sftlab.data.chat import MaskStrategy, TokenizeResult, ensure_chat_template, render
 from sftlab.data.formats import FORMATS, ReadOptions, check_type, validate
 from sftlab.errors import DataError
-from sftlab.types import IGNORE_INDEX, Conversation, Tokenized
+from sftlab.types import IGNORE_INDEX, Conversation, Message, Tokenized
 
 IMAGE_PLACEHOLDER = "<image>"
 """What marks an image's place in a conversation's text (LLaVA's, LLaMA-Factory's, TRL's)."""
@@ -62,7 +77,21 @@ IMAGE_PLACEHOLDER = "<image>"
 MAX_PIXELS = 4096 * 4096
 """Images with more pixels than this are refused (``image_too_large``) before decoding."""
 
-VisualFormat = Literal["llava", "openai", "images"]
+VisualFormat = Literal["llava", "openai", "images", "multiinstruct"]
+
+TASK_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "vqa": ("Answer the question about the image. {question}", "{question} Answer from what the image shows.",
+            "Look at the image and answer briefly: {question}"),
+    "caption": ("Describe the image in one sentence.", "Write a short caption for the image.",
+                "What does the image show? Answer in one sentence."),
+    "classification": ("Which of these describes the image: {options}?",
+                       "Classify the image as one of: {options}.",
+                       "Options: {options}. Which one fits the image?"),
+    "visual_entailment": ("Does the image support the statement \"{hypothesis}\"? Answer yes, no or maybe.",
+                          "Statement: {hypothesis}\nIs it true of the image (yes, no or maybe)?"),
+}
+"""Built-in MultiInstruct-style instruction templates per task (``{field}``: a key of the
+row's ``inputs``); ``read_templates`` adds or replaces tasks."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -201,8 +230,11 @@ def has_images(row: Any) -> bool:
 
 
 def detect_visual_format(row: Any) -> VisualFormat:
-    """``images`` (an ``images`` column), ``llava`` (an ``image`` key, or ShareGPT
-    ``conversations``: LLaVA's text-only rows have no image) or ``openai`` (content parts)."""
+    """``multiinstruct`` (``task`` and ``inputs`` keys), ``images`` (an ``images`` column),
+    ``llava`` (an ``image`` key, or ShareGPT ``conversations``: LLaVA's text-only rows have
+    no image) or ``openai`` (content parts)."""
+    if isinstance(row, dict) and "task" in row and "inputs" in row:
+        return "multiinstruct"
     if isinstance(row, dict) and "images" in row:
         return "images"
     if isinstance(row, dict) and ("image" in row or "conversations" in row):
@@ -211,15 +243,20 @@ def detect_visual_format(row: Any) -> VisualFormat:
 
 
 def read_visual(row: dict, *, base_dir: str | Path | None = None, format: VisualFormat | None = None,
-                record: str | None = None, options: ReadOptions | None = None) -> VisualConversation:
-    """One visual row (any of the three shapes, see the module docstring) -> ``VisualConversation``.
+                record: str | None = None, options: ReadOptions | None = None,
+                templates: Any = None, seed: int = 0) -> VisualConversation:
+    """One visual row (any of the four shapes, see the module docstring) -> ``VisualConversation``.
 
     ``record`` names the row in image errors (``"data.json:3"``); ``base_dir`` is where
-    relative image paths live. Raises ``DataError`` for a bad row (field named).
+    relative image paths live; ``templates`` and ``seed``: MultiInstruct rows (one seeded
+    template; ``read_multiinstruct`` for all). Raises ``DataError`` for a bad row (field named).
     """
     options = options or ReadOptions()
     check_type(row, dict, "row")
     kind = format or detect_visual_format(row)
+    if kind == "multiinstruct":
+        return read_multiinstruct(row, read_templates(templates), base_dir=base_dir, record=record,
+                                  options=options, seed=seed)[0]
     if kind == "llava":
         value = row.get("image")
         paths = value if isinstance(value, list) else [] if value is None else [value]
@@ -241,6 +278,121 @@ def read_visual(row: dict, *, base_dir: str | Path | None = None, format: Visual
     messages, images = _image_parts(row.get("messages"), base_dir, record, None)
     conversation = _openai_conversation({**row, "messages": messages}, options)
     return _checked(conversation, images, "messages", "messages (image parts)", options)
+
+
+def read_templates(source: str | Path | dict | None = None) -> dict[str, tuple[str, ...]]:
+    """``TASK_TEMPLATES`` extended by ``source``: a mapping, or a JSON/YAML file of one, of
+    task -> a template or a list of them (a task named there replaces the built-in one).
+    Each slot must be a plain ``{name}``; a bad entry is a ``DataError`` naming the file
+    and ``<task>[<k>]``.
+
+    >>> read_templates({"ocr": "Read the text in the image."})["ocr"]
+    ('Read the text in the image.',)
+    """
+    from sftlab.config import read_yaml  # JSON is YAML: one reader for both
+
+    if source is None:
+        return dict(TASK_TEMPLATES)
+    file = None if isinstance(source, dict) else str(source)
+    mapping = source if isinstance(source, dict) else read_yaml(source)
+    if not isinstance(mapping, dict):
+        raise DataError(f"templates must be a mapping of task -> list of templates, got {type(mapping).__name__}",
+                        file=file, hint='{"vqa": ["Answer the question. {question}"]}', reason="bad_templates")
+    merged = dict(TASK_TEMPLATES)
+    for task, value in mapping.items():
+        entries = [value] if isinstance(value, str) else value
+        if not isinstance(entries, list) or not entries or not all(isinstance(t, str) and t.strip() for t in entries):
+            raise DataError(f"task {task!r}: expected a template or a non-empty list of templates (text)",
+                            file=file, field=str(task), hint=f'{task}: ["Describe the image."]', reason="bad_templates")
+        for k, template in enumerate(entries):
+            template_slots(template, file=file, field=f"{task}[{k}]")
+        merged[str(task)] = tuple(entries)
+    return merged
+
+
+def template_slots(template: str, *, file: str | None = None, field: str | None = None) -> list[str]:
+    """The ``{name}`` slots of ``template`` in order (``{{``/``}}`` are literal braces);
+    ``DataError`` for an unbalanced brace or a slot that is not a plain name.
+
+    >>> template_slots("Q: {question} Options: {options}. {{not a slot}}")
+    ['question', 'options']
+    """
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as error:
+        raise DataError(f"template {template!r}: {error}", file=file, field=field,
+                        hint="write a literal brace as {{ or }}", reason="bad_templates") from None
+    for name in names:
+        if not name.isidentifier():
+            raise DataError(f"template {template!r}: slot {{{name}}} is not a plain name", file=file, field=field,
+                            hint="name a key of the row's inputs, e.g. {question}", reason="bad_templates")
+    return names
+
+
+def read_multiinstruct(row: dict, templates: dict[str, tuple[str, ...]], *, expand: Literal["one", "all"] = "one",
+                       seed: int = 0, base_dir: str | Path | None = None, record: str | None = None,
+                       options: ReadOptions | None = None) -> list[VisualConversation]:
+    """A MultiInstruct task row -> its visual conversation(s): one seeded template
+    (``expand="one"``) or one per template (``"all"``, ids ``<id>-<k>``); see the module
+    docstring. ``templates``: ``read_templates``'s mapping.
+
+    >>> row = {"id": "q1", "task": "vqa", "image": "a.png", "inputs": {"question": "Colour?"}, "output": "Red."}
+    >>> [e.conversation.messages[0].content for e in read_multiinstruct(row, TASK_TEMPLATES, expand="all")][0]
+    '<image>\\nAnswer the question about the image. Colour?'
+    """
+    options = options or ReadOptions()
+    task = check_type(row.get("task"), str, "task")
+    if task not in templates:
+        raise DataError(f"task {task!r} has no instruction templates (known: {', '.join(sorted(templates))})",
+                        field="task", hint=f"add {task!r} to vision.templates (task -> list of templates)",
+                        reason="unknown_task")
+    inputs = check_type(row.get("inputs"), dict, "inputs")
+    values = {name: _input_text(value, f"inputs.{name}") for name, value in inputs.items()}
+    for template in templates[task]:  # every template, so the seed never decides whether a row is valid
+        for slot in template_slots(template, field="task"):
+            if slot not in values:
+                raise DataError(f"template {template!r} of task {task!r} needs inputs.{slot}, which the row lacks",
+                                field=f"inputs.{slot}", hint=f"give inputs.{slot}, or change the {task!r} templates",
+                                reason="missing_template_field")
+    output = row.get("output")
+    if output is not None or options.require_assistant:
+        check_type(output, str, "output")
+    value = row.get("image")
+    paths = value if isinstance(value, list) else [] if value is None else [value]
+    fields = [f"image[{i}]" for i in range(len(paths))] if isinstance(value, list) else ["image"]
+    images = [image_ref(p, base_dir=base_dir, field=f, record=record) for p, f in zip(paths, fields)]
+    system = [Message("system", check_type(row["system"], str, "system"))] if row.get("system") else []
+    answer = [Message("assistant", output)] if output is not None else []
+    meta = {key: v for key, v in row.items() if key not in ("id", "task", "image", "inputs", "output", "system")}
+    row_id = row.get("id")
+    count = len(templates[task])
+    examples = []
+    for k in range(count) if expand == "all" else [_template_index(row, seed, count)]:
+        instruction = string.Formatter().vformat(templates[task][k], (), values)
+        if IMAGE_PLACEHOLDER not in instruction:
+            instruction = IMAGE_PLACEHOLDER * len(images) + ("\n" if images else "") + instruction
+        conversation = Conversation([*system, Message("user", instruction), *answer],
+                                    id=None if row_id is None else f"{row_id}-{k}" if expand == "all" else str(row_id),
+                                    meta={**meta, "task": task, "template": k})
+        examples.append(_checked(conversation, images, "inputs", "image", options))
+    return examples
+
+
+def _input_text(value: Any, field: str) -> str:
+    """A slot's text: strings as they are, numbers written out, a list joined with ", "."""
+    if isinstance(value, list) and all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise DataError(f"expected text, a number or a list of them, got {type(value).__name__}", field=field,
+                    hint="write the input as text", reason="wrong type")
+
+
+def _template_index(row: dict, seed: int, count: int) -> int:
+    """Which of ``count`` templates a row gets: a hash of the seed and the row's id (else its
+    content), so the choice is fixed per row whatever the file order or process."""
+    key = str(row["id"]) if row.get("id") is not None else json.dumps(row, sort_keys=True, default=str)
+    return int(hashlib.sha256(f"{seed}\0{key}".encode()).hexdigest()[:16], 16) % count
 
 
 def _openai_conversation(row: dict, options: ReadOptions) -> Conversation:
@@ -310,30 +462,45 @@ def _checked(conversation: Conversation, images: list[ImageRef], text_field: str
 
 def read_visual_file(path: str | Path, *, image_folder: str | Path | None = None,
                      format: VisualFormat | None = None, on_error: Literal["fail", "skip"] = "fail",
-                     ) -> tuple[list[VisualConversation], Counter]:
+                     templates: str | Path | dict | None = None, expand: Literal["one", "all"] = "one",
+                     seed: int = 0) -> tuple[list[VisualConversation], Counter]:
     """Every visual record of a JSON/JSONL(.gz) file -> ``(examples, skipped per reason)``.
 
     Errors name the file and line (JSONL) or record index; ids default to
-    ``<file stem>-<index>``. Images are not opened here (``check_images`` does that).
+    ``<file stem>-<index>`` (``-<k>`` added per template with ``expand="all"``).
+    ``templates``, ``expand``, ``seed``: MultiInstruct rows (``read_multiinstruct``).
+    Images are not opened here (``check_images`` does that).
     """
     from sftlab.data.io import default_id, locate, read_objects  # io imports formats: keep this module light
 
     path = Path(path)
     base_dir = Path(image_folder) if image_folder is not None else path.parent
     examples, skipped = [], Counter()
+    task_templates = None
     for record in read_objects(path):
         where = f"{path}:{record.line}" if record.line is not None else f"{path}[record {record.index}]"
         try:
-            example = read_visual(record.value, base_dir=base_dir, format=format, record=where)
+            row = record.value
+            if (format or detect_visual_format(row)) == "multiinstruct":
+                task_templates = task_templates or read_templates(templates)  # once per file
+                read = read_multiinstruct(row, task_templates, expand=expand, seed=seed, base_dir=base_dir,
+                                          record=where)
+            else:
+                read = [read_visual(row, base_dir=base_dir, format=format, record=where)]
         except DataError as error:
+            if error.reason == "bad_templates":  # the templates' fault, not this row's: never skipped
+                raise
             if on_error == "fail":
                 raise locate(error, path, record) from None
             skipped[error.reason] += 1
             continue
-        example.conversation.source = path.name
-        if example.conversation.id is None:
-            example.conversation.id = default_id(path, record.index)
-        examples.append(example)
+        for example in read:
+            conversation = example.conversation
+            conversation.source = path.name
+            if conversation.id is None:
+                number = conversation.meta["template"] if expand == "all" and "template" in conversation.meta else None
+                conversation.id = default_id(path, record.index, number)
+            examples.append(example)
     return examples, skipped
 
 

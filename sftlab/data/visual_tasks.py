@@ -18,7 +18,8 @@ Each task has several question templates; the **last template of each task is he
 training: ``HELDOUT_PAIRS``). ``generate_visual_tasks`` returns the three splits as
 ``VisualItem`` lists; ``write_visual_tasks`` writes their PNGs and LLaVA JSON files (read
 back by ``sftlab.data.images.read_visual_file``) so training goes through the same readers
-as real data.
+as real data. ``write_multiinstruct_sample`` writes a four-row MultiInstruct task file
+(``sftlab.data.images.read_multiinstruct``) with its images and a templates file.
 
 With ``jitter=True`` each shape gets a random size and place inside its quadrant, so scenes
 are (almost) never drawn twice; ``heldout_image=True`` adds a fourth split,
@@ -191,6 +192,38 @@ def write_visual_tasks(directory: str | Path, items: dict[str, list[VisualItem]]
             rows.append(item.to_llava(name, f"{split}-{i}"))
         written[split] = directory / f"{split}.json"
         written[split].write_text(json.dumps(rows, indent=1) + "\n")
+    return written
+
+
+MULTIINSTRUCT_SAMPLE = (  # (id, task, scene: shape, colour, cells; inputs, output)
+    ("mi-vqa", "vqa", ("circle", "red", [0]), {"question": "What colour is the circle?"}, "red"),
+    ("mi-caption", "caption", ("square", "blue", [3]), {}, "A blue square in the bottom right."),
+    ("mi-class", "classification", ("triangle", "green", [1]), {"options": ["circle", "square", "triangle"]},
+     "triangle"),
+    ("mi-count", "count", ("square", "yellow", [0, 1, 2]), {"shape": "square"}, "3"),
+)
+MULTIINSTRUCT_SAMPLE_TEMPLATES = {"count": ["How many {shape}s are in the image?", "Count the {shape}s you see.",
+                                            "What is the number of {shape}s shown?"]}
+"""The sample's one task beyond ``sftlab.data.images.TASK_TEMPLATES``."""
+
+
+def write_multiinstruct_sample(directory: str | Path) -> dict[str, Path]:
+    """Four scenes as MultiInstruct task rows (``vqa``, ``caption``, ``classification`` on
+    the built-in templates; ``count`` on its own templates file):
+    ``multiinstruct_sample.jsonl``, its PNGs in ``images/`` and
+    ``multiinstruct_templates.json``; returns ``{"data", "templates"}``. This is how
+    ``examples/data/`` was written."""
+    directory = Path(directory)
+    (directory / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for id, task, (shape, colour, cells), inputs, output in MULTIINSTRUCT_SAMPLE:
+        name = f"images/{id}.png"
+        draw_scene(shape, colour, cells).save(directory / name)
+        lines.append(json.dumps({"id": id, "task": task, "image": name, "inputs": inputs, "output": output}))
+    written = {"data": directory / "multiinstruct_sample.jsonl",
+               "templates": directory / "multiinstruct_templates.json"}
+    written["data"].write_text("\n".join(lines) + "\n")
+    written["templates"].write_text(json.dumps(MULTIINSTRUCT_SAMPLE_TEMPLATES, indent=1) + "\n")
     return written
 
 

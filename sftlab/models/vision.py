@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -89,6 +90,45 @@ def load_vision_tower(name_or_path: str | Path, dtype: torch.dtype = torch.float
 def tower_kind(tower) -> str:
     """``clip`` or ``siglip`` (from the tower's config)."""
     return "siglip" if "siglip" in tower.config.model_type else "clip"
+
+
+def tune_tower(vision_tower: nn.Module, feature_layer: int = -2) -> list[nn.Parameter]:
+    """Make trainable the tower parameters that the ``feature_layer`` features depend on and
+    freeze the rest; returns the trainable ones (in the tower's order).
+
+    Hidden state ``k`` (``hidden_states[k]``, ``k`` in ``0..L`` for ``L`` layers; negative
+    counts from the end) is the output of encoder layers ``0..k-1``: later layers, the
+    ``post_layernorm`` and SigLIP's pooling ``head`` never reach the projector, so they get
+    no gradient and stay as loaded (a gradient-less parameter would also stall DDP).
+
+    >>> tower = tiny_vision_tower("clip", layers=2)
+    >>> names = {n for n, p in tower.named_parameters() if p in set(tune_tower(tower, -2))}
+    >>> any(".layers.0." in n for n in names), any(".layers.1." in n for n in names)
+    (True, False)
+    """
+    layers = vision_tower.config.num_hidden_layers
+    used = feature_layer % (layers + 1)  # hidden state index in 0..L: layers below it are used
+    trainable = []
+    for name, parameter in vision_tower.named_parameters():
+        layer = re.search(r"(?:^|\.)encoder\.layers\.(\d+)\.", name)
+        keep = not re.search(r"(?:^|\.)(?:post_layernorm|head)\.", name) and (layer is None or int(layer[1]) < used)
+        parameter.requires_grad_(keep)
+        if keep:
+            trainable.append(parameter)
+    return trainable
+
+
+def load_tower_weights(vision_tower: nn.Module, directory: str | Path) -> None:
+    """Copy the safetensors weights of a saved ``vision_tower/`` directory into
+    ``vision_tower`` in place (a resumed run's tuned tower); every tensor must match."""
+    from safetensors.torch import load_file
+
+    weights = {}
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        weights.update(load_file(str(file)))
+    if not weights:
+        raise ModelNotFoundError(f"{directory} holds no vision tower weights (*.safetensors)")
+    vision_tower.load_state_dict(weights, strict=True)
 
 
 def tokens_per_image(tower_config) -> int:
@@ -153,7 +193,8 @@ class VisionLanguageModel(nn.Module):
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``pixel_values [N, 3, S, S]`` -> projected features ``[N, tokens_per_image, H_lm]``.
-        A frozen tower runs without autograd (no activations kept for a backward it skips)."""
+        A frozen tower runs without autograd (no activations kept for a backward it skips);
+        a tuned one (``tune_tower``: some parameter requires grad) runs with it."""
         first = next(self.vision_tower.parameters())
         tower_trains = any(p.requires_grad for p in self.vision_tower.parameters())
         with torch.set_grad_enabled(torch.is_grad_enabled() and tower_trains):

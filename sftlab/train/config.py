@@ -35,7 +35,7 @@ from typing import Any, Literal, get_args
 from sftlab.errors import ConfigError
 
 MethodName = Literal["full", "freeze", "lora", "dora", "qlora", "prompt", "prefix", "ia3",
-                     "adapter", "bitfit", "lomo", "intrinsic"]
+                     "adapter", "bitfit", "lomo", "intrinsic", "hint"]
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -313,7 +313,16 @@ class PPOSection:
     is sampled every ``epochs`` steps, from that step's prompts."""
     kl_coef: float = 0.05
     """β of the per-token KL penalty ``-β·(log π_old - log π_ref)`` added to the rewards
-    (InstructGPT's; TRL's default 0.05). 0: no penalty (the KL is still logged)."""
+    (InstructGPT's; TRL's default 0.05). 0: no penalty (the KL is still logged). With
+    ``kl_target`` it is the starting value of the adaptive coefficient."""
+    kl_target: float = 0.0
+    """Adaptive KL control (Ziegler et al. 2019): after each rollout the coefficient is
+    multiplied by ``1 + clip(KL / kl_target - 1, -0.2, 0.2) · n / kl_horizon`` (``KL``: the
+    rollout's mean KL per completion, ``n``: its completions), so the KL drifts toward the
+    target. 0: a fixed ``kl_coef``. The coefficient in use is logged as ``kl_coef`` and
+    kept in checkpoints."""
+    kl_horizon: int = 10000
+    """Horizon of the adaptive KL controller, in completions (Ziegler et al.'s 10,000)."""
     gamma: float = 1.0
     """Discount γ of GAE (1: the score at the last token counts fully for every token)."""
     gae_lambda: float = 0.95
@@ -340,7 +349,11 @@ class PPOSection:
         for name in ("gamma", "gae_lambda"):
             _require(_finite(getattr(self, name)) and 0 <= getattr(self, name) <= 1, f"ppo.{name}",
                      getattr(self, name), "in [0, 1]")
-        for name in ("kl_coef", "epsilon", "value_clip", "value_coef", "missing_eos_penalty"):
+        _require(isinstance(self.kl_horizon, int) and self.kl_horizon >= 1, "ppo.kl_horizon",
+                 self.kl_horizon, ">= 1")
+        _require(not (self.kl_target and not self.kl_coef), "ppo.kl_coef", self.kl_coef,
+                 "above 0 with ppo.kl_target (the adaptive coefficient scales kl_coef; 0 would stay 0)")
+        for name in ("kl_coef", "kl_target", "epsilon", "value_clip", "value_coef", "missing_eos_penalty"):
             _require(_finite(getattr(self, name)) and getattr(self, name) >= 0, f"ppo.{name}",
                      getattr(self, name), "a finite number >= 0")
 
@@ -351,7 +364,7 @@ class VisionSection:
 
     tower: str = "tiny-clip"
     """The vision tower: ``tiny-clip`` / ``tiny-siglip`` (random, for tests) or a CLIP or
-    SigLIP (vision) model directory or hub id; it stays frozen."""
+    SigLIP (vision) model directory or hub id; frozen unless ``tune_tower``."""
     stage: int = 2
     """LLaVA's stages: ``1`` trains only the projector (alignment on captions; ``method``
     must be ``full`` or ``freeze`` and becomes freeze-all-but-the-projector); ``2`` trains the
@@ -369,10 +382,22 @@ class VisionSection:
     """Tower hidden-state layer whose patch features are projected (LLaVA-1.5: the penultimate)."""
     max_pixels: int = 4096 * 4096
     """Images with more pixels are refused (a data error naming the image and record)."""
+    tune_tower: bool = False
+    """Stage 2 only: train the vision tower too (its layers up to ``feature_layer``, with
+    the optimizer's lr), saved as the run's ``vision_tower/``; false keeps it frozen."""
+    templates: str | dict | None = None
+    """MultiInstruct task rows (``{"task", "image", "inputs", "output"}``): a JSON/YAML file,
+    or a mapping, of task -> instruction templates with ``{field}`` slots filled from
+    ``inputs``; they extend the built-in ones (``sftlab.data.images.TASK_TEMPLATES``)."""
+    expand_templates: Literal["one", "all"] = "one"
+    """MultiInstruct rows: ``one`` template per row (chosen by ``seed`` and the row), or
+    ``all`` (one example per template of the row's task)."""
 
     def __post_init__(self) -> None:
         _require(self.stage in (1, 2), "vision.stage", self.stage, "1 or 2")
         _require(self.max_pixels >= 1, "vision.max_pixels", self.max_pixels, ">= 1")
+        _require(not (self.tune_tower and self.stage == 1), "vision.tune_tower", self.tune_tower,
+                 "false with vision.stage=1 (stage 1 trains the projector only; tune the tower in stage 2)")
 
 
 # -- method: which parameters train (``sftlab.train.methods``) ---------------------------
@@ -523,12 +548,54 @@ class IntrinsicSection:
 
 
 @dataclass
+class HintSection:
+    """HINT (Ivison et al. 2023): a trained hypernetwork reads the instruction (the system
+    message) once per task and generates adapters and a gated prefix for the frozen base,
+    which then reads only the instance (``sftlab.models.hint``; saved with the result)."""
+
+    bottleneck: int = 16
+    """width r of each generated bottleneck adapter ``x + act(x down) up`` (down: d x r)."""
+    after: list[str] = field(default_factory=lambda: ["o_proj", "down_proj"])
+    """module name suffixes, in every decoder layer, whose output gets a generated adapter
+    (output size must be the hidden size: attention output and MLP output)."""
+    activation: Literal["gelu", "relu", "silu", "tanh"] = "gelu"
+    """non-linearity inside the generated adapters."""
+    prefix_tokens: int = 4
+    """P key/value slots per attention head and layer, generated from the instruction and
+    read through a zero-initialised tanh gate; 0: adapters only."""
+    hyper_dim: int = 128
+    """width of the hypernetwork's instruction code and per-layer codes; the generator's
+    output layers have ``hyper_dim x (layers' adapter and prefix sizes)`` parameters."""
+    init_std: float = 0.01
+    """about the std of the generated down-projections at the start (up and the gates
+    start at exactly zero, so a fresh HINT model computes the base model's logits)."""
+    pooling: Literal["mean", "attention"] = "mean"
+    """how the instruction's token states become the hypernetwork's input: their ``mean``,
+    or ``attention``: ``pooling_queries`` learned queries attend over them (concatenated)."""
+    pooling_queries: int = 4
+    """Q, the learned queries of ``pooling: attention``."""
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.bottleneck, int) and self.bottleneck >= 1,
+                 "method.hint.bottleneck", self.bottleneck, "an integer >= 1")
+        _require(isinstance(self.hyper_dim, int) and self.hyper_dim >= 1,
+                 "method.hint.hyper_dim", self.hyper_dim, "an integer >= 1")
+        _require(isinstance(self.prefix_tokens, int) and self.prefix_tokens >= 0,
+                 "method.hint.prefix_tokens", self.prefix_tokens, "an integer >= 0")
+        _require(bool(self.after), "method.hint.after", self.after, "at least one module name")
+        _require(isinstance(self.pooling_queries, int) and self.pooling_queries >= 1,
+                 "method.hint.pooling_queries", self.pooling_queries, "an integer >= 1")
+        _require(_finite(self.init_std) and self.init_std > 0, "method.hint.init_std",
+                 self.init_std, "above 0")
+
+
+@dataclass
 class MethodConfig:
     """Which fine-tuning method, with one section of settings per method (all defaulted)."""
 
     name: MethodName = "full"
     """which parameters train: full, freeze, lora, dora, qlora, prompt, prefix, ia3,
-    adapter, bitfit, lomo or intrinsic (``sftlab train --help`` describes each)."""
+    adapter, bitfit, lomo, intrinsic or hint (``sftlab train --help`` describes each)."""
     lora: LoraSection = field(default_factory=LoraSection)
     """settings of ``lora``, ``dora`` and ``qlora``."""
     freeze: FreezeSection = field(default_factory=FreezeSection)
@@ -549,6 +616,8 @@ class MethodConfig:
     """settings of ``lomo``."""
     intrinsic: IntrinsicSection = field(default_factory=IntrinsicSection)
     """settings of ``intrinsic``."""
+    hint: HintSection = field(default_factory=HintSection)
+    """settings of ``hint``."""
 
 
 @dataclass

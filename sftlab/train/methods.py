@@ -31,6 +31,9 @@ lomo      every parameter, updated by SGD inside backward (``sftlab.train.lomo``
 intrinsic ``intrinsic.dimension`` numbers theta, projected onto ``intrinsic.targets`` by a
           fixed seeded Fastfood projection (+ one SAID scale per tensor;
           ``sftlab.models.intrinsic``)
+hint      a hypernetwork that reads the system message (the instruction) once per task and
+          generates adapters + a gated prefix; the base reads the instance only
+          (``sftlab.models.hint``)
 ========  ==========================================================================
 
 Each method's settings are a section of ``MethodConfig`` (``sftlab.train.config``); 4-bit
@@ -52,6 +55,7 @@ from peft import (IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig,
 from sftlab.errors import ConfigError
 from sftlab.models.layers import decoder_layers
 from sftlab.models.adapters import add_adapters, norm_parameters, save_adapter
+from sftlab.models.hint import add_hint
 from sftlab.models.intrinsic import add_intrinsic
 from sftlab.registry import Registry
 from sftlab.train.config import MethodConfig
@@ -82,6 +86,8 @@ class Prepared:
     ``logit_offset``: positions the method prepends to the sequence (prompt tuning); the
     loop drops ``logits[:, :logit_offset]`` before its loss so logits align with labels.
     ``max_grad_accumulation``: 1 for LOMO (the update happens inside every backward).
+    ``saver(path)``: set by a method with its own file format (HINT's ``sftlab_hint``):
+    ``save`` calls it instead of what ``kind`` names (``kind`` still decides resume).
     """
 
     model: Any
@@ -91,6 +97,7 @@ class Prepared:
     fused_backward: Callable[[Any, float], None] | None = None
     logit_offset: int = 0
     max_grad_accumulation: int | None = None
+    saver: Callable[[Path], Any] | None = None
     summary: tuple[int, int, float] = (0, 0, 0.0)
     """(trainable, total, percent) parameter counts, from ``trainable_summary``."""
 
@@ -98,7 +105,9 @@ class Prepared:
         """Write the trained result to ``path`` (a directory) as ``kind`` says; returns it."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        if self.kind == "sftlab_adapter":
+        if self.saver is not None:
+            self.saver(path)
+        elif self.kind == "sftlab_adapter":
             save_adapter(self.model, path)
         else:  # a PeftModel saves only its adapter; a plain model saves everything
             self.model.save_pretrained(str(path))
@@ -175,6 +184,7 @@ def check_method_supported(config: MethodConfig, device: str = "cpu", *,
       no loss scaler; use bf16 or fp32);
     - ``prompt`` and ``prefix`` prepend virtual tokens to each row, which is wrong for rows
       holding several packed examples (``packed``: data.packing or data.padding_free).
+      ``hint`` cuts one instruction off the start of each row: the same.
     """
     name = config.name
     if name == "qlora":
@@ -183,8 +193,9 @@ def check_method_supported(config: MethodConfig, device: str = "cpu", *,
         raise ConfigError(f"lora.rank must be >= 1, got {config.lora.rank}")
     if name == "lomo":
         _check_lomo(grad_accumulation, num_processes, mixed_precision)
-    if name in ("prompt", "prefix") and packed:
-        raise ConfigError(f"method '{name}' prepends virtual tokens to each row and cannot "
+    if name in ("prompt", "prefix", "hint") and packed:
+        what = "cuts one instruction off" if name == "hint" else "prepends virtual tokens to"
+        raise ConfigError(f"method '{name}' {what} each row and cannot "
                           f"train packed rows; set data.packing=false and data.padding_free=false")
 
 
@@ -474,6 +485,21 @@ def prepare_intrinsic(model, config: MethodConfig, tokenizer=None) -> Prepared:
     delta = add_intrinsic(model, dataclasses.asdict(config.intrinsic))
     return Prepared(model=model, parameters=list(delta.parameters()), kind="sftlab_adapter",
                     method="intrinsic")
+
+
+@METHODS.register("hint")
+def prepare_hint(model, config: MethodConfig, tokenizer=None) -> Prepared:
+    """HINT (Ivison et al. 2023): a hypernetwork turns the system message into adapters.
+
+    The base is frozen; the hypernetwork (``sftlab.models.hint``) encodes each row's
+    instruction (its system turn, cut off by the chat template's markers) once per distinct
+    instruction and generates per-layer bottleneck adapters and a gated prefix, and the base
+    reads only the instance. Zero-initialised, so it starts as the base model exactly.
+    Saved as an sftlab adapter directory with ``"format": "sftlab_hint"``.
+    """
+    hint = add_hint(model, dataclasses.asdict(config.hint), tokenizer=tokenizer)
+    return Prepared(model=hint, parameters=list(hint.hypernetwork.parameters()),
+                    kind="sftlab_adapter", method="hint", saver=hint.save_pretrained)
 
 
 @METHODS.register("lomo")

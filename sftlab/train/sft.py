@@ -67,6 +67,7 @@ class TrainState:
     best_eval: float | None = None
     evals_without_improvement: int = 0
     trained_tokens: int = 0
+    objective_state: dict = field(default_factory=dict)  # what an objective carries across steps (PPO's kl_coef)
 
 
 @dataclass

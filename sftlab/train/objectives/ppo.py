@@ -33,7 +33,9 @@ values and advantages stay those of the rollout, so the clip binds) and their ow
 are not used. The log row gets ``reward`` (mean score of the rollout), ``kl`` (mean over
 completions of the summed per-token KL to the reference), ``policy_loss``,
 ``value_loss``, ``clip_fraction``, ``value_clip_fraction``, ``approx_kl`` (½·mean (log
-ratio)², to π_old) and ``completion_length``.
+ratio)², to π_old), ``completion_length`` and ``kl_coef`` (the coefficient of the
+rollout: fixed, or with ``ppo.kl_target`` Ziegler et al.'s adaptive controller,
+``kl_coef_after``, kept in the checkpoint's ``objective_state``).
 
 These details follow "The N implementation details of RLHF with PPO" (Huang et al. 2023)
 and TRL's PPO trainer: the score at the last token, the k1 per-token KL in the reward, the
@@ -121,6 +123,20 @@ def token_rewards(scores: torch.Tensor, logps: torch.Tensor, ref_logps: torch.Te
     rows = torch.arange(mask.shape[0], device=mask.device)
     rewards[rows, last] += scores.to(rewards) * (mask.sum(dim=1) > 0)
     return rewards, kl
+
+
+def kl_coef_after(kl_coef: float, kl: float, target: float, completions: int, horizon: int) -> float:
+    """The adaptive KL coefficient after a rollout (Ziegler et al. 2019): a proportional
+    controller whose error is clipped to +-0.2, so one rollout moves it by at most
+    ``0.2 · completions / horizon``.
+
+    >>> round(kl_coef_after(0.1, kl=12.0, target=6.0, completions=100, horizon=10000), 6)  # KL too high: up
+    0.1002
+    >>> round(kl_coef_after(0.1, kl=5.4, target=6.0, completions=100, horizon=10000), 6)  # error -0.1
+    0.0999
+    """
+    error = min(max(kl / target - 1.0, -0.2), 0.2)
+    return kl_coef * (1.0 + error * completions / horizon)
 
 
 def whiten_stats(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -233,7 +249,7 @@ class PPOLoss(torch.nn.Module):
         self.metrics: dict = {}
 
     def forward(self, input_ids, labels, attention_mask, old_logps, old_values, advantages,
-                returns, reward, kl, completion_length):
+                returns, reward, kl, completion_length, kl_coef):
         s = self.settings
         logps, values = logps_and_values(self.model, input_ids, attention_mask, labels,
                                          temperature=s.temperature, logit_offset=self.logit_offset)
@@ -243,7 +259,7 @@ class PPOLoss(torch.nn.Module):
         tokens = mask.sum()
         self.metrics = {k: float(v.double() / tokens.clamp(min=1)) for k, v in parts.items()}
         self.metrics.update(reward=float(reward), kl=float(kl),
-                            completion_length=float(completion_length))
+                            completion_length=float(completion_length), kl_coef=float(kl_coef))
         return losses.sum(), tokens
 
 
@@ -299,7 +315,7 @@ class PPOObjective(Objective):
     unit_name = "completion token"
     count_key = "completion_tokens"
     metric_names = ("reward", "kl", "policy_loss", "value_loss", "clip_fraction",
-                    "value_clip_fraction", "approx_kl", "completion_length")
+                    "value_clip_fraction", "approx_kl", "completion_length", "kl_coef")
 
     def __init__(self, config) -> None:
         super().__init__(config)
@@ -397,13 +413,14 @@ class PPOObjective(Objective):
         prompts = [p for batch in batches for p in batch.tensors["prompts"]]
         texts, completions, stopped = self.sample(run, prompts)
         scores = self.score(run, prompts, texts, stopped)
+        kl_coef = run.state.objective_state.get("kl_coef", settings.kl_coef)
         out, stats, start = [], torch.zeros(3, dtype=torch.float64), 0
         for batch in batches:
             n = len(batch.tensors["prompts"])
             rows = [Tokenized(p.prompt_ids + ids, [IGNORE_INDEX] * len(p.prompt_ids) + ids)
                     for p, ids in zip(prompts[start:start + n], completions[start:start + n])]
             tensors = collate_padded(rows, run.pad_id)
-            tensors.update(self.evaluate_rollout(run, tensors, scores[start:start + n]))
+            tensors.update(self.evaluate_rollout(run, tensors, scores[start:start + n], kl_coef))
             stats += whiten_stats(tensors["advantages"], tensors["labels"][:, 1:] != IGNORE_INDEX)
             out.append(Batch(tensors, int(tensors["attention_mask"].sum()), tensors["input_ids"].numel()))
             start += n
@@ -413,7 +430,10 @@ class PPOObjective(Objective):
             stats = acc.reduce(stats.to(acc.device), reduction="sum").cpu()
             sums = acc.reduce(sums.to(acc.device), reduction="sum").cpu()
         rollout = {"reward": sums[0] / sums[3], "kl": sums[1] / sums[3],
-                   "completion_length": sums[2] / sums[3]}
+                   "completion_length": sums[2] / sums[3], "kl_coef": torch.tensor(kl_coef, dtype=torch.float64)}
+        if settings.kl_target:
+            run.state.objective_state["kl_coef"] = kl_coef_after(kl_coef, float(rollout["kl"]), settings.kl_target,
+                                                                 int(sums[3]), settings.kl_horizon)
         for batch in out:
             mask = batch.tensors["labels"][:, 1:] != IGNORE_INDEX
             if settings.whiten_advantages:
@@ -422,7 +442,7 @@ class PPOObjective(Objective):
         return out
 
     @torch.no_grad()
-    def evaluate_rollout(self, run, tensors: dict, scores: torch.Tensor) -> dict:
+    def evaluate_rollout(self, run, tensors: dict, scores: torch.Tensor, kl_coef: float) -> dict:
         """Old log-probs and values of the policy, the reference's log-probs, the per-token
         rewards and GAE of one micro-batch (frozen: eval mode, no grad, the run's autocast)."""
         settings, acc, model = self.config.ppo, run.accelerator, run.prepared.model
@@ -437,7 +457,7 @@ class PPOObjective(Objective):
         finally:
             model.train()
         mask = device["labels"][:, 1:] != IGNORE_INDEX
-        rewards, kl = token_rewards(scores.to(logps.device), logps, ref_logps, mask, settings.kl_coef)
+        rewards, kl = token_rewards(scores.to(logps.device), logps, ref_logps, mask, kl_coef)
         advantages, returns = gae(rewards, values, mask, settings.gamma, settings.gae_lambda)
         return {"old_logps": logps.cpu(), "old_values": values.cpu(), "advantages": advantages.cpu(),
                 "returns": returns.cpu(), "kl_sum": kl.double().sum().cpu()}

@@ -1,9 +1,11 @@
 """``objective: vision``: LLaVA-style visual instruction tuning through the one loop.
 
-Units are ``VisualTokenized`` examples (``sftlab.data.images``: visual rows read, images
-checked and fingerprinted, ``<image>`` expanded to the tower's patch count, never
-labelled; an example whose image tokens would be truncated is dropped and counted,
-``truncated_image``). A micro-batch is padded rows plus the batch's images as
+Units are ``VisualTokenized`` examples (``sftlab.data.images``: visual rows read (LLaVA,
+OpenAI image parts, an ``images`` column, or MultiInstruct task rows filled from
+``vision.templates`` as ``vision.expand_templates`` says), images checked and
+fingerprinted, ``<image>`` expanded to the tower's patch count, never labelled; an example
+whose image tokens would be truncated is dropped and counted, ``truncated_image``). A
+micro-batch is padded rows plus the batch's images as
 ``pixel_values`` (``sftlab.models.vision.collate_visual``); packing and padding-free are
 refused (``train.config.PADDED_OBJECTIVES``: a packed row would need its images in packed
 order and block masks around each example, not built yet). The loss is token
@@ -19,17 +21,31 @@ The two LLaVA stages (``vision.stage``):
    projector added to ``lora.modules_to_save``, so PEFT trains and saves it beside the
    adapter). ``vision.init_from`` starts from a stage-1 run's projector and tower.
 
-The vision tower is frozen (it runs without autograd). Where the parts live: the tower is
-held by the objective's loss module; the projector is attached to the LM
-(``sftlab.models.vision.attach_projector``) so methods, the optimizer, checkpoints and
-resume treat it as model weights; the saved ``model/`` (or ``adapter/``) directory gets the
-tower and ``sftlab_vision.json`` beside the LM's files and opens with
-``sftlab.models.vision.load_vision_model``.
+The vision tower is frozen (it runs without autograd) unless ``vision.tune_tower`` (stage
+2 only): then ``prepare`` makes its parameters up to ``vision.feature_layer`` trainable
+(``sftlab.models.vision.tune_tower``: later layers never reach the projector), hands them
+to the optimizer with the method's (same lr), and attaches the tower to the LM as
+``vision_tower`` *after* the method ran (so LoRA never targets the tower's projections),
+which puts it in the checkpoints' ``trainable.safetensors`` of adapter methods; the tower
+then runs with autograd and in the loop's train/eval mode. Methods without an optimizer
+(LOMO, fused updates) are refused with it.
+
+Where the parts live: the tower is held by the objective's loss module; the projector is
+attached to the LM (``sftlab.models.vision.attach_projector``) so methods, the optimizer,
+checkpoints and resume treat it as model weights; ``VisionPrepared.save`` writes the LM as
+the method does (a tuned tower detached, so the LM's files hold only the LM) and then the
+tower (tuned or not) and ``sftlab_vision.json`` beside the LM's files: the saved
+``model/`` (or ``adapter/``) directory opens with ``sftlab.models.vision.load_vision_model``
+and gives the trained run's logits. ``VisionPrepared.load_full`` restores a full-model
+checkpoint, the tuned tower included, on resume.
 """
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -37,15 +53,60 @@ from sftlab.data.images import VisualTokenized, check_images, read_visual_file, 
 from sftlab.errors import ConfigError, DataError
 from sftlab.models import split_model
 from sftlab.models.vision import (VisionLanguageModel, add_image_token, attach_projector, collate_visual,
-                                  load_vision_tower, projector_weights, save_vision_parts, tokens_per_image,
-                                  vision_settings)
+                                  load_tower_weights, load_vision_tower, projector_weights, save_vision_parts,
+                                  tokens_per_image, tune_tower, vision_settings)
 from sftlab.train import data
+from sftlab.train.checkpoint import load_weights
+from sftlab.train.methods import Prepared, trainable_summary
 from sftlab.train.loss import batch_tokens, linear_cross_entropy, next_token_targets
 from sftlab.train.objectives.base import OBJECTIVES, Objective
 from sftlab.types import IGNORE_INDEX
 
 PROJECTOR_GLOB = "multi_modal_projector.*"
 STAGE_2_METHODS = ("full", "freeze", "lora", "dora", "qlora")
+TOWER_NAME = "vision_tower"  # the tuned tower's name inside the LM (checkpoint tensor names)
+
+
+def _inner(model):
+    """The transformers model under a PEFT wrapper (the model itself otherwise)."""
+    return model.get_base_model() if hasattr(model, "peft_config") else model
+
+
+@contextlib.contextmanager
+def _without_tower(model):
+    """``model`` with an attached (tuned) tower taken off while the block runs: the LM's own
+    files and ``load_weights`` see the LM only (the tower has its own directory)."""
+    inner = _inner(model)
+    tower = inner._modules.pop(TOWER_NAME, None)
+    try:
+        yield
+    finally:
+        if tower is not None:
+            inner.add_module(TOWER_NAME, tower)
+
+
+@dataclass
+class VisionPrepared(Prepared):
+    """The method's ``Prepared`` plus the tower and settings it saves beside the LM."""
+
+    tower: Any = None
+    settings: Any = None
+    tuned: bool = False
+    """The tower trains (``vision.tune_tower``): resume restores it too."""
+
+    def save(self, path) -> Path:
+        """The LM as the method saves it, then ``vision_tower/`` and ``sftlab_vision.json``."""
+        with _without_tower(self.model):
+            saved = super().save(path)
+        return save_vision_parts(self.tower, self.settings, saved)
+
+    def load_full(self, directory: Path) -> None:
+        """Restore a ``kind == "full"`` checkpoint's ``model/`` (``checkpoint.load_checkpoint``
+        calls this): the LM's weights, then a tuned tower's from ``vision_tower/``."""
+        with _without_tower(self.model):
+            load_weights(self.model, directory)
+        if self.tuned:
+            load_tower_weights(self.tower, Path(directory) / "vision_tower")
 
 
 @OBJECTIVES.register("vision")
@@ -77,6 +138,8 @@ class VisionObjective(Objective):
             method.freeze.modules = [*method.freeze.modules, PROJECTOR_GLOB]
         elif method.name in ("lora", "dora", "qlora") and "multi_modal_projector" not in method.lora.modules_to_save:
             method.lora.modules_to_save = [*method.lora.modules_to_save, "multi_modal_projector"]
+        if section.tune_tower and section.stage != 2:  # VisionSection refuses it too; a config built by hand
+            raise ConfigError("vision.tune_tower=true needs vision.stage=2 (stage 1 trains the projector only)")
 
     def _load_tower(self):
         if self.tower is None:
@@ -111,7 +174,9 @@ class VisionObjective(Objective):
             raise DataError("no training data: set data.paths", hint="data.paths=[llava.json]")
         examples = []
         for path in paths:
-            read, skipped = read_visual_file(path, image_folder=vision.image_folder, on_error=section.on_error)
+            read, skipped = read_visual_file(path, image_folder=vision.image_folder, on_error=section.on_error,
+                                             templates=vision.templates, expand=vision.expand_templates,
+                                             seed=self.config.seed)
             if skipped:
                 print(f"{path}: skipped {sum(skipped.values())} bad records ({dict(skipped)})")
             examples += read
@@ -146,6 +211,23 @@ class VisionObjective(Objective):
         if vision.init_from:
             projector.load_state_dict(projector_weights(Path(vision.init_from)))
 
+    def prepare(self, prepared: Prepared) -> VisionPrepared:
+        """The method's result with the tower to save beside it; with ``vision.tune_tower``
+        the tower's used layers train too (see the module docstring)."""
+        values = {f.name: getattr(prepared, f.name) for f in fields(Prepared)}
+        result = VisionPrepared(**values, tower=self.tower, settings=self.settings,
+                                tuned=self.config.vision.tune_tower)
+        if not result.tuned:
+            return result
+        if prepared.fused_backward is not None:
+            raise ConfigError(f"vision.tune_tower=true: method {prepared.method!r} updates parameters inside "
+                              "its backward with no optimizer, so the tower cannot join it; use full, freeze "
+                              "or lora, or vision.tune_tower=false")
+        result.parameters = list(prepared.parameters) + tune_tower(self.tower, self.config.vision.feature_layer)
+        _inner(prepared.model).add_module(TOWER_NAME, self.tower)
+        result.summary = trainable_summary(result.model)
+        return result
+
     def make_units(self, examples: list) -> list:
         return list(examples)
 
@@ -154,15 +236,7 @@ class VisionObjective(Objective):
         return data.Batch(tensors, int(tensors["attention_mask"].sum()), tensors["input_ids"].numel())
 
     def loss_module(self, prepared) -> "VisionLoss":
-        """The loss module; the method's ``save`` also writes the tower and settings."""
-        save_model = prepared.save
-
-        def save(path):
-            saved = save_model(path)
-            save_vision_parts(self.tower, self.settings, saved)
-            return saved
-
-        prepared.save = save
+        """The loss module (``prepared`` is ``prepare``'s: its ``save`` writes the tower too)."""
         return VisionLoss(VisionLanguageModel(self.tower, prepared.model, self.settings),
                           chunk_size=self.config.loss_chunk_size)
 
@@ -189,7 +263,8 @@ class VisionLoss(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.model.vision_tower.eval()  # frozen: no dropout, whatever the loop's mode
+        if not any(p.requires_grad for p in self.model.vision_tower.parameters()):
+            self.model.vision_tower.eval()  # frozen: no dropout, whatever the loop's mode
         return self
 
     def forward(self, input_ids, labels, attention_mask=None, pixel_values=None):

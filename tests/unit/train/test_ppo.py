@@ -21,7 +21,7 @@ from sftlab.train.objectives.ppo import VALUE_HEAD_FILE
 
 REPO = Path(__file__).resolve().parents[3]
 METRICS = ("loss", "reward", "kl", "policy_loss", "value_loss", "clip_fraction",
-           "value_clip_fraction", "approx_kl", "completion_length")
+           "value_clip_fraction", "approx_kl", "completion_length", "kl_coef")
 
 
 def write_jsonl(path, rows) -> str:
@@ -139,6 +139,30 @@ def test_resume_restores_the_value_head_and_ends_where_an_uninterrupted_run_does
     assert names and all(torch.equal(head(whole)[n], head(resumed)[n]) for n in names)
 
 
+def test_the_adaptive_kl_coefficient_follows_the_controller_and_survives_a_resume(tmp_path, reward_model_dir):
+    """Ziegler et al.'s controller: each rollout's coefficient is the previous one times
+    1 + clip(KL/target - 1, +-0.2) * n/horizon; a fixed coefficient never moves; a resumed
+    run continues from the coefficient in its checkpoint."""
+    from sftlab.train.objectives.ppo import kl_coef_after
+    from sftlab.train.sft import train
+
+    data = write_jsonl(tmp_path / "p.jsonl", prompt_rows(8))
+    settings = {"method.name": "lora", "optim.lr": 5e-2, "batch_size": 4, "save_model": False, "ppo.epochs": 1,
+                "ppo.kl_coef": 0.2, "ppo.kl_target": 1e-4, "ppo.kl_horizon": 8, "ppo.max_new_tokens": 6}
+    whole = train(ppo_config(tmp_path / "a", data, reward_model_dir, max_steps=4, **settings))
+    coefs, kls = [r["kl_coef"] for r in whole.history], [r["kl"] for r in whole.history]
+    assert coefs[0] == pytest.approx(0.2)
+    for step in range(1, 4):  # 4 completions per rollout, horizon 8: at most a factor 1 +- 0.1 per step
+        assert coefs[step] == pytest.approx(kl_coef_after(coefs[step - 1], kls[step - 1], 1e-4, 4, 8))
+    assert coefs[-1] != coefs[0]
+    train(ppo_config(tmp_path / "b", data, reward_model_dir, max_steps=2, save_every=2, **settings))
+    resumed = train(ppo_config(tmp_path / "b", data, reward_model_dir, max_steps=4, resume=True, **settings))
+    assert [r["kl_coef"] for r in resumed.history] == pytest.approx(coefs)
+    fixed = train(ppo_config(tmp_path / "c", data, reward_model_dir, max_steps=3,
+                             **{**settings, "ppo.kl_target": 0.0}))
+    assert [r["kl_coef"] for r in fixed.history] == pytest.approx([0.2] * 3)
+
+
 def test_a_completion_that_never_stops_is_penalised(tmp_path, monkeypatch, tiny_tokenizer):
     from sftlab.models.tiny import tiny_model
     from sftlab.train.sft import train
@@ -186,6 +210,8 @@ def test_a_reward_model_with_another_tokenizer_is_refused(tmp_path, reward_model
     ({"ppo.gae_lambda": 1.5}, r"ppo.gae_lambda must be in \[0, 1\]"),
     ({"ppo.temperature": 0}, "ppo.temperature must be above 0"),
     ({"ppo.kl_coef": -0.1}, "ppo.kl_coef must be a finite number >= 0"),
+    ({"ppo.kl_target": 6.0, "ppo.kl_coef": 0.0}, "ppo.kl_coef must be above 0 with ppo.kl_target"),
+    ({"ppo.kl_horizon": 0}, "ppo.kl_horizon must be >= 1"),
     ({"data.packing": True}, "objective=ppo trains completions as padded rows"),
 ])
 def test_bad_ppo_settings_are_config_errors(tmp_path, setting, message):
