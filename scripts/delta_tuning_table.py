@@ -34,9 +34,11 @@ CATEGORY = {
     "dora": ("reparameterisation", "low-rank B·A + a magnitude per output"),
     "qlora": ("reparameterisation", "LoRA on a 4-bit NF4 base"),
     "intrinsic": ("reparameterisation", "d numbers, Fastfood-projected onto every tensor (+ SAID scales)"),
+    "hint": ("addition (generated: the hypernetwork's output is the added modules)",
+             "a hypernetwork that writes per-layer bottleneck adapters and a gated prefix from the instruction"),
 }
 ORDER = ["full", "lomo", "adapter", "prompt", "prefix", "ia3", "bitfit", "freeze", "lora", "dora",
-         "qlora", "intrinsic"]
+         "qlora", "intrinsic", "hint"]
 
 
 def meta_model(name: str):
@@ -67,7 +69,12 @@ def count(name: str, model_name: str) -> tuple[int, int, str]:
         total = trainable_summary(model)[1]
         trained = section.dimension + (len(targets) if section.said else 0)
         return trained, total + trained, f"d={section.dimension} + {len(targets)} scales"
-    prepared = prepare_model(model, config)
+    tokenizer = None
+    if name == "hint":  # HINT cuts the system turn by the chat template's markers
+        from sftlab.models import load_tokenizer
+
+        tokenizer = load_tokenizer(model_name)
+    prepared = prepare_model(model, config, tokenizer)
     trained, total, _ = prepared.summary
     return trained, total, "as lora" if name == "qlora" else "prepare_model"
 

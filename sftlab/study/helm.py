@@ -51,7 +51,7 @@ from sftlab.eval.runner import (EvalConfig, build_task, limit_docs, parse_task_s
                                 run_loglikelihood_task)
 from sftlab.eval.tasks import BBH_SUBTASKS, Bbh, MultipleChoiceLetters
 from sftlab.infer.base import SamplingConfig
-from sftlab.models import BUILTIN, resolve_model
+from sftlab.models import BUILTIN, resolve_model, split_adapter_run
 from sftlab.report.charts import png, pyplot
 from sftlab.study.common import Clock, open_study
 from sftlab.study.config import HelmConfig
@@ -307,11 +307,21 @@ def answer_confidences(backend: EvalBackend, samples, batch_size: int) -> list[f
     return confidences
 
 
+def model_key(model: str) -> str:
+    """What identifies a model's files: the model directory's, plus an adapter's for an
+    adapter or adapter-only run directory (as ``sftlab eval`` loads them: base + adapter)."""
+    split = split_adapter_run(model) if model not in BUILTIN else None
+    if split is None:
+        return model_fingerprint(resolve_model(model))
+    base, adapter_dir = split
+    return digest(model_fingerprint(resolve_model(base)), model_fingerprint(str(adapter_dir)))
+
+
 def cached_measure(store_root: Path, model: str, backend: EvalBackend, scenario: Scenario, variant: str,
                    docs: list[dict], config: EvalConfig, reused: list[int]) -> dict:
     """``measure``, kept under ``helm-<key>.json`` (key: model files, task, items, settings)."""
     settings = {k: getattr(config, k) for k in ("batch_size", "num_fewshot", "max_new_tokens", "seed")}
-    key = digest("helm", model_fingerprint(resolve_model(model)), scenario.name, type(scenario.task).__name__,
+    key = digest("helm", model_key(model), scenario.name, type(scenario.task).__name__,
                  scenario.metric, docs, settings)
     path = store_root / f"helm-{key}.json"
     if path.exists():

@@ -173,3 +173,19 @@ def test_generation_confidence_is_the_geometric_mean_token_probability(tiny_mode
     confidences = helm.answer_confidences(backend, samples, batch_size=2)
     assert confidences[0] == pytest.approx(2.718281828 ** (scored.logprob / scored.num_tokens))
     assert 0 < confidences[0] < 1 and confidences[1] == 0.0
+
+
+def test_an_adapter_run_directory_is_keyed_by_its_base_and_its_adapter(tmp_path, tiny_model):
+    """models=[default, runs/lora1]: an adapter-only run dir loads as base + adapter, and its
+    passes are cached under the adapter's files too (a retrained adapter is measured again)."""
+    from peft import LoraConfig, get_peft_model
+
+    from sftlab.models.export import record_base_name
+
+    record_base_name(tiny_model, "tiny")
+    run = tmp_path / "run"
+    get_peft_model(tiny_model, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(str(run / "adapter"))
+    key = helm.model_key(str(run))
+    assert key != helm.model_key("tiny")
+    (run / "adapter" / "README.md").write_text("retrained: more bytes")
+    assert helm.model_key(str(run)) != key
