@@ -50,6 +50,7 @@ from sftlab.quickstart import pipeline
 from sftlab.quickstart.config import QuickstartConfig
 from sftlab.quickstart.data import GROUPS, EvalItem
 from sftlab.quickstart.pipeline import QuickstartResult, _write_json, _write_jsonl
+from sftlab.quickstart.report import sample_outputs
 from sftlab.quickstart.tasks import exact_match, normalize_answer
 from sftlab.report.charts import png, pyplot
 from sftlab.train.config import TrainConfig
@@ -505,7 +506,7 @@ def write_report(run_dir: Path, summary: dict, demo: Demo) -> Path:
         "".join(f"<h2>{html.escape(name.removesuffix('.png').replace('_', ' '))}</h2>"
                 f"<img src='data:image/png;base64,{_b64(data)}' alt='{name}'>" for name, data in demo.curves.items()),
         _pairs(demo.pairs),
-        _samples(demo.before, demo.after),
+        sample_outputs(demo.before, demo.after),
     ]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>sftlab quickstart --objective {objective}"
             f"</title><style>{STYLE}</style></head><body>{''.join(sections)}</body></html>")
@@ -568,20 +569,6 @@ def _pairs(pairs: list[dict], count: int = 6) -> str:
                     f"<td>{p['meta']['rejected_source']}</td></tr>" for p in pairs[::step][:count])
     return ("<h2>Example pairs</h2><table><tr><th>task</th><th>prompt</th><th>chosen</th><th>rejected</th>"
             f"<th>rejected from</th></tr>{cells}</table>")
-
-
-def _samples(before: list[dict], after: list[dict], per_group: int = 4) -> str:
-    out = ["<h2>Sample outputs</h2>"]
-    for group in GROUPS:
-        rows = [(b, a) for b, a in zip(before, after) if b["group"] == group]
-        step = max(1, len(rows) // per_group)
-        cells = "".join(
-            f"<tr><td>{html.escape(b['task'])}</td><td><pre>{html.escape(b['prompt'])}</pre></td>"
-            f"<td>{html.escape(b['answer'])}</td><td><pre>{html.escape(b['response'])}</pre></td>"
-            f"<td><pre>{html.escape(a['response'])}</pre></td></tr>" for b, a in rows[::step][:per_group])
-        out.append(f"<h3>{group}</h3><table><tr><th>task</th><th>prompt</th><th>answer</th><th>before</th>"
-                   f"<th>after</th></tr>{cells}</table>")
-    return "".join(out)
 
 
 def _b64(data: bytes) -> str:

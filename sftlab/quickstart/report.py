@@ -54,7 +54,7 @@ def write_report(run_dir: Path, built: QuickstartData, before: list[dict], after
         _data_stats(built),
         _mask_preview(built.train[0], model_path),
         _conformance(run_dir / "train" / "check.json"),
-        _samples(before, after),
+        sample_outputs(before, after),
     ]
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>sftlab quickstart</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
@@ -146,7 +146,8 @@ def _mask_preview(conversation: Conversation, model_path: str) -> str:
             f"end-of-turn token); everything else is context.</p><pre>{body}</pre>")
 
 
-def _samples(before: list[dict], after: list[dict], per_group: int = 4) -> str:
+def sample_outputs(before: list[dict], after: list[dict], per_group: int = 4) -> str:
+    """The report's table of a few answers per held-out group, before and after."""
     out = ["<h2>Sample outputs</h2>"]
     for group in GROUPS:
         rows = [(b, a) for b, a in zip(before, after) if b["group"] == group]

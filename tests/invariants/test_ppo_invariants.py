@@ -139,7 +139,8 @@ def test_zero_advantages_and_returns_equal_to_values_give_zero_gradients():
         logps, values = logps_and_values(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
     assert values.abs().max() > 0
     settings = PPOSection(value_coef=1.0)
-    rollout = {"reward": torch.tensor(0.0), "kl": torch.tensor(0.0), "completion_length": torch.tensor(3.0)}
+    rollout = {"reward": torch.tensor(0.0), "kl": torch.tensor(0.0), "completion_length": torch.tensor(3.0),
+               "kl_coef": torch.tensor(0.05)}
     loss_sum, count = PPOLoss(model, settings)(**batch, old_logps=logps, old_values=values,
                                                advantages=torch.zeros_like(logps), returns=values,
                                                **rollout)
@@ -203,7 +204,7 @@ def test_a_rollout_trained_twice_gives_the_same_weights_4x1_and_split(tmp_path, 
         torch.testing.assert_close(big[name], small[name], rtol=1e-9, atol=1e-12, msg=name)
     assert r1.history[1]["approx_kl"] > 0 and r1.history[1]["clip_fraction"] > 0
     for key in ("loss", "reward", "kl", "policy_loss", "value_loss", "clip_fraction",
-                "value_clip_fraction", "approx_kl", "completion_length", "completion_tokens"):
+                "value_clip_fraction", "approx_kl", "completion_length", "completion_tokens", "kl_coef"):
         assert [h[key] for h in r1.history] == pytest.approx([h[key] for h in r2.history],
                                                              rel=1e-9, abs=1e-12), key
 
