@@ -47,13 +47,20 @@ class QuickstartResult:
     report: Path
 
 
-def run_quickstart(config: QuickstartConfig) -> QuickstartResult:
-    run_dir = Path(config.output_dir or time.strftime("runs/quickstart-%Y%m%d-%H%M%S")).resolve()
+def open_run_dir(config: QuickstartConfig, name: str = "quickstart") -> Path:
+    """The run directory (``output_dir``, else ``runs/<name>-<date>-<time>``), created and
+    printed first, with ``quickstart_config.json`` in it; sets torch's threads."""
+    run_dir = Path(config.output_dir or time.strftime(f"runs/{name}-%Y%m%d-%H%M%S")).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"run directory: {run_dir}", flush=True)
     if config.threads:
         torch.set_num_threads(config.threads)
     _write_json(run_dir / "quickstart_config.json", asdict(config))
+    return run_dir
+
+
+def run_quickstart(config: QuickstartConfig) -> QuickstartResult:
+    run_dir = open_run_dir(config)
     timings: dict[str, float] = {}
 
     with _stage(1, "building instruction data from task templates", timings, "data"):
@@ -87,8 +94,9 @@ def run_quickstart(config: QuickstartConfig) -> QuickstartResult:
 # -- stages ---------------------------------------------------------------------------------
 
 @contextmanager
-def _stage(index: int, what: str, timings: dict, key: str):
-    print(f"[{index}/{STAGES}] {what} ...", flush=True)
+def _stage(index: int, what: str, timings: dict, key: str, total: int = STAGES):
+    """Print ``[index/total] what``, time the block into ``timings[key]``, print its time."""
+    print(f"[{index}/{total}] {what} ...", flush=True)
     start = time.perf_counter()
     yield
     timings[key] = round(time.perf_counter() - start, 1)

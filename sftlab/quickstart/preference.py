@@ -31,13 +31,9 @@ import base64
 import html
 import json
 import random
-import time
 from collections import Counter
-from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 
-import torch
 import yaml
 
 from sftlab.config import load_config
@@ -95,12 +91,7 @@ def run_preference_quickstart(config: QuickstartConfig) -> QuickstartResult:
     """The demonstration of ``config.objective`` (``dpo``, ``grpo`` or ``ppo``)."""
     if config.objective not in OBJECTIVES:
         raise ValueError(f"objective {config.objective!r}: this quickstart runs {', '.join(OBJECTIVES)}")
-    run_dir = Path(config.output_dir or time.strftime(f"runs/quickstart-{config.objective}-%Y%m%d-%H%M%S")).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    print(f"run directory: {run_dir}", flush=True)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    _write_json(run_dir / "quickstart_config.json", asdict(config))
+    run_dir = pipeline.open_run_dir(config, f"quickstart-{config.objective}")
     demo = Demo(config, run_dir)
     summary = {"dpo": demo.dpo, "grpo": demo.grpo, "ppo": demo.ppo}[config.objective]()
     _write_json(run_dir / "summary.json", summary)  # again, with the report stage's time
@@ -207,14 +198,9 @@ class Demo:
 
     # -- shared stages ------------------------------------------------------------------
 
-    @contextmanager
     def stage(self, what: str, key: str):
         self.index += 1
-        print(f"[{self.index}/{self.stages}] {what} ...", flush=True)
-        start = time.perf_counter()
-        yield
-        self.timings[key] = round(time.perf_counter() - start, 1)
-        print(f"      done in {self.timings[key]:.1f} s", flush=True)
+        return pipeline._stage(self.index, what, self.timings, key, total=self.stages)
 
     def common_start(self) -> None:
         config = self.config

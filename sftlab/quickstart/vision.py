@@ -28,12 +28,8 @@ from __future__ import annotations
 import base64
 import html
 import json
-import time
-from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 
-import torch
 import yaml
 
 from sftlab.config import load_config
@@ -44,7 +40,8 @@ from sftlab.infer.vision import VisionGenerator
 from sftlab.models import load_model, load_tokenizer, resolve_model
 from sftlab.models.vision import build_vision_model, tiny_vision_tower
 from sftlab.quickstart.config import QuickstartConfig
-from sftlab.quickstart.pipeline import QuickstartResult, _write_json
+from sftlab.quickstart.pipeline import QuickstartResult, _write_json, open_run_dir
+from sftlab.quickstart.pipeline import _stage as pipeline_stage
 from sftlab.train.config import TrainConfig
 from sftlab.train.sft import train
 
@@ -61,12 +58,7 @@ short example (~60 tokens), so the vision run affords more of them than the text
 
 def run_vision_quickstart(config: QuickstartConfig) -> QuickstartResult:
     """The six stages (see the module docstring); returns the run directory, summary and report."""
-    run_dir = Path(config.output_dir or time.strftime("runs/quickstart-vision-%Y%m%d-%H%M%S")).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    print(f"run directory: {run_dir}", flush=True)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    _write_json(run_dir / "quickstart_config.json", asdict(config))
+    run_dir = open_run_dir(config, "quickstart-vision")
     timings: dict[str, float] = {}
 
     with _stage(1, "generating the visual instruction data", timings, "data"):
@@ -111,13 +103,8 @@ def run_vision_quickstart(config: QuickstartConfig) -> QuickstartResult:
     return QuickstartResult(run_dir, summary, report)
 
 
-@contextmanager
 def _stage(index: int, what: str, timings: dict, key: str):
-    print(f"[{index}/{STAGES}] {what} ...", flush=True)
-    start = time.perf_counter()
-    yield
-    timings[key] = round(time.perf_counter() - start, 1)
-    print(f"      done in {timings[key]:.1f} s", flush=True)
+    return pipeline_stage(index, what, timings, key, total=STAGES)
 
 
 # -- data ---------------------------------------------------------------------------------------

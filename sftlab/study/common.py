@@ -1,10 +1,12 @@
 """Setting a study up: its directory, its run store, its settings; shared by every study."""
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+from sftlab.errors import ConfigError
 from sftlab.models import resolve_model
 from sftlab.study.config import StudyConfig
 from sftlab.study.runs import RunStore, write_json
@@ -48,3 +50,21 @@ class Clock:
 
     def seconds(self) -> float:
         return round(time.perf_counter() - self.start, 1)
+
+
+def check_endpoint(base_url: str, api_key_env: str, *, key: str, role: str) -> None:
+    """``ConfigError`` naming ``key`` unless the OpenAI-compatible server at ``base_url``
+    answers ``GET /models`` (the ``role``, e.g. judge or teacher, is said in the message)."""
+    import httpx  # lazy: only a remote endpoint needs it
+
+    url = base_url.rstrip("/") + "/models"
+    api_key = os.environ.get(api_key_env)
+    try:
+        response = httpx.get(url, headers={"Authorization": f"Bearer {api_key}"} if api_key else {}, timeout=10)
+    except httpx.HTTPError as error:
+        raise ConfigError(f"{key}: {url} does not answer ({type(error).__name__}: {error}); start the "
+                          f"{role}'s server or fix the URL") from None
+    if response.status_code != 200:
+        raise ConfigError(f"{key}: GET {url} answered HTTP {response.status_code}: {response.text[:200]}"
+                          + (f" (is {api_key_env} set?)" if response.status_code in (401, 403) else ""))
+

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from sftlab.data.io import read_conversations
 from sftlab.errors import ConfigError
 from sftlab.models import load_model, load_tokenizer
 from sftlab.study import select
-from sftlab.study.common import Clock, open_study, run_info
+from sftlab.study.common import Clock, check_endpoint, open_study, run_info
 from sftlab.study.config import CompareDataConfig
 from sftlab.report.charts import png, pyplot
 from sftlab.study.report import paired_difference, pct, score_block, signed_pct, write_outputs
@@ -58,20 +57,8 @@ def check_judge(config: CompareDataConfig) -> None:
     if not config.judge:
         raise ConfigError("judge: the `judge` source needs a rater: judge=MODEL (with judge_base_url=URL for an "
                           "OpenAI-compatible endpoint, or a local model such as judge=default)")
-    if not config.judge_base_url:
-        return
-    import httpx  # lazy: only a remote judge needs it
-
-    url = config.judge_base_url.rstrip("/") + "/models"
-    key = os.environ.get(config.judge_api_key_env)
-    try:
-        response = httpx.get(url, headers={"Authorization": f"Bearer {key}"} if key else {}, timeout=10)
-    except httpx.HTTPError as error:
-        raise ConfigError(f"judge_base_url: {url} does not answer ({type(error).__name__}: {error}); start the "
-                          "judge's server or fix the URL") from None
-    if response.status_code != 200:
-        raise ConfigError(f"judge_base_url: GET {url} answered HTTP {response.status_code}: {response.text[:200]}"
-                          + (f" (is {config.judge_api_key_env} set?)" if response.status_code in (401, 403) else ""))
+    if config.judge_base_url:
+        check_endpoint(config.judge_base_url, config.judge_api_key_env, key="judge_base_url", role="judge")
 
 
 def run_compare_data(config: CompareDataConfig, benchmark: Benchmark) -> dict:

@@ -26,14 +26,13 @@ from __future__ import annotations
 import html
 from dataclasses import asdict
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Sequence
 
 from sftlab.data.io import read_rows
 from sftlab.errors import ConfigError
 from sftlab.eval.metrics import bootstrap_ci
 from sftlab.report.charts import png, pyplot
-from sftlab.study.common import Clock, open_study, run_info
+from sftlab.study.common import Clock, check_endpoint, open_study, run_info
 from sftlab.study.compare_data import check_judge
 from sftlab.study.config import ImitationConfig
 from sftlab.study.report import paired_difference, pct, score_block, signed_pct, write_outputs
@@ -84,7 +83,7 @@ def check_config(config: ImitationConfig, benchmark: Benchmark) -> tuple[list[Co
         raise ConfigError("teacher_base_url: given without a teacher; name the model served there "
                           "(teacher=MODEL), or leave teacher_base_url empty for the LoRA teacher")
     if config.teacher_base_url:
-        check_endpoint("teacher", config.teacher, config.teacher_base_url, config.teacher_api_key_env)
+        check_endpoint(config.teacher_base_url, config.teacher_api_key_env, key="teacher_base_url", role="teacher")
     elif config.teacher:
         from sftlab.models import ModelNotFoundError, resolve_model  # lazy: `default` converts on first use
 
@@ -95,15 +94,6 @@ def check_config(config: ImitationConfig, benchmark: Benchmark) -> tuple[list[Co
     if config.judge:
         check_judge(config)
     return pool, unsupported
-
-
-def check_endpoint(role: str, model: str, base_url: str, api_key_env: str) -> None:
-    """compare-data's ``check_judge`` for another endpoint key: errors name ``<role>_base_url``."""
-    try:
-        check_judge(SimpleNamespace(judge=model, judge_base_url=base_url, judge_api_key_env=api_key_env))
-    except ConfigError as error:
-        text = str(error).replace("judge_base_url:", f"{role}_base_url:", 1).replace("the judge's", f"the {role}'s")
-        raise ConfigError(text) from None
 
 
 def run_imitation(config: ImitationConfig, benchmark: Benchmark) -> dict:

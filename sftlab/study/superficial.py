@@ -63,7 +63,7 @@ from sftlab.study.common import Clock, open_study, run_info
 from sftlab.study.compare_data import verdict
 from sftlab.study.config import SuperficialConfig
 from sftlab.study.report import paired_difference, pct, score_block, signed_pct, write_outputs
-from sftlab.study.runs import Benchmark, RunStore, digest, model_fingerprint, write_json, write_jsonl
+from sftlab.study.runs import Benchmark, RunStore, digest, model_fingerprint, write_jsonl
 from sftlab.types import Conversation, Message
 
 CATEGORIES = ("unshifted", "marginal", "shifted")

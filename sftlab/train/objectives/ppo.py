@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from sftlab.data.collate import collate_padded
-from sftlab.errors import ConfigError, DataError, SftlabError
+from sftlab.errors import ConfigError, SftlabError
 from sftlab.infer.hf import HFGenerator
 from sftlab.models import split_model
 from sftlab.train.checkpoint import load_weights
