@@ -49,7 +49,10 @@ JUDGE_PROMPT = (
     "scores. In the subsequent line, please provide a comprehensive explanation of your evaluation, "
     "avoiding any potential bias.")
 JUDGE_SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
-_SCORE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)")
+# the score opens the reply's first line, alone or after a "Score:" label (AlpaGasus asks for
+# "a single line containing value indicating the scores"); a number later in a line of
+# other text is not a score
+_SCORE = re.compile(r"\s*(?:\**score\**\s*[:=]?\s*)?(\d+(?:\.\d+)?)(?![\d.])", re.IGNORECASE)
 
 
 def random_order(pool: Sequence[Conversation], seed: int) -> list[Conversation]:
@@ -151,7 +154,7 @@ def parse_judge_score(text: str) -> float | None:
     (True, True)
     """
     line = next((line for line in text.splitlines() if line.strip()), "")
-    match = _SCORE.search(line)
+    match = _SCORE.match(line)
     if match is None:
         return None
     score = float(match.group(1))

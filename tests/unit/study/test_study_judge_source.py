@@ -71,7 +71,8 @@ def test_the_request_carries_instruction_and_response_in_alpagasus_prompt():
 
 
 @pytest.mark.parametrize("text, score", [("5", 5.0), ("4.5\nGood.", 4.5), ("\n Score: 3/5 because", 3.0),
-                                         ("10\nover the scale", None), ("Great answer.\n5", None), ("", None)])
+                                         ("10\nover the scale", None), ("Great answer.\n5", None), ("", None),
+                                         ("\x05b\x07ay 4 whi long why", None), ("I give it a 4.", None)])
 def test_the_score_is_the_first_lines_number_on_the_scale(text, score):
     assert select.parse_judge_score(text) == score
 
