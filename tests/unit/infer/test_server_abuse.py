@@ -21,9 +21,17 @@ KEY = "abuse-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
+DECODE_STEP_S = 0.005
+
+
 @pytest.fixture(scope="module")
 def generator():
-    return HFGenerator(tiny_model(), tiny_tokenizer(), batch_size=8, name="tiny")
+    # every forward pass takes at least 5 ms, so that a 900-token request surely runs for
+    # seconds however fast the machine is: the hang-up tests then check "still running" and
+    # "stopped early" without racing the tiny model's speed
+    model = tiny_model()
+    model.register_forward_pre_hook(lambda module, args: time.sleep(DECODE_STEP_S))
+    return HFGenerator(model, tiny_tokenizer(), batch_size=8, name="tiny")
 
 
 @pytest.fixture(scope="module")
