@@ -109,7 +109,12 @@ class Prepared:
             self.saver(path)
         elif self.kind == "sftlab_adapter":
             save_adapter(self.model, path)
-        else:  # a PeftModel saves only its adapter; a plain model saves everything
+        elif hasattr(self.model, "peft_config"):
+            # a PeftModel saves only its adapter. sftlab never resizes the vocabulary, so the
+            # frozen base embeddings need no copy; PEFT's "auto" would decide that by looking
+            # the base's name ("default", "tiny") up on the hub, a failing lookup offline
+            self.model.save_pretrained(str(path), save_embedding_layers=False)
+        else:  # a plain model saves everything
             self.model.save_pretrained(str(path))
         return path
 

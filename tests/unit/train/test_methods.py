@@ -217,6 +217,21 @@ def test_peft_methods_save_a_dir_that_peft_loads(name, tmp_path):
     assert torch.allclose(logits(loaded, batch(1)), logits(prepared.model, batch(1)), atol=1e-6)
 
 
+def test_peft_save_looks_nothing_up_on_the_hub(tmp_path, monkeypatch):
+    """The base's portable name ("default") is no local path: PEFT's "auto" embedding check
+    would ask the hub about it (a DNS failure and a warning offline). sftlab decides itself."""
+    from peft.utils import save_and_load
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError(f"hub lookup {args}")
+
+    monkeypatch.setattr(save_and_load, "check_file_exists_on_hf_hub", no_hub)
+    prepared = prepare_model(tiny_model(), small_config("lora"))
+    prepared.model.peft_config["default"].base_model_name_or_path = "default"
+    prepared.save(tmp_path)
+    assert (tmp_path / "adapter_model.safetensors").is_file()
+
+
 def test_adapter_saves_its_own_format_and_loads_back(tmp_path):
     prepared = prepare_model(tiny_model(), small_config("adapter"))
     assert prepared.kind == "sftlab_adapter"
