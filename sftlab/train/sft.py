@@ -158,7 +158,7 @@ def setup(config: TrainConfig, model=None, tokenizer=None, train_examples=None,
     objective.setup(model, train_examples + eval_examples, accelerator=accelerator,
                     pad_id=padding)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     prepared = objective.prepare(prepare_model(model, config.method, tokenizer))
     fuse_swiglu(prepared.model)  # one [tokens, intermediate] activation fewer per layer

@@ -52,7 +52,7 @@ def test_zero_theta_equals_the_base_model_exactly(overrides, model_kwargs):
 def test_zero_theta_is_exact_in_float64_and_with_gradient_checkpointing():
     ids = batch()
     model = tiny_model().double()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     prepared = prepare_model(model, method())
     assert prepared.model.sftlab_intrinsic.theta.dtype == torch.float64
     assert torch.equal(logits(prepared.model, ids), logits(tiny_model().double(), ids))
@@ -83,7 +83,7 @@ def test_gradient_checkpointing_gives_the_same_step():
     for checkpointing in (False, True):
         model = tiny_model()
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         prepared = prepare_model(model, method())
         model.train()
         prepared.model(input_ids=ids, labels=ids).loss.backward()

@@ -215,8 +215,8 @@ def test_gradient_checkpointing_gives_the_same_step(name):
     for checkpointing in (False, True):
         model = tiny_model()
         if checkpointing:
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False})
         torch.manual_seed(0)  # LoRA's A, the prompt init are random: the same in both runs
         prepared = prepare_model(model, config(name))
         if prepared.fused_backward is not None:

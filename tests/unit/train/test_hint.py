@@ -38,6 +38,11 @@ def examples(tokenizer, rows=TASKS) -> list[Tokenized]:
     return tokenize_conversations([conversation(*row) for row in rows], tokenizer).examples
 
 
+def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal to float64 rounding."""
+    return torch.allclose(a, b, rtol=0, atol=1e-12)
+
+
 def hint(tokenizer, *overrides: str, dtype=torch.float64):
     config = build_config(MethodConfig, {"name": "hint"}, [*SMALL, *overrides])
     return prepare_model(tiny_model(seed=0).to(dtype), config, tokenizer)
@@ -110,11 +115,13 @@ def test_a_zero_init_hint_delta_leaves_the_base_models_logits_unchanged(tiny_tok
             cut = split.boundary(row[:length].tolist())
             alone = base(input_ids=row[None, cut:length]).logits[0]   # the instance alone
             instruction = base(input_ids=row[None, :cut]).logits[0]
-            assert torch.equal(logits[b, cut:length], alone)        # bit for bit
-            assert torch.equal(logits[b, :cut], instruction)
+            # float64 to rounding (a padded batch and a lone row may take different matmul
+            # kernels on some CPUs); any real delta would move the logits by ~1e-2
+            assert same(logits[b, cut:length], alone)
+            assert same(logits[b, :cut], instruction)
             explicit = model(input_ids=row[None, cut:length],
                              instruction_input_ids=row[None, :cut]).logits[0]
-            assert torch.equal(explicit, alone)
+            assert same(explicit, alone)
     generated = model.generate_modules([batch["input_ids"][0, :cut].tolist()])[0]
     assert generated["up"].abs().max() == 0 and generated["gate"].abs().max() == 0
     assert generated["down"].abs().max() > 0 and generated["keys"].abs().max() > 0
@@ -237,7 +244,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_tokenizer):
     for checkpointing in (False, True):
         base = tiny_model(seed=0).double()
         if checkpointing:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         config = build_config(MethodConfig, {"name": "hint"}, SMALL)
         torch.manual_seed(0)  # the same hypernetwork init both times
         prepared = prepare_model(base, config, tiny_tokenizer)

@@ -128,7 +128,7 @@ def test_lora_target_that_matches_nothing_is_a_config_error():
 
 def test_prefix_tuning_with_gradient_checkpointing_is_a_config_error():
     model = tiny_model()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     with pytest.raises(ConfigError, match="method 'prefix': .*gradient checkpointing"):
         prepare_model(model, small_config("prefix"))
 
