@@ -3,7 +3,7 @@
 - ``checkers``: one class per instruction id (25), ``describe()`` and ``check(response)``
 - ``registry``: ``CHECKERS`` (instruction id -> checker class)
 - ``checkers``' ``build_checker(instruction_id, kwargs)``: a checker for one prompt's instruction
-- ``sentences``: offline Punkt-style sentence splitter and the reference word counters
+- ``sentences``: NLTK's Punkt with its English model (shipped as data, offline) and the reference word counters
 - ``score``: strict/loose, prompt- and instruction-level accuracy;
   ``score_ifeval_responses(input_rows, response_rows)`` scores an authors'-format file
 """
