@@ -2,15 +2,14 @@
 length limit is the config's, a judge that never gives a verdict stops the run early with
 the reply quoted, and `judge winrate` on AlpacaEval's instructions uses the shipped table."""
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
 from sftlab.cli import main
+from tests.fake_openai import Endpoint, serve
 
 
-class Judge(BaseHTTPRequestHandler):
+class Judge(Endpoint):
     """Chat completions: "Rating: [[7]]" for MT-Bench prompts, "[[B]]" for pairwise ones,
     or (``mute``) a reply without any verdict. Records every request body."""
 
@@ -18,29 +17,18 @@ class Judge(BaseHTTPRequestHandler):
     mute = False
 
     def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = self.body()
         Judge.bodies.append(body)
         prompt = body["messages"][-1]["content"]
         text = "I cannot decide." if Judge.mute else ("B. [[B]]" if "[Response A]" in prompt else "Rating: [[7]]")
-        data = json.dumps({"choices": [{"message": {"content": text}, "finish_reason": "stop"}],
-                           "usage": {"prompt_tokens": 5, "completion_tokens": 3}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        self.chat(text, usage={"prompt_tokens": 5, "completion_tokens": 3})
 
 
 @pytest.fixture()
 def judge_url():
     Judge.bodies, Judge.mute = [], False
-    httpd = HTTPServer(("127.0.0.1", 0), Judge)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_port}/v1"
-    httpd.shutdown()
+    with serve(Judge) as base_url:
+        yield base_url
 
 
 def answers_file(tmp_path, shared_data, count):

@@ -2,16 +2,15 @@
 `sftlab judge alpaca-eval` with an API judge (both orders, cache, retries) and
 `sftlab eval --base-url` (remote generation)."""
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
 from sftlab.cli import main
 from sftlab.eval.judge.client import OpenAIChat, RemoteError
+from tests.fake_openai import Endpoint, serve
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(Endpoint):
     """Chat: a judge that prefers the response containing "DETAILED". Completions: echoes
     "The answer is 18." Fails the first request with 503 to exercise the retry."""
 
@@ -19,12 +18,11 @@ class Handler(BaseHTTPRequestHandler):
     fail_next = True
 
     def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = self.body()
         Handler.requests.append((self.path, body))
         if Handler.fail_next:
             Handler.fail_next = False
-            self.send_response(503)
-            self.end_headers()
+            self.send_json(None, status=503)
             return
         if self.path.endswith("/chat/completions"):
             prompt = body["messages"][-1]["content"]
@@ -38,25 +36,14 @@ class Handler(BaseHTTPRequestHandler):
         else:
             payload = {"choices": [{"text": "Work. The answer is 18.\n\nQ: more", "finish_reason": "stop"}],
                        "usage": {"prompt_tokens": 5, "completion_tokens": 7}}
-        data = json.dumps(payload).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        self.send_json(payload)
 
 
 @pytest.fixture()
 def server():
     Handler.requests, Handler.fail_next = [], True
-    httpd = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_port}/v1"
-    httpd.shutdown()
+    with serve(Handler) as base_url:
+        yield base_url
 
 
 def test_alpaca_eval_with_api_judge(server, tmp_path, capsys, monkeypatch):

@@ -3,8 +3,6 @@ train on, the win rate a (fake) judge gives, the no-judge path, a served teacher
 bad keys that fail before anything trains."""
 import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
@@ -15,12 +13,13 @@ from sftlab.eval.judge.pairwise import judge_messages
 from sftlab.study import runs
 from sftlab.study.config import ImitationConfig
 from sftlab.study.imitation import run_imitation
+from tests.fake_openai import Endpoint, serve
 
 SUPPORTED = ["uppercase", "add", "sort_numbers"]
 TEACHER_ANSWER = "The teacher says 42."
 
 
-class Server(BaseHTTPRequestHandler):
+class Server(Endpoint):
     """An OpenAI-compatible endpoint. As a judge (a pairwise prompt) it prefers the longer
     response, ``[[C]]`` on equal lengths; ``judge_reply`` overrides every verdict. As a teacher
     (any other prompt) it answers ``TEACHER_ANSWER``."""
@@ -30,11 +29,10 @@ class Server(BaseHTTPRequestHandler):
     asked: list = []
 
     def do_GET(self):
-        self._send({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+        self.send_json({"object": "list", "data": [{"id": "fake", "object": "model"}]})
 
     def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        prompt = body["messages"][-1]["content"]
+        prompt = self.body()["messages"][-1]["content"]
         if "[Response A]" in prompt:
             Server.judged.append(prompt)
             a = prompt.split("[Response A]\n")[1].split("\n[End of Response A]")[0]
@@ -43,27 +41,14 @@ class Server(BaseHTTPRequestHandler):
         else:
             Server.asked.append(prompt)
             text = TEACHER_ANSWER
-        self._send({"choices": [{"message": {"content": text}, "finish_reason": "stop"}]})
-
-    def _send(self, payload):
-        data = json.dumps(payload).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        self.chat(text)
 
 
 @pytest.fixture()
 def url():
     Server.judge_reply, Server.judged, Server.asked = None, [], []
-    httpd = HTTPServer(("127.0.0.1", 0), Server)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_port}/v1"
-    httpd.shutdown()
+    with serve(Server) as base_url:
+        yield base_url
 
 
 @pytest.fixture(scope="module")

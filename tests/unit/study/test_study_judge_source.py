@@ -2,8 +2,6 @@
 selection it makes, and the errors a missing or unreachable judge gives before training."""
 import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
@@ -14,9 +12,10 @@ from sftlab.study import runs, select
 from sftlab.study.compare_data import run_compare_data
 from sftlab.study.config import CompareDataConfig
 from sftlab.types import Conversation, Message
+from tests.fake_openai import Endpoint, serve
 
 
-class Judge(BaseHTTPRequestHandler):
+class Judge(Endpoint):
     """Rates a response by the digit it ends with ("... 3" -> "3\\nexplanation"); `reply`
     overrides every rating (a judge that does not follow the format)."""
 
@@ -24,35 +23,21 @@ class Judge(BaseHTTPRequestHandler):
     prompts: list = []
 
     def do_GET(self):
-        self._send({"object": "list", "data": [{"id": "rater", "object": "model"}]})
+        self.send_json({"object": "list", "data": [{"id": "rater", "object": "model"}]})
 
     def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        prompt = body["messages"][-1]["content"]
+        prompt = self.body()["messages"][-1]["content"]
         Judge.prompts.append(prompt)
         response = prompt.split("Response: ")[1].split("\n\nPlease rate")[0]
         text = Judge.reply or f"{response.strip()[-1]}\nThe response is as accurate as its last digit says."
-        self._send({"choices": [{"message": {"content": text}, "finish_reason": "stop"}]})
-
-    def _send(self, payload):
-        data = json.dumps(payload).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        self.chat(text)
 
 
 @pytest.fixture()
 def judge_url():
     Judge.reply, Judge.prompts = None, []
-    httpd = HTTPServer(("127.0.0.1", 0), Judge)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_port}/v1"
-    httpd.shutdown()
+    with serve(Judge) as base_url:
+        yield base_url
 
 
 def pool_file(tmp_path):
