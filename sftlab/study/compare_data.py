@@ -182,7 +182,7 @@ def _judge_ratings(store: RunStore, pool: list[Conversation], config: CompareDat
     judge = make_judge(config.judge, base_url=config.judge_base_url or None, cache_dir=store.root / "judge-cache",
                        api_key_env=config.judge_api_key_env)
     replies = complete_checked(judge, [select.judge_request(c) for c in pool], select.parse_judge_score,
-                               max_tokens=config.judge_max_tokens)
+                               max_tokens=config.judge_max_tokens, off_switch=None)  # ratings it must give
     ratings = [{"id": c.id, "score": select.parse_judge_score(text), "reply": text[:200]}
                for c, text in zip(pool, replies)]
     write_json(path, ratings)

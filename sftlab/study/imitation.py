@@ -348,7 +348,8 @@ class Judging:
         from sftlab.eval.judge.pairwise import judge_pairs
 
         mine = self._outputs(rows, name)
-        annotations = judge_pairs(self.teacher, mine, self.judge, max_tokens=self.config.judge_max_tokens)
+        annotations = judge_pairs(self.teacher, mine, self.judge, max_tokens=self.config.judge_max_tokens,
+                                  off_switch=None)  # a study's judge must give verdicts
         for annotation, teacher in zip(annotations, self.teacher):
             annotation.update(id=teacher["id"], task=teacher["task"])
         if all(a["preference"] is None for a in annotations):

@@ -46,15 +46,17 @@ class JudgeError(SftlabError):
 
 
 def complete_checked(judge, requests: Sequence[ChatMessages], parse, *, max_tokens: int,
-                     probe: int = 8) -> list[str]:
+                     probe: int = 8, off_switch: str | None = "--judge-probe 0") -> list[str]:
     """Every request's completion (temperature 0). The first ``probe`` requests go first:
     when none of their replies parses (``parse`` returns None), the run stops there with a
-    ``JudgeError`` quoting the first reply, instead of judging everything for nothing."""
+    ``JudgeError`` quoting the first reply, instead of judging everything for nothing.
+    ``off_switch``: how the caller's user turns the probe off (the error says it), or None
+    where it cannot be turned off."""
     head = judge.complete_many(requests[:probe], temperature=0.0, max_tokens=max_tokens) if probe else []
     if head and all(parse(text) is None for text in head):
+        anyway = f", or {off_switch} to judge everything anyway" if off_switch else ""
         raise JudgeError(f"none of the first {len(head)} replies of judge '{judge.model}' holds a verdict; "
-                         f"the first reads: {head[0][:300]!r} (use a stronger judge, or --judge-probe 0 "
-                         "to judge everything anyway)")
+                         f"the first reads: {head[0][:300]!r} (use a stronger judge{anyway})")
     return head + judge.complete_many(requests[len(head):], temperature=0.0, max_tokens=max_tokens)
 
 

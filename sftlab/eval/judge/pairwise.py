@@ -127,16 +127,19 @@ def pair_outputs(baseline: Sequence[dict], model: Sequence[dict]) -> list[tuple[
 
 
 def judge_pairs(baseline: Sequence[dict], model: Sequence[dict], judge, *, max_tokens: int = 512,
-                both_orders: bool = True, probe: int = 8) -> list[dict[str, Any]]:
+                both_orders: bool = True, probe: int = 8,
+                off_switch: str | None = "--judge-probe 0") -> list[dict[str, Any]]:
     """Judge every matched pair (both orders) -> AlpacaEval annotation rows. Stops early
-    (``JudgeError``) when none of the first ``probe`` replies holds a verdict."""
+    (``JudgeError``) when none of the first ``probe`` replies holds a verdict (the error
+    names ``off_switch``, see ``complete_checked``)."""
     pairs = pair_outputs(baseline, model)
     requests = []
     for base, mine in pairs:
         requests.append(judge_messages(base["instruction"], base["output"], mine["output"]))  # model = B
         if both_orders:
             requests.append(judge_messages(base["instruction"], mine["output"], base["output"]))  # model = A
-    completions = complete_checked(judge, requests, parse_verdict, max_tokens=max_tokens, probe=probe)
+    completions = complete_checked(judge, requests, parse_verdict, max_tokens=max_tokens, probe=probe,
+                                   off_switch=off_switch)
     per_pair = 2 if both_orders else 1
     annotations = []
     for k, (base, mine) in enumerate(pairs):

@@ -62,6 +62,7 @@ def test_mt_bench_stops_when_no_rating_parses(tmp_path, shared_data, judge_url, 
     assert main(args) == 2
     error = capsys.readouterr().err
     assert "none of the first 4 replies" in error and "I cannot decide." in error
+    assert "or --judge-probe 0 to judge everything anyway" in error  # the CLI's own switch
     assert len(Judge.bodies) == 4  # stopped after the probe, not after all 20 turns
     assert not (tmp_path / "out" / "results.json").exists()
 

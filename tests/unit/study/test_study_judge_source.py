@@ -96,8 +96,9 @@ def test_a_judge_that_never_gives_a_score_fails_on_its_first_replies(tmp_path, j
     Judge.reply = "I cannot rate this."
     config = CompareDataConfig(model="tiny", fast=True, sources=["random", "judge"], pool=str(pool_file(tmp_path)),
                                k=2, seeds=[0], judge="rater", judge_base_url=judge_url, output_dir=str(tmp_path / "c"))
-    with pytest.raises(JudgeError, match="I cannot rate this"):
+    with pytest.raises(JudgeError, match="I cannot rate this") as error:
         run_compare_data(config, checkable_benchmark(config))
+    assert "stronger judge)" in str(error.value) and "--judge-probe" not in str(error.value)  # no such key here
     assert len(Judge.prompts) == 8  # the probe, not the whole pool (8 here too) ... and nothing trained
 
 
