@@ -175,9 +175,16 @@ class VisionGenerator:
 
 def generator_for(name_or_path: str, *, adapter=None, batch_size: int = 8, dtype: str = "float32",
                   device: str = "cpu", trust_remote_code: bool = False):
-    """A ``VisionGenerator`` for a vision model directory (or a run holding one), else
-    ``HFGenerator.from_name``. A vision model takes no separate ``adapter``: give its run's
+    """A ``HintGenerator`` for a HINT run, a ``VisionGenerator`` for a vision model directory
+    (or a run holding one), else ``HFGenerator.from_name``. A vision model takes no separate ``adapter``: give its run's
     ``adapter/`` directory (it names its base) as the model."""
+    from sftlab.infer.hint import HintGenerator, hint_run_dir  # lazy: the HINT module
+
+    if hint_run_dir(name_or_path) is not None:
+        if adapter:
+            raise ConfigError(f"{name_or_path} is a HINT run: pass it (or its adapter/ directory) as the model "
+                              "instead of --adapter")
+        return HintGenerator.from_name(name_or_path, batch_size=batch_size, dtype=dtype, device=device)
     if vision_model_dir(name_or_path) is not None:
         if adapter:
             raise ConfigError(f"{name_or_path} is a vision model: pass its run's adapter/ directory as the model "
