@@ -6,9 +6,11 @@ virtual environment: ``--lf-python``, built as that folder's README says). sftla
 ``bench/train_vs_trl.py --worker`` with the same model, data, order, batch and optimizer.
 Every run is a fresh process; each round runs every runner once, in an order that rotates
 between rounds (the machine's speed drifts), after waiting for a quiet machine. The fp32
-matmul peak is measured in the same run (``peak_flops.py``) and recorded; ``mfu`` is each
-runner's own figure where it reports one (none does yet: the FLOPs-per-token count that
-would turn tokens/s into utilisation is still to be written).
+matmul peak is measured in the same run (``peak_flops.py``) and handed to every runner.
+``mfu`` counts the matmul FLOPs the method needs per trained token (``flops_per_token``:
+forward, input gradients and, for trained weights only, weight gradients, attention within
+each example included) over that peak; ``mfu_6n`` is the peer benchmark's own 6N figure
+(the same for every method, attention left out).
 
 Workloads:
 - ``short``: the peer benchmark's defaults (32-128 tokens, batch 4);
@@ -74,9 +76,10 @@ def main() -> None:
         parser.error(f"unknown runners {unknown}; known: {', '.join(RUNNERS)}")
     if not args.lf_python:
         runners = [r for r in runners if RUNNERS[r][1] != "lf_python"]
+    args.peak_gflops = measure_peak()
     report = {"benchmark": "train_peers", "rounds": args.rounds, "steps": args.steps,
               "warmup": args.warmup, "peer_bench": str(PEER),
-              "peak_fp32_gflops": measure_peak(), "workloads": {}}
+              "peak_fp32_gflops": args.peak_gflops, "workloads": {}}
     for workload in [w for w in args.workloads.split(",") if w]:
         runs = run_rounds(workload, runners, args)
         report["workloads"][workload] = summarize(runs)
@@ -103,8 +106,14 @@ def run_rounds(workload: str, runners: list[str], args) -> list[dict]:
             _, python, script = RUNNERS[name]
             # the peers' runners print JSON with --json; sftlab's worker always does
             args_here = [f for f in flags if f != "--json"] if name.startswith("sftlab") else flags
-            result = run_json([pythons[python], *map(str, script), *args_here])
+            result = run_json([pythons[python], *map(str, script), *args_here], args.peak_gflops)
             result.update(runner=name, round=round_index + 1)
+            if "error" not in result:
+                result["mfu_6n"] = result.pop("mfu", None)
+                flops = flops_per_token(RUNNERS[name][0], workload, result.get("n_trainable_params", 0))
+                result["model_flops_per_token"] = round(flops)
+                if args.peak_gflops:
+                    result["mfu"] = round(flops * result["trained_tokens_per_s"] / (args.peak_gflops * 1e9), 4)
             runs.append(result)
             keys = ("trained_tokens_per_s", "peak_rss_mib", "mfu", "final_loss", "other_procs_cpu_frac", "error")
             print(json.dumps({"workload": workload, "runner": name, "round": round_index + 1,
@@ -112,15 +121,52 @@ def run_rounds(workload: str, runners: list[str], args) -> list[dict]:
     return runs
 
 
-def run_json(command: list[str]) -> dict:
+def run_json(command: list[str], peak_gflops: float | None = None) -> dict:
     """Run one fresh process; its last JSON line (or the error it ended with)."""
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
+    if peak_gflops:  # the runners' own MFU then uses this run's peak
+        env["BENCH_PEAK_FP32_GFLOPS"] = str(peak_gflops)
     started = time.perf_counter()
     done = subprocess.run(command, cwd=PEER, capture_output=True, text=True, env=env)
     for line in reversed(done.stdout.splitlines()):
         if line.startswith("{") and line.endswith("}"):
             return {**json.loads(line), "process_wall_s": round(time.perf_counter() - started, 1)}
     return {"error": done.stderr[-2000:], "returncode": done.returncode}
+
+
+def workload_lengths(workload: str) -> tuple[int, int]:
+    """The (min, max) example length of a workload (uniform in between, as the peers draw)."""
+    flags = WORKLOADS[workload]
+    sys.path.insert(0, str(PEER))
+    import model
+
+    low = int(flags[flags.index("--min-len") + 1]) if "--min-len" in flags else model.MIN_LEN
+    high = int(flags[flags.index("--max-len") + 1]) if "--max-len" in flags else model.MAX_LEN
+    return low, high
+
+
+def flops_per_token(method: str, workload: str, n_trainable: int) -> float:
+    """Matmul FLOPs one trained token costs in the peer model (SmolLM2-135M's shape).
+
+    A forward pass is 2 FLOPs per weight of every projection and the (tied) LM head, plus
+    QK^T and AV over the token's causal context within its example (on average (n+1)/2
+    positions for an example of n tokens; lengths uniform over the workload's range).
+    Full fine-tuning adds input gradients and weight gradients (2x the forward again);
+    frozen weights (LoRA) need input gradients only, and the adapters' own 6 FLOPs per
+    trained parameter. Embedding lookups, norms and activations are not matmuls."""
+    sys.path.insert(0, str(PEER))
+    from model import SMOLLM2_135M as shape
+
+    d, layers, inner = shape["hidden_size"], shape["num_hidden_layers"], shape["intermediate_size"]
+    kv = d // shape["num_attention_heads"] * shape["num_key_value_heads"]
+    weights = layers * (2 * d * d + 2 * d * kv + 3 * d * inner) + d * shape["vocab_size"]
+    low, high = workload_lengths(workload)
+    lengths = range(low, high + 1)
+    context = sum(n * (n + 1) / 2 for n in lengths) / sum(lengths)  # mean causal context per token
+    forward = 2 * weights + 4 * layers * d * context
+    if method == "full":
+        return 3 * forward
+    return 2 * forward + 6 * n_trainable
 
 
 def wait_quiet(fraction: float, max_wait: float) -> None:
@@ -147,6 +193,7 @@ def summarize(runs: list[dict]) -> dict:
             "trained_tokens_per_s": [r["trained_tokens_per_s"] for r in ok],
             "peak_rss_mib": [r["peak_rss_mib"] for r in ok],
             "mfu": [r.get("mfu") for r in ok],
+            "mfu_6n": [r.get("mfu_6n") for r in ok],
             "final_loss": [r.get("final_loss") for r in ok],
             "other_procs_cpu_frac": [r.get("other_procs_cpu_frac") for r in ok],
             "errors": [r["error"][-500:] for r in results if "error" in r],
