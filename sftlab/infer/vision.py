@@ -148,7 +148,7 @@ class VisionGenerator:
                 for row in self._generate_batch([encoded[i] for i in batch], batch, sampling, on_text, cancelled):
                     rows[row.index] = row
         self.prompts_generated += len(encoded)
-        return [Generation(r.text, r.prompt_tokens, r.completion_tokens, r.finish_reason)
+        return [Generation(r.text, r.prompt_tokens, r.completion_tokens, r.finish_reason, r.token_ids)
                 for r in (rows[i] for i in range(len(encoded)))]
 
     def _generate_batch(self, batch: list[VisualPrompt], indices: list[int], sampling: SamplingConfig,

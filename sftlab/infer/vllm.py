@@ -66,7 +66,8 @@ class VLLMGenerator:
             results.append(Generation(
                 text=best.text, prompt_tokens=len(out.prompt_token_ids),
                 completion_tokens=len(best.token_ids),
-                finish_reason="length" if best.finish_reason == "length" else "stop"))
+                finish_reason="length" if best.finish_reason == "length" else "stop",
+                token_ids=list(best.token_ids)))
         return results
 
     def _render(self, prompt: Prompt) -> str:

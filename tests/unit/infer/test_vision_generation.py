@@ -56,6 +56,9 @@ def test_batched_greedy_equals_the_one_prompt_reference(generator, pngs):
     one_by_one = VisionGenerator(model, tokenizer, batch_size=1).generate(prompts, GREEDY)
     assert [g.text for g in one_by_one] == [g.text for g in batched]
     assert batched[0].prompt_tokens > 16 and all(g.completion_tokens <= 5 for g in batched)
+    # the sampled ids come back too (GRPO/PPO rollouts score exactly these)
+    assert all(len(g.token_ids) == g.completion_tokens and
+               tokenizer.decode(g.token_ids, skip_special_tokens=True) == g.text for g in batched)
     # the image matters: another picture, another continuation somewhere in the batch
     swapped = generator.generate([_question(pngs[1], "What?")], GREEDY)[0].text
     assert swapped != batched[0].text or batched[1].text != batched[0].text
