@@ -383,8 +383,13 @@ class VisionSection:
     max_pixels: int = 4096 * 4096
     """Images with more pixels are refused (a data error naming the image and record)."""
     tune_tower: bool = False
-    """Stage 2 only: train the vision tower too (its layers up to ``feature_layer``, with
-    the optimizer's lr), saved as the run's ``vision_tower/``; false keeps it frozen."""
+    """Stage 2 only: train the vision tower too (its layers up to ``feature_layer``, at
+    ``tower_lr``), saved as the run's ``vision_tower/``; false keeps it frozen."""
+    tower_lr: float | None = None
+    """Peak learning rate of the tuned tower (``tune_tower``); none: ``optim.lr``. Follows
+    the same warm-up and schedule (e.g. 2e-6 for the tower beside 2e-5 for the LM)."""
+    projector_lr: float | None = None
+    """Peak learning rate of the projector; none: ``optim.lr`` (LLaVA's ``mm_projector_lr``)."""
     templates: str | dict | None = None
     """MultiInstruct task rows (``{"task", "image", "inputs", "output"}``): a JSON/YAML file,
     or a mapping, of task -> instruction templates with ``{field}`` slots filled from
@@ -398,6 +403,11 @@ class VisionSection:
         _require(self.max_pixels >= 1, "vision.max_pixels", self.max_pixels, ">= 1")
         _require(not (self.tune_tower and self.stage == 1), "vision.tune_tower", self.tune_tower,
                  "false with vision.stage=1 (stage 1 trains the projector only; tune the tower in stage 2)")
+        for key in ("tower_lr", "projector_lr"):
+            value = getattr(self, key)
+            _require(value is None or value > 0, f"vision.{key}", value, "positive (or none: optim.lr)")
+        _require(self.tower_lr is None or self.tune_tower, "vision.tower_lr", self.tower_lr,
+                 "unset unless vision.tune_tower=true (a frozen tower has no learning rate)")
 
 
 # -- method: which parameters train (``sftlab.train.methods``) ---------------------------

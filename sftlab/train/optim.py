@@ -4,7 +4,8 @@
     optimizer = InBackwardOptimizer(optimizer)   # optim.in_backward: steps inside backward
     lr = lr_at(step, total_steps, config.optim)  # warm-up, then cosine / linear / constant
 
-The loop (``sftlab/train/sft.py``) sets ``lr`` into every param group before each step;
+The loop (``sftlab/train/sft.py``) sets ``lr`` (times the group's ``lr_scale``: a
+projector or a tower may have its own peak) into every param group before each step;
 no PyTorch scheduler object is kept, so a resumed run needs only the step number.
 """
 from __future__ import annotations
@@ -20,16 +21,19 @@ from sftlab.errors import ConfigError
 def build_optimizer(parameters, optim) -> torch.optim.Optimizer:
     """AdamW or SGD; 1-D tensors (biases, norm weights) get no weight decay.
 
-    ``parameters`` is a list of tensors or of param-group dicts (kept as given).
+    ``parameters`` is a list of tensors, or of groups ``{"params": [...], "lr_scale": s}``
+    (``lr_scale``: the group's learning rate over ``optim.lr``; the loop's schedule keeps the
+    ratio, see ``scheduled_lr``). Each group is split by weight decay the same way.
     """
-    if parameters and isinstance(parameters[0], dict):
-        groups = parameters
-    else:
-        decay = [p for p in parameters if p.ndim >= 2]
-        no_decay = [p for p in parameters if p.ndim < 2]
-        groups = [{"params": decay, "weight_decay": optim.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
-        groups = [g for g in groups if g["params"]]
+    if parameters and not isinstance(parameters[0], dict):
+        parameters = [{"params": list(parameters)}]
+    groups = []
+    for given in parameters:
+        extra = {k: v for k, v in given.items() if k != "params"}
+        decay = [p for p in given["params"] if p.ndim >= 2]
+        no_decay = [p for p in given["params"] if p.ndim < 2]
+        groups += [{"params": params, "weight_decay": wd, "lr_scale": 1.0, **extra}
+                   for params, wd in ((decay, optim.weight_decay), (no_decay, 0.0)) if params]
     kernel = {"auto": {"foreach": True}, "foreach": {"foreach": True},
               "for-loop": {"foreach": False}, "fused": {"fused": True}}[optim.implementation]
     if optim.name == "adamw":
@@ -94,6 +98,12 @@ def check_in_backward(config, accelerator, prepared) -> None:
     ] if bad]
     if problems:
         raise ConfigError(f"optim.in_backward=true needs {', '.join(problems)}")
+
+
+def scheduled_lr(optimizer, lr: float) -> None:
+    """Set every param group's learning rate to ``lr`` times its ``lr_scale``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def lr_at(step: int, total_steps: int, optim) -> float:

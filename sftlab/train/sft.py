@@ -53,7 +53,7 @@ from sftlab.train.loss import normaliser, step_token_count
 from sftlab.train.memory import trim_during_forward
 from sftlab.train.methods import check_method_supported, model_load_kwargs, prepare_model
 from sftlab.train.objectives import OBJECTIVES, Objective
-from sftlab.train.optim import InBackwardOptimizer, build_optimizer, check_in_backward, lr_at
+from sftlab.train.optim import InBackwardOptimizer, build_optimizer, check_in_backward, lr_at, scheduled_lr
 
 
 @dataclass
@@ -353,8 +353,7 @@ def train_step(run: Run, batches: list) -> dict:
     scale = normaliser(step_tokens, acc.num_processes)
     lr = lr_at(run.state.step, run.total_steps, config.optim)
     if run.optimizer is not None:
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr
+        scheduled_lr(run.optimizer, lr)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     metric_sums = torch.zeros(len(objective.metric_names), dtype=torch.float64, device=device)
     for index, batch in enumerate(batches):

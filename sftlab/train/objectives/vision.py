@@ -215,18 +215,32 @@ class VisionObjective(Objective):
         """The method's result with the tower to save beside it; with ``vision.tune_tower``
         the tower's used layers train too (see the module docstring)."""
         values = {f.name: getattr(prepared, f.name) for f in fields(Prepared)}
-        result = VisionPrepared(**values, tower=self.tower, settings=self.settings,
-                                tuned=self.config.vision.tune_tower)
-        if not result.tuned:
-            return result
-        if prepared.fused_backward is not None:
-            raise ConfigError(f"vision.tune_tower=true: method {prepared.method!r} updates parameters inside "
-                              "its backward with no optimizer, so the tower cannot join it; use full, freeze "
-                              "or lora, or vision.tune_tower=false")
-        result.parameters = list(prepared.parameters) + tune_tower(self.tower, self.config.vision.feature_layer)
-        _inner(prepared.model).add_module(TOWER_NAME, self.tower)
-        result.summary = trainable_summary(result.model)
+        vision = self.config.vision
+        result = VisionPrepared(**values, tower=self.tower, settings=self.settings, tuned=vision.tune_tower)
+        if (vision.tune_tower or vision.projector_lr) and prepared.fused_backward is not None:
+            raise ConfigError(f"vision.tune_tower / vision.projector_lr: method {prepared.method!r} updates "
+                              "parameters inside its backward with no optimizer, so the tower cannot join it "
+                              "and the projector has no learning rate of its own; use full, freeze or lora")
+        tower = tune_tower(self.tower, vision.feature_layer) if result.tuned else []
+        if result.tuned:
+            _inner(prepared.model).add_module(TOWER_NAME, self.tower)
+            result.summary = trainable_summary(result.model)
+        result.parameters = self._groups(prepared, tower)
         return result
+
+    def _groups(self, prepared: Prepared, tower: list) -> list:
+        """The trained tensors; as optimizer groups with ``lr_scale`` where the projector or
+        the tower has a learning rate of its own (``sftlab.train.optim.build_optimizer``)."""
+        vision, lr = self.config.vision, self.config.optim.lr
+        if vision.projector_lr is None and vision.tower_lr is None:
+            return list(prepared.parameters) + tower
+        names = {id(p): name for name, p in prepared.model.named_parameters()}
+        projector = [p for p in prepared.parameters if "multi_modal_projector" in names.get(id(p), "")]
+        chosen = {id(p) for p in projector}
+        rest = [p for p in prepared.parameters if id(p) not in chosen]
+        groups = [{"params": rest}, {"params": projector, "lr_scale": (vision.projector_lr or lr) / lr},
+                  {"params": tower, "lr_scale": (vision.tower_lr or lr) / lr}]
+        return [group for group in groups if group["params"]]
 
     def make_units(self, examples: list) -> list:
         return list(examples)

@@ -133,6 +133,35 @@ def test_resume_restores_the_tuned_tower(tmp_path, examples, method):
         torch.testing.assert_close(resumed[name], straight[name], rtol=1e-6, atol=1e-7, msg=name)
 
 
+def test_tower_and_projector_learning_rates_set_their_first_adam_steps(tmp_path, examples):
+    """Adam's first step moves every weight with a gradient by its group's lr (g / |g|): the
+    largest change per part is its learning rate."""
+    from sftlab.models.vision import attach_projector
+
+    result = _run(tmp_path, examples, max_steps=1,
+                  vision={"tune_tower": True, "tower_lr": 1e-3, "projector_lr": 5e-2})
+    model = result.prepared.model
+    start_lm = tiny_model(seed=0)
+    start_projector = attach_projector(start_lm, tiny_vision_tower(), seed=0)
+    lm = dict(start_lm.named_parameters())
+
+    def largest_change(pairs):
+        return max(float((after.detach() - before.detach()).abs().max()) for after, before in pairs)
+
+    lm_pairs = [(p, lm[n]) for n, p in model.named_parameters() if n in lm and "multi_modal_projector" not in n]
+    projector_pairs = zip(model.multi_modal_projector.parameters(), start_projector.parameters())
+    tower_start = _tower_state(tiny_vision_tower())
+    tower_pairs = [(p, tower_start[n]) for n, p in result.prepared.tower.named_parameters()]
+    assert largest_change(lm_pairs) == pytest.approx(1e-2, rel=1e-3)
+    assert largest_change(projector_pairs) == pytest.approx(5e-2, rel=1e-3)
+    assert largest_change(tower_pairs) == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_a_tower_lr_without_tune_tower_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="vision.tower_lr"):
+        _config(tmp_path, vision={"tower_lr": 1e-5})
+
+
 def test_stage_1_with_tune_tower_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="vision.tune_tower"):
         _config(tmp_path, vision={"stage": 1, "tune_tower": True})
