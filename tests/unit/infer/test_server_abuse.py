@@ -7,6 +7,7 @@ import json
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -182,10 +183,13 @@ def test_hung_up_streams_free_their_batch_slots(server, generator):
     body = {"model": "tiny", "prompt": "count", "max_tokens": 900, "temperature": 0, "stream": True}
     clients = [httpx.Client(headers=AUTH, timeout=30) for _ in range(4)]
     streams = [client.stream("POST", f"{server.base_url}/completions", json=body) for client in clients]
-    for stream in streams:
-        response = stream.__enter__()
-        next(response.iter_lines())  # the stream is running
-    assert server.app.state.batcher.in_flight > 0
+    # the four requests at once (they share one batch), then one line of each; the line
+    # iterators stay referenced: a dropped one is garbage-collected, which closes its stream
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(lambda stream: stream.__enter__(), streams))
+    lines = [response.iter_lines() for response in responses]
+    assert all(next(line).startswith("data: {") for line in lines)  # every stream is running
+    assert server.app.state.batcher.in_flight == 4
     for stream, client in zip(streams, clients):
         stream.__exit__(None, None, None)
         client.close()
