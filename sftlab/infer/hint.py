@@ -17,6 +17,7 @@ tokens, and each instruction is read once, not once per prompt. A ``Generation``
 """
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 from typing import Sequence
@@ -26,20 +27,18 @@ import torch
 from sftlab.errors import DataError
 from sftlab.infer.base import Generation, Prompt, SamplingConfig
 from sftlab.infer.hf import CancelCheck, HFGenerator, TextCallback, row_seeds
-from sftlab.models import adapter_base, load_model, load_tokenizer
+from sftlab.models import ModelNotFoundError, adapter_base, load_model, load_tokenizer, resolve_adapter
 from sftlab.models.hint import CONFIG_FILE, FORMAT, apply_task, compile_task, load_hint
 
 
 def hint_run_dir(name_or_path) -> Path | None:
     """The HINT adapter directory of a run (``path`` or ``path/adapter``), else None."""
-    import json
-
-    path = Path(str(name_or_path)).expanduser()
-    for candidate in (path, path / "adapter"):
-        marker = candidate / CONFIG_FILE
-        if marker.is_file() and json.loads(marker.read_text()).get("format") == FORMAT:
-            return candidate
-    return None
+    try:
+        adapter = resolve_adapter(name_or_path)
+    except ModelNotFoundError:
+        return None
+    marker = adapter / CONFIG_FILE
+    return adapter if marker.is_file() and json.loads(marker.read_text()).get("format") == FORMAT else None
 
 
 class HintGenerator:
@@ -66,8 +65,7 @@ class HintGenerator:
         if not base:
             raise DataError("the HINT adapter does not name its base model (base_model)", file=str(adapter / CONFIG_FILE))
         model = load_model(base, dtype=dtype, device=device)
-        tokenizer = load_tokenizer(base, adapter=adapter) if (adapter / "tokenizer_config.json").is_file() \
-            else load_tokenizer(base)
+        tokenizer = load_tokenizer(base, adapter=adapter)  # the run's own (adapter/ or the run's top) first
         return cls(load_hint(model, adapter), tokenizer, batch_size=batch_size, name=str(path))
 
     def encode(self, prompt: Prompt, max_new_tokens: int) -> list[int]:

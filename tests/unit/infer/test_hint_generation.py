@@ -83,3 +83,18 @@ def test_a_prompt_without_an_instruction_and_a_stray_adapter_are_clear_errors(ru
         generator.generate(["plain text, no chat turns"], SamplingConfig(max_new_tokens=2))
     with pytest.raises(ConfigError, match="is a HINT run"):
         generator_for(str(run_dir[0]), adapter=str(run_dir[0] / "adapter"))
+
+
+def test_the_runs_own_tokenizer_defines_the_prompts(run_dir, tiny_tokenizer, tmp_path):
+    """A training run keeps its tokenizer at the run's top (beside adapter/): that one, with
+    its chat template, is the one the instruction split was learnt on."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir[0], run)
+    tiny_tokenizer.model_max_length = 777  # a mark to recognise the run's copy by
+    try:
+        tiny_tokenizer.save_pretrained(run)
+    finally:
+        tiny_tokenizer.model_max_length = 1024
+    assert generator_for(str(run)).tokenizer.model_max_length == 777
