@@ -134,12 +134,19 @@ def run_json(command: list[str], peak_gflops: float | None = None) -> dict:
     return {"error": done.stderr[-2000:], "returncode": done.returncode}
 
 
+def peer_model():
+    """The peer benchmark's ``model`` module (its shape, lengths and CPU-share meter)."""
+    if str(PEER) not in sys.path:
+        sys.path.insert(0, str(PEER))
+    import model
+
+    return model
+
+
 def workload_lengths(workload: str) -> tuple[int, int]:
     """The (min, max) example length of a workload (uniform in between, as the peers draw)."""
     flags = WORKLOADS[workload]
-    sys.path.insert(0, str(PEER))
-    import model
-
+    model = peer_model()
     low = int(flags[flags.index("--min-len") + 1]) if "--min-len" in flags else model.MIN_LEN
     high = int(flags[flags.index("--max-len") + 1]) if "--max-len" in flags else model.MAX_LEN
     return low, high
@@ -154,9 +161,7 @@ def flops_per_token(method: str, workload: str, n_trainable: int) -> float:
     Full fine-tuning adds input gradients and weight gradients (2x the forward again);
     frozen weights (LoRA) need input gradients only, and the adapters' own 6 FLOPs per
     trained parameter. Embedding lookups, norms and activations are not matmuls."""
-    sys.path.insert(0, str(PEER))
-    from model import SMOLLM2_135M as shape
-
+    shape = peer_model().SMOLLM2_135M
     d, layers, inner = shape["hidden_size"], shape["num_hidden_layers"], shape["intermediate_size"]
     kv = d // shape["num_attention_heads"] * shape["num_key_value_heads"]
     weights = layers * (2 * d * d + 2 * d * kv + 3 * d * inner) + d * shape["vocab_size"]
@@ -170,8 +175,7 @@ def flops_per_token(method: str, workload: str, n_trainable: int) -> float:
 
 
 def wait_quiet(fraction: float, max_wait: float) -> None:
-    sys.path.insert(0, str(PEER))
-    from model import ContentionMeter  # the peer benchmark's own CPU-share meter
+    ContentionMeter = peer_model().ContentionMeter  # the peer benchmark's own CPU-share meter
 
     started = time.time()
     while time.time() - started < max_wait:
