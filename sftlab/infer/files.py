@@ -26,7 +26,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tqdm import tqdm
 
@@ -54,6 +54,11 @@ class GenerateConfig:
     """Model weights' dtype: float32, bfloat16 or float16."""
     device: str = "cpu"
     """Where the model runs: cpu, cuda, cuda:1, mps."""
+    backend: Literal["auto", "hf", "llamacpp", "vllm"] = "auto"
+    """Generation engine: `auto` (llama.cpp for the embedded default model when
+    llama-cpp-python is installed, else hf), `hf` (transformers, every model and device),
+    `llamacpp` (llama.cpp's CPU kernels on the same float32 weights: same greedy tokens,
+    faster; `pip install 'sftlab[llamacpp]'`; `vllm`: needs the vllm package and a GPU). The saved config names the one that ran."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     """Decoding settings: max_new_tokens, temperature, top_p, seed, stop."""
 

@@ -274,7 +274,7 @@ class HFGenerator:
         encoded = [p if _is_token_ids(p) else prompt_to_ids(self.tokenizer, p) for p in prompts]
         self._check_context(encoded, sampling.max_new_tokens)
         with self._lock, torch.inference_mode():
-            if supports_continuous(self.model):
+            if self.samples_per_row:
                 seeds = list(seeds) if seeds is not None else row_seeds(sampling.seed, len(encoded))
                 rows = self._generate_continuously(encoded, sampling, on_text, seeds, cancelled)
             else:
@@ -294,9 +294,20 @@ class HFGenerator:
             completions[index].append(token)
             return tracker.on_token(rows[index], completions[index], sampling.max_new_tokens)
 
-        pick = _greedy if sampling.temperature <= 0 else _Sampler(sampling, seeds, self.model.device)
-        self.decode_steps += generate_continuously(self.model, encoded, self.batch_size, pick, on_token)
+        pick = _greedy if sampling.temperature <= 0 else _Sampler(sampling, seeds, self._logits_device)
+        self.decode_steps += self._decode(encoded, pick, on_token, sampling.max_new_tokens)
         return rows
+
+    @property
+    def _logits_device(self):
+        """Where ``_decode`` hands ``pick`` its logits (the samplers' generators live there)."""
+        return self.model.device
+
+    def _decode(self, encoded: list[list[int]], pick, on_token, max_new_tokens: int) -> int:
+        """The decode loop: every prompt until ``on_token`` says it is done (at most
+        ``max_new_tokens`` each); returns the batched steps taken. Another engine
+        (``sftlab.infer.llamacpp``) replaces only this."""
+        return generate_continuously(self.model, encoded, self.batch_size, pick, on_token)
 
     def _generate_with_hf(self, encoded: list[list[int]], sampling: SamplingConfig,
                           on_text: TextCallback | None, cancelled: CancelCheck | None) -> list[_Row]:

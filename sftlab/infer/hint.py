@@ -12,7 +12,7 @@ they hold for every decode step. What is saved: no new token attends to the inst
 tokens, and each instruction is read once, not once per prompt. A ``Generation``'s
 ``prompt_tokens`` counts the instance tokens the base model read.
 
-    generator = HintGenerator.from_name("runs/hint")     # or generator_for("runs/hint")
+    generator = HintGenerator.from_name("runs/hint")     # or backends.generator_for("runs/hint")
     generator.generate([[Message("system", "Reverse the words."), Message("user", "a b c")]])
 """
 from __future__ import annotations

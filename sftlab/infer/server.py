@@ -61,7 +61,7 @@ from sftlab.errors import SftlabError
 from sftlab.infer.base import Generation, Prompt
 from sftlab.infer.batcher import Batcher, Job
 from sftlab.infer.hf import ImagesNotSupported, PromptTooLong
-from sftlab.infer.vision import generator_for
+from sftlab.infer.backends import generator_for
 from sftlab.infer.openai_schema import (ApiError, ChatRequest, CompletionRequest, chat_completion_body,
                                         completion_body, finish_reason, parse_request, reply_of, usage_counts,
                                         wants_usage)
@@ -331,7 +331,7 @@ def start_server(generator_or_model, *, host: str = "127.0.0.1", port: int = 0,
                  batch_window_ms: float = 10.0, default_max_tokens: int = 256,
                  model_name: str | Sequence[str] | None = None, max_body_bytes: int = MAX_BODY_BYTES,
                  shutdown_timeout_s: float = 5.0) -> ServerHandle:
-    """Serve a ``Generator`` (or a model name/path, loaded by ``sftlab.infer.vision.generator_for``:
+    """Serve a ``Generator`` (or a model name/path, loaded by ``sftlab.infer.backends.generator_for``:
     ``HFGenerator.from_name``, or a ``VisionGenerator`` for a vision model directory)
     in a daemon thread; ``port=0`` picks a free port. Returns once the server accepts requests.
 

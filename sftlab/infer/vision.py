@@ -1,6 +1,6 @@
 """Generation with images: a ``Generator`` over a saved sftlab vision model.
 
-    generator = VisionGenerator.from_name("runs/vision/model")     # or generator_for(name)
+    generator = VisionGenerator.from_name("runs/vision/model")     # or backends.generator_for(name)
     example = read_visual({"images": ["cat.png"], "messages": [
         {"role": "user", "content": "<image>\\nWhat is this?"}]})
     generator.generate([example], SamplingConfig(max_new_tokens=16))[0].text
@@ -27,7 +27,7 @@ Greedy decoding gives the same text batched or one prompt at a time
 ``sampling.seed`` per call (``samples_per_row`` is False), as ``HFGenerator``'s
 ``model.generate`` fallback does. Continuous batching is not offered here.
 
-``generator_for(name)`` picks this generator for a vision model directory (one holding
+``sftlab.infer.backends.generator_for(name)`` picks this generator for a vision model directory (one holding
 ``sftlab_vision.json``, or a run with it in ``model/`` or ``adapter/``) and ``HFGenerator``
 for anything else; a text-only ``HFGenerator`` refuses prompts with images
 (``ImagesNotSupported``).
@@ -171,24 +171,3 @@ class VisionGenerator:
             stopping_criteria=_criteria(tracker))
         tracker.finish(output)
         return rows
-
-
-def generator_for(name_or_path: str, *, adapter=None, batch_size: int = 8, dtype: str = "float32",
-                  device: str = "cpu", trust_remote_code: bool = False):
-    """A ``HintGenerator`` for a HINT run, a ``VisionGenerator`` for a vision model directory
-    (or a run holding one), else ``HFGenerator.from_name``. A vision model takes no separate ``adapter``: give its run's
-    ``adapter/`` directory (it names its base) as the model."""
-    from sftlab.infer.hint import HintGenerator, hint_run_dir  # lazy: the HINT module
-
-    if hint_run_dir(name_or_path) is not None:
-        if adapter:
-            raise ConfigError(f"{name_or_path} is a HINT run: pass it (or its adapter/ directory) as the model "
-                              "instead of --adapter")
-        return HintGenerator.from_name(name_or_path, batch_size=batch_size, dtype=dtype, device=device)
-    if vision_model_dir(name_or_path) is not None:
-        if adapter:
-            raise ConfigError(f"{name_or_path} is a vision model: pass its run's adapter/ directory as the model "
-                              "instead of --adapter")
-        return VisionGenerator.from_name(name_or_path, batch_size=batch_size, dtype=dtype, device=device)
-    return HFGenerator.from_name(name_or_path, adapter=adapter, batch_size=batch_size, dtype=dtype, device=device,
-                                 trust_remote_code=trust_remote_code)

@@ -19,7 +19,7 @@ _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length"
 
 # the libraries whose versions decide a run's numbers (``None`` when not installed)
 _VERSIONED = ("sftlab", "torch", "transformers", "peft", "accelerate", "tokenizers", "numpy",
-              "trl")
+              "trl", "llama-cpp-python")
 
 
 def pad_id(tokenizer) -> int:

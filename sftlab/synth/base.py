@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sftlab.data.prompts import PromptRow
-from sftlab.infer.hf import HFGenerator
-from sftlab.models import load_model, load_tokenizer
+from sftlab.infer.backends import generator_for, resolve_backend
 from sftlab.registry import Registry
 from sftlab.synth.client import GeneratorTeacher, HTTPTeacher, Teacher, TeacherConfig
 
@@ -33,11 +32,11 @@ def pipeline(name: str, config_class: type) -> Callable:
 
 
 def make_teacher(config: TeacherConfig) -> Teacher:
-    """``base_url: local`` runs ``model`` in-process (``tiny``, ``default`` or a path);
-    anything else is an OpenAI-compatible endpoint."""
+    """``base_url: local`` runs ``model`` in-process (``tiny``, ``default`` or a path) on
+    ``config.backend``; anything else is an OpenAI-compatible endpoint."""
     if config.base_url == "local":
-        generator = HFGenerator(load_model(config.model), load_tokenizer(config.model))
-        return GeneratorTeacher(generator, config.model, config.cache_dir)
+        config.backend = resolve_backend(config.backend, config.model)
+        return GeneratorTeacher(generator_for(config.model, backend=config.backend), config.model, config.cache_dir)
     return HTTPTeacher(config)
 
 

@@ -10,7 +10,7 @@ from sftlab.config import build_config
 from sftlab.errors import ConfigError, DataError
 from sftlab.infer.base import SamplingConfig
 from sftlab.infer.hint import HintGenerator
-from sftlab.infer.vision import generator_for
+from sftlab.infer.backends import generator_for
 from sftlab.models import hint as hint_module
 from sftlab.models.tiny import tiny_model
 from sftlab.train.config import MethodConfig

@@ -14,7 +14,8 @@ from sftlab.errors import DataError
 from sftlab.infer.base import SamplingConfig
 from sftlab.infer.chat import chat_loop
 from sftlab.infer.hf import HFGenerator, ImagesNotSupported, PromptTooLong
-from sftlab.infer.vision import VisionGenerator, generator_for
+from sftlab.infer.backends import generator_for
+from sftlab.infer.vision import VisionGenerator
 from sftlab.models.vision import generate_answer, save_tiny_vision
 from sftlab.types import Conversation, Message
 
