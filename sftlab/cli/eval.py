@@ -21,7 +21,7 @@ from sftlab.eval.judge.lc import estimate_difficulty, load_lc_table, summarize_a
 from sftlab.eval.judge.pairwise import generate_outputs, judge_pairs, read_annotations, read_outputs
 from sftlab.eval.results import format_table
 from sftlab.eval.runner import EvalConfig, evaluate
-from sftlab.infer.hf import HFGenerator
+from sftlab.infer.backends import generator_for, resolve_backend
 from sftlab.models import library_versions
 from sftlab.report.charts import radar_chart
 from sftlab.report.html import write_report
@@ -78,6 +78,7 @@ JUDGE_FLAGS = {
     "limit": "--limit",
     "batch_size": "--batch-size",
     "adapter": "--adapter",
+    "backend": "--backend",
     "max_new_tokens": "--max-new-tokens",
     "seed": "--seed",
     "output_dir": Flag("-o", "--output", required=True),
@@ -203,7 +204,8 @@ def _judge(config: AlpacaEvalConfig | MTBenchConfig):
 def _generator(config: AlpacaEvalConfig | MTBenchConfig):
     if not config.model:
         raise ConfigError("give a MODEL to generate with, or precomputed outputs")
-    return HFGenerator.from_name(config.model, adapter=config.adapter, batch_size=config.batch_size)
+    config.backend = resolve_backend(config.backend, config.model, adapter=config.adapter)
+    return generator_for(config.model, backend=config.backend, adapter=config.adapter, batch_size=config.batch_size)
 
 
 def run_alpaca_eval(args) -> int:

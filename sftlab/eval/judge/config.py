@@ -12,6 +12,7 @@ in ``settings.json`` beside its results::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 @dataclass
@@ -65,6 +66,10 @@ class AlpacaEvalConfig:
     """Prompts per batch, for the model and a local judge."""
     adapter: str | None = None
     """PEFT adapter applied to `model`."""
+    backend: Literal["auto", "hf", "llamacpp"] = "auto"
+    """Engine that generates with `model`: `auto` (llama.cpp for GGUF models, the default
+    model included, when llama-cpp-python is installed, else hf), `hf`, `llamacpp`
+    (`sftlab.infer.backends`); settings.json names the one that ran."""
     max_new_tokens: int = 1024
     """Length limit of each generated output."""
     one_order: bool = False
@@ -93,6 +98,10 @@ class MTBenchConfig:
     """Prompts per batch, for the model and a local judge."""
     adapter: str | None = None
     """PEFT adapter applied to `model`."""
+    backend: Literal["auto", "hf", "llamacpp"] = "auto"
+    """Engine that generates with `model`: `auto` (llama.cpp for GGUF models, the default
+    model included, when llama-cpp-python is installed, else hf), `hf`, `llamacpp`
+    (`sftlab.infer.backends`); settings.json names the one that ran."""
     max_new_tokens: int = 1024
     """Length limit of each answer turn."""
     seed: int = 1234
