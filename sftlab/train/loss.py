@@ -162,18 +162,22 @@ class _LinearCrossEntropy(torch.autograd.Function):
             logits = (h @ weight.T).to(acc)
             if bias is not None:
                 logits += bias.to(acc)
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
-            if not (want_h or want_w or want_b):
-                continue
-            dlogits = logits.sub_(lse[:, None]).exp_()  # softmax, in place
-            dlogits[torch.arange(t.shape[0], device=t.device), t] -= 1.0
-            if want_h:
-                grad_h[start:start + chunk_size] = dlogits.to(weight.dtype) @ weight
-            if want_w:
-                grad_w.addmm_(dlogits.T, h.to(acc))
-            if want_b:
-                grad_b += dlogits.sum(0)
+            picked = logits.gather(1, t[:, None]).squeeze(1)
+            lse, sums = _logsumexp_(logits)
+            total += (lse - picked).sum()
+            if want_h or want_w or want_b:
+                dlogits = logits.div_(sums[:, None])  # softmax, in place
+                dlogits[torch.arange(t.shape[0], device=t.device), t] -= 1.0
+                if want_h:
+                    grad_h[start:start + chunk_size] = dlogits.to(weight.dtype) @ weight
+                if want_w:
+                    grad_w.addmm_(dlogits.T, h.to(acc))
+                if want_b:
+                    grad_b += dlogits.sum(0)
+                del dlogits
+            # freed before the next chunk's product, else two [chunk, V] blocks are alive
+            # at once (384 MiB at 1024 x 49152 float32: the peak of a long LoRA step)
+            del logits
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
         return total
@@ -187,6 +191,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
         out_w = grad_w.mul_(grad_output).to(ctx.dtypes[0]) if grad_w is not None else None
         out_b = grad_b.mul_(grad_output).to(ctx.dtypes[1]) if grad_b is not None else None
         return out_h, out_w, out_b, None, None, None
+
+
+def _logsumexp_(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``logsumexp`` over the last dim of ``[N, V]`` ``logits``, which it overwrites with
+    ``exp(logits - rowmax)``; returns ``(lse [N], row sums of that [N])`` so the caller's
+    softmax is one in-place division. ``torch.logsumexp`` computes the same (max-shifted)
+    but allocates an ``[N, V]`` temporary: one more LM-head chunk (192 MiB at 1024 x 49152
+    float32), the peak of a long LoRA step."""
+    rowmax = logits.amax(dim=-1, keepdim=True)
+    sums = logits.sub_(rowmax).exp_().sum(dim=-1)
+    return sums.log() + rowmax.squeeze(1), sums
 
 
 def reference_loss_sum(model: nn.Module, input_ids, labels, attention_mask=None,

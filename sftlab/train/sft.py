@@ -50,7 +50,7 @@ from sftlab.train import run as run_files
 from sftlab.train.config import TrainConfig
 from sftlab.train.fused import fuse_swiglu
 from sftlab.train.loss import normaliser, step_token_count
-from sftlab.train.memory import trim_during_forward
+from sftlab.train.memory import mmap_large_blocks, trim_during_forward
 from sftlab.train.methods import check_method_supported, model_load_kwargs, prepare_model
 from sftlab.train.objectives import OBJECTIVES, Objective
 from sftlab.train.optim import InBackwardOptimizer, build_optimizer, check_in_backward, lr_at, scheduled_lr
@@ -168,6 +168,7 @@ def setup(config: TrainConfig, model=None, tokenizer=None, train_examples=None,
     if config.data.packing or config.data.padding_free:  # attend within each example only
         attention.enable(prepared.model)
     if config.release_memory and accelerator.device.type == "cpu":
+        mmap_large_blocks()  # long sequences: big activations go back to the OS when freed
         trim_during_forward(prepared.model)
     if config.optim.in_backward:
         check_in_backward(config, accelerator, prepared)
