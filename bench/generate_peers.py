@@ -10,7 +10,8 @@ prompt token ids (sftlab's chat template and tokenizer), so only the engines dif
 - ``sftlab_llamacpp``: sftlab's ``llamacpp`` backend, ``LlamaCppGenerator(model, tokenizer,
   batch_size=N)``: the same float32 weights written as GGUF and decoded by llama.cpp through
   sftlab's own continuous batching (what ``--backend auto`` runs for the default model when
-  llama-cpp-python is installed in sftlab's venv);
+  llama-cpp-python is installed in sftlab's venv); ``sftlab_llamacpp_q4_1``: the same backend
+  on the wheel's Q4_1 file as it is (``LlamaCppGenerator.from_gguf``: ``sftlab generate FILE.gguf``);
 - ``transformers_generate_batch``: transformers' own continuous batching,
   ``model.generate_batch`` with the N prompts in one call, on its own float32 copy of the model.
   With its defaults it sizes the KV cache from free memory (on CPU 60% of the RAM) and
@@ -306,9 +307,11 @@ def build_sides(args, model, tokenizer, eos: list[int]) -> tuple[dict, list]:
 
     generator = HFGenerator(model, tokenizer, batch_size=1)
     llama_generator = LlamaCppGenerator(model, tokenizer, batch_size=1, threads=args.threads)
+    q4_generator = LlamaCppGenerator.from_gguf(gguf_path(), batch_size=1, threads=args.threads)
     cb_model = load_model("default").eval()  # its own copy: generate_batch swaps attention kernels
     sides = {"sftlab": lambda p, new: run_sftlab(generator, p, new),
              "sftlab_llamacpp": lambda p, new: run_sftlab(llama_generator, p, new),
+             "sftlab_llamacpp_q4_1": lambda p, new: run_sftlab(q4_generator, p, new),
              "transformers_generate_batch": lambda p, new: run_generate_batch(cb_model, p, new, eos),
              "transformers_generate_batch_sized": lambda p, new: run_generate_batch(cb_model, p, new, eos, True)}
     workers = []
