@@ -38,8 +38,8 @@ class ChatConfig:
     trust_remote_code: bool = False
     """Allow model code from the model directory or hub to run (off by default)."""
     backend: Literal["auto", "hf", "llamacpp"] = "auto"
-    """Generation engine: `auto` (llama.cpp for the embedded default model when
-    llama-cpp-python is installed, else hf), `hf` (transformers, every model and device),
+    """Generation engine: `auto` (llama.cpp for GGUF models, `default` and .gguf files,
+    when llama-cpp-python is installed, else hf), `hf` (transformers, every model and device),
     `llamacpp` (llama.cpp's CPU kernels on the same float32 weights: same greedy tokens,
     faster; `pip install 'sftlab[llamacpp]'`). The saved config names the one that ran."""
     system: str | None = None
@@ -69,8 +69,8 @@ class ServeConfig:
     trust_remote_code: bool = False
     """Allow model code from the model directory or hub to run (off by default)."""
     backend: Literal["auto", "hf", "llamacpp"] = "auto"
-    """Generation engine: `auto` (llama.cpp for the embedded default model when
-    llama-cpp-python is installed, else hf), `hf` (transformers, every model and device),
+    """Generation engine: `auto` (llama.cpp for GGUF models, `default` and .gguf files,
+    when llama-cpp-python is installed, else hf), `hf` (transformers, every model and device),
     `llamacpp` (llama.cpp's CPU kernels on the same float32 weights: same greedy tokens,
     faster; `pip install 'sftlab[llamacpp]'`). The saved config names the one that ran."""
     host: str = "127.0.0.1"

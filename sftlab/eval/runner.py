@@ -99,8 +99,8 @@ class EvalConfig:
     device: str = "cpu"
     """Device of the local model: cpu, cuda, cuda:1, mps."""
     backend: Literal["auto", "hf", "llamacpp"] = "auto"
-    """Engine of local generation: `auto` (llama.cpp for the embedded default model when
-    llama-cpp-python is installed, else hf), `hf` (transformers), `llamacpp` (llama.cpp's CPU
+    """Engine of local generation: `auto` (llama.cpp for GGUF models, `default` and .gguf files,
+    when llama-cpp-python is installed, else hf), `hf` (transformers), `llamacpp` (llama.cpp's CPU
     kernels on the same float32 weights: same greedy tokens, faster; `pip install
     'sftlab[llamacpp]'`). Log-likelihood tasks always score with transformers. settings.json
     names the engine that ran."""

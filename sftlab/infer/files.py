@@ -55,8 +55,8 @@ class GenerateConfig:
     device: str = "cpu"
     """Where the model runs: cpu, cuda, cuda:1, mps."""
     backend: Literal["auto", "hf", "llamacpp", "vllm"] = "auto"
-    """Generation engine: `auto` (llama.cpp for the embedded default model when
-    llama-cpp-python is installed, else hf), `hf` (transformers, every model and device),
+    """Generation engine: `auto` (llama.cpp for GGUF models, `default` and .gguf files,
+    when llama-cpp-python is installed, else hf), `hf` (transformers, every model and device),
     `llamacpp` (llama.cpp's CPU kernels on the same float32 weights: same greedy tokens,
     faster; `pip install 'sftlab[llamacpp]'`; `vllm`: needs the vllm package and a GPU). The saved config names the one that ran."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)

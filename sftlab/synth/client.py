@@ -42,8 +42,8 @@ class TeacherConfig:
     """Model name sent to the endpoint; with ``base_url: local``, the model to load (``tiny``,
     ``default``, a Hub name or a directory)."""
     backend: Literal["auto", "hf", "llamacpp"] = "auto"
-    """With ``base_url: local``, the engine that generates: ``auto`` (llama.cpp for the
-    embedded default model when llama-cpp-python is installed, else hf), ``hf``
+    """With ``base_url: local``, the engine that generates: ``auto`` (llama.cpp for GGUF
+    models, ``default`` and .gguf files, when llama-cpp-python is installed, else hf), ``hf``
     (transformers), ``llamacpp`` (llama.cpp's CPU kernels on the same float32 weights;
     ``pip install 'sftlab[llamacpp]'``). Resolved before the run, so the saved config names
     the one that ran."""
