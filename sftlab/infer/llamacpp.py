@@ -244,9 +244,10 @@ class LlamaCppGenerator(HFGenerator):
     samples_per_row = True
 
     def __init__(self, model, tokenizer, batch_size: int = 8, name: str | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, engine: LlamaCppEngine | None = None) -> None:
         super().__init__(model, tokenizer, batch_size=batch_size, name=name)
-        self.engine = LlamaCppEngine.from_model(model, tokenizer, threads)
+        # engine: given by from_gguf (a file run as it is), else made from the model's weights
+        self.engine = engine or LlamaCppEngine.from_model(model, tokenizer, threads)
 
     @classmethod
     def from_name(cls, name_or_path: str, *, adapter=None, batch_size: int = 8, dtype: str = "float32",
@@ -278,10 +279,8 @@ class LlamaCppGenerator(HFGenerator):
         config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
         with torch.device("meta"):  # a weightless stand-in: HFGenerator reads its configs only
             stand_in = AutoModelForCausalLM.from_config(config)
-        generator = cls.__new__(cls)
-        HFGenerator.__init__(generator, stand_in, load_tokenizer(str(path)), batch_size=batch_size, name=str(path))
-        generator.engine = LlamaCppEngine(path, threads)
-        return generator
+        return cls(stand_in, load_tokenizer(str(path)), batch_size=batch_size, name=str(path),
+                   engine=LlamaCppEngine(path, threads))
 
     @property
     def _logits_device(self):

