@@ -45,7 +45,7 @@ from typing import Any
 from sftlab.data.formats import DETECTORS, FORMATS, ReadOptions, detect_format, validate
 from sftlab.data.images import IMAGE_PLACEHOLDER, VisualConversation, has_images, read_visual
 from sftlab.data.io import Record, default_id, iter_records, locate
-from sftlab.errors import DataError
+from sftlab.errors import DataError, SftlabError
 from sftlab.types import Conversation, Message
 
 PROMPT_OPTIONS = ReadOptions(require_assistant=False)
@@ -78,6 +78,19 @@ class PromptRow:
     images: list | None = None
     """The images of a row with images (``sftlab.data.images``: an ``images`` or ``image``
     field, or image content parts), one per ``<image>`` of ``messages``; else None."""
+    line: int | None = None
+    """The row's line in a JSONL file (1-based); None in a JSON list."""
+    index: int | None = None
+    """The row's record index in its file (0-based)."""
+
+    def located(self, error: SftlabError, path: str | Path) -> DataError:
+        """``error`` (raised about this row's prompt by a generator: a ``DataError`` or a
+        ``PromptTooLong``) as a ``DataError`` naming the file, the row's line or record index
+        and its id."""
+        if isinstance(error, DataError):
+            return DataError(f"prompt '{self.id}': {error.message}", file=str(path), line=self.line,
+                             index=self.index, field=error.field, hint=error.hint, reason=error.reason)
+        return DataError(f"prompt '{self.id}': {error}", file=str(path), line=self.line, index=self.index)
 
     @property
     def text(self) -> str:
@@ -131,7 +144,7 @@ def record_prompts(record: Record, path: Path) -> list[PromptRow]:
     several = len(conversations) > 1
     raw = row["prompt"] if format == "prompt_completion" and isinstance(row["prompt"], str) else None
     return [PromptRow(_prompt_id(conversation, path, record.index, number if several else None),
-                      prompt_messages(conversation), row, raw)
+                      prompt_messages(conversation), row, raw, line=record.line, index=record.index)
             for number, conversation in enumerate(conversations)]
 
 
@@ -170,7 +183,7 @@ def _visual_prompt(row: dict, record: Record, path: Path) -> PromptRow:
     messages = prompt_messages(example.conversation)
     kept = sum(message.content.count(IMAGE_PLACEHOLDER) for message in messages)
     return PromptRow(_prompt_id(example.conversation, path, record.index, None), messages, row,
-                     images=example.images[:kept])
+                     images=example.images[:kept], line=record.line, index=record.index)
 
 
 def _prompt_id(conversation: Conversation, path: Path, index: int, number: int | None) -> str:

@@ -208,15 +208,24 @@ def shared_prefix(model, prompts: Sequence[Sequence[int]], min_tokens: int = 16)
     few-shot examples) once: ``(length, DynamicCache)``, or ``None`` when there are fewer
     than two prompts or the prefix is shorter than ``min_tokens``. Each prompt keeps at
     least one token of its own, whose logits pick its first new token."""
+    length = common_prefix(prompts, min_tokens)
+    return (length, prefill(model, prompts[0][:length])[1]) if length else None
+
+
+def common_prefix(prompts: Sequence[Sequence[int]], min_tokens: int = 16) -> int:
+    """How many leading tokens every prompt shares, leaving each at least one of its own; 0
+    when there are fewer than two prompts or fewer than ``min_tokens`` shared tokens.
+
+    >>> common_prefix([[1, 2, 3, 4], [1, 2, 3, 5, 6], [1, 2, 3]], min_tokens=2)
+    2
+    """
     if len(prompts) < 2:
-        return None
+        return 0
     length = min(len(p) for p in prompts) - 1
     first = prompts[0]
     for other in prompts[1:]:
         length = next((i for i in range(length) if other[i] != first[i]), length)
-    if length < min_tokens:
-        return None
-    return length, prefill(model, first[:length])[1]
+    return length if length >= min_tokens else 0
 
 
 def generate_continuously(model, prompts: Sequence[Sequence[int]], batch_size: int, pick: Pick,

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from sftlab.config import dump_config
 from sftlab.data.prompts import PromptRow, read_prompts
-from sftlab.errors import DataError
+from sftlab.errors import DataError, SftlabError
 from sftlab.infer.base import Generation, Generator, SamplingConfig
 
 
@@ -112,6 +112,7 @@ def generate_file(generator: Generator, config: GenerateConfig, progress: bool =
     config_path = Path(f"{stem}.config.yaml")
     dump_config(asdict(config), config_path)
     todo = rows[done:]
+    check_prompts(generator, todo, config)
     # several batches per chunk keeps sorting by length useful and losses on a crash small
     chunk = max(1, getattr(generator, "batch_size", 8)) * 4
     tokens, start = 0, time.perf_counter()
@@ -132,6 +133,21 @@ def generate_file(generator: Generator, config: GenerateConfig, progress: bool =
             "completion_tokens": tokens, "seconds": round(seconds, 3),
             "tokens_per_second": round(tokens / seconds, 2) if seconds > 0 and todo else 0.0,
             "output": str(output), "config": str(config_path)}
+
+
+def check_prompts(generator: Generator, rows: list[PromptRow], config: GenerateConfig) -> None:
+    """Encode every prompt before generating any (where the generator can: a local one's
+    ``encode``), so that a prompt the model cannot take (too long for its context, a HINT
+    prompt without a system turn, image placeholders that do not match its images) stops
+    the run at once with the file, line and id of its row, not mid-file."""
+    encode = getattr(generator, "encode", None)
+    if encode is None:
+        return
+    for row in rows:
+        try:
+            encode(row.prompt, config.sampling.max_new_tokens)
+        except SftlabError as error:
+            raise row.located(error, config.input) from None
 
 
 def _output_row(prompt: PromptRow, gen: Generation) -> dict[str, Any]:

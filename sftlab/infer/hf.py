@@ -362,11 +362,12 @@ class HFGenerator:
     def _check_context(self, encoded: list[list[int]], max_new_tokens: int) -> None:
         limit = context_length(self.model)
         for i, ids in enumerate(encoded):
+            which = "the prompt" if len(encoded) == 1 else f"prompt {i}"
             if not ids:
-                raise ConfigError(f"prompt {i} is empty (no tokens): give every prompt some text")
+                raise ConfigError(f"{which} is empty (no tokens): give every prompt some text")
             if limit and len(ids) + max_new_tokens > limit:
-                raise PromptTooLong(f"prompt {i} has {len(ids)} tokens; with max_new_tokens={max_new_tokens} "
-                                  f"it exceeds the model's context of {limit} tokens")
+                raise PromptTooLong(f"{which} has {len(ids)} tokens; with max_new_tokens={max_new_tokens} "
+                                    f"it exceeds the model's context of {limit} tokens")
 
     def _eos_ids(self) -> set[int]:
         return eos_ids_of(self.model.config, getattr(self.model, "generation_config", None), self.tokenizer)

@@ -69,17 +69,22 @@ class HintGenerator:
         return cls(load_hint(model, adapter), tokenizer, batch_size=batch_size, name=str(path))
 
     def encode(self, prompt: Prompt, max_new_tokens: int) -> list[int]:
-        """The whole rendered prompt's token ids (system turn included), context-checked."""
-        return self.text.encode(prompt, max_new_tokens)
+        """The whole rendered prompt's token ids (system turn included), context-checked and
+        checked to split into instruction and instance."""
+        ids = self.text.encode(prompt, max_new_tokens)
+        self.split(ids)
+        return ids
 
-    def split(self, ids: list[int], index: int) -> tuple[tuple[int, ...], list[int]]:
-        """``(instruction ids, instance ids)`` of one encoded prompt."""
+    def split(self, ids: list[int], index: int | None = None) -> tuple[tuple[int, ...], list[int]]:
+        """``(instruction ids, instance ids)`` of one encoded prompt (``index``: its place in
+        the batch, for the error)."""
         cut = self.hint.split.boundary(ids)
         if cut is None or cut >= len(ids):
+            which = "the prompt" if index is None else f"prompt {index} of the batch"
             text = self.tokenizer.decode(ids[:60])
-            raise DataError(f"prompt {index} of the batch (it reads {text!r}) does not start with a system turn "
-                            "followed by the instance: a HINT model reads its instruction from the system message; "
-                            "give every prompt one")
+            raise DataError(f"{which} (it reads {text!r}) does not start with a system turn followed by the "
+                            "instance: a HINT model reads its instruction from the system message",
+                            field="messages", hint='give every prompt a {"role": "system"} turn first')
         return tuple(ids[:cut]), list(ids[cut:])
 
     def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig | None = None,
@@ -88,7 +93,7 @@ class HintGenerator:
         """Complete every prompt (as ``HFGenerator.generate``); one compile and one batched
         decode per distinct instruction, results in input order."""
         sampling = sampling or SamplingConfig()
-        encoded = [self.encode(p, sampling.max_new_tokens) for p in prompts]
+        encoded = [self.text.encode(p, sampling.max_new_tokens) for p in prompts]  # split below, by index
         seeds = list(seeds) if seeds is not None else row_seeds(sampling.seed, len(encoded))
         groups: dict[tuple[int, ...], list[tuple[int, list[int]]]] = {}
         for index, ids in enumerate(encoded):

@@ -19,7 +19,10 @@ How a ``LlamaCppGenerator`` runs:
 3. the decode loop (``LlamaCppEngine.decode``) is continuous batching over llama.cpp
    sequences: up to ``batch_size`` sequence ids in one context, each prompt prefilled alone,
    then one ``llama_decode`` per step carrying one token of every unfinished sequence; a
-   finished sequence's cache is cleared and its id goes to the next waiting prompt.
+   finished sequence's cache is cleared and its id goes to the next waiting prompt. The
+   tokens every prompt of a call starts with (a chat template's system prompt, few-shot
+   examples: ``continuous.common_prefix``) are prefilled once, into a sequence of their own
+   whose cache each prompt's sequence copies before its own tokens are prefilled.
 
 A ``.gguf`` file given as the model runs as it is (``LlamaCppGenerator.from_gguf``): its own
 weight types, tokenizer and chat template; a quantized file then decodes with llama.cpp's
@@ -44,6 +47,7 @@ import numpy as np
 import torch
 
 from sftlab.errors import ConfigError
+from sftlab.infer.continuous import common_prefix
 from sftlab.infer.hf import HFGenerator
 from sftlab.models import gguf_file, load_model, load_tokenizer
 
@@ -124,10 +128,13 @@ class LlamaCppEngine:
     def decode(self, prompts: Sequence[Sequence[int]], slots: int, max_new_tokens: int, pick, on_token) -> int:
         """Decode every prompt until ``on_token`` says it is finished, up to ``slots`` at a time;
         returns the batched decode steps taken."""
-        slots = max(1, min(slots, len(prompts), MAX_SEQUENCES))
-        self._reserve(slots, max(len(p) for p in prompts) + max_new_tokens)
+        shared = common_prefix(prompts)           # tokens every prompt starts with (0: none)
+        slots = max(1, min(slots, len(prompts), MAX_SEQUENCES - bool(shared)))
+        self._reserve(slots + bool(shared), max(len(p) for p in prompts) + max_new_tokens)
         memory = self.lib.llama_get_memory(self._handles["context"])
         self.lib.llama_memory_clear(memory, True)
+        if shared:  # prefilled once into a sequence of its own, copied into each prompt's
+            self._prefill(prompts[0][:shared], slots, logits=False)
         free = list(range(slots - 1, -1, -1))   # sequence ids not in use (the next one popped last)
         waiting = deque(range(len(prompts)))
         active: list[list[int]] = []            # [sequence id, prompt index, next position, pending token]
@@ -135,7 +142,9 @@ class LlamaCppEngine:
         while waiting or active:
             while waiting and free:
                 index, sequence = waiting.popleft(), free.pop()
-                token = pick(self._prefill(prompts[index], sequence), [index])[0]
+                if shared:
+                    self.lib.llama_memory_seq_cp(memory, slots, sequence, -1, -1)
+                token = pick(self._prefill(prompts[index], sequence, start=shared), [index])[0]
                 if on_token(index, token):
                     self.lib.llama_memory_seq_rm(memory, sequence, -1, -1)
                     free.append(sequence)
@@ -157,15 +166,17 @@ class LlamaCppEngine:
             active = still
         return steps
 
-    def _prefill(self, prompt: Sequence[int], sequence: int) -> torch.Tensor:
-        """The prompt into ``sequence``'s cache, in chunks; the last position's logits [1, vocab]."""
-        logits = None
-        for start in range(0, len(prompt), PREFILL_CHUNK):
-            chunk = prompt[start:start + PREFILL_CHUNK]
-            last = start + len(chunk) == len(prompt)
-            logits = self._run([(token, start + i, sequence, last and i == len(chunk) - 1)
-                                for i, token in enumerate(chunk)])
-        return logits
+    def _prefill(self, prompt: Sequence[int], sequence: int, start: int = 0,
+                 logits: bool = True) -> torch.Tensor | None:
+        """``prompt[start:]`` into ``sequence``'s cache (which holds its first ``start`` tokens),
+        in chunks; the last position's logits [1, vocab] (None when ``logits`` is False)."""
+        out = None
+        for begin in range(start, len(prompt), PREFILL_CHUNK):
+            chunk = prompt[begin:begin + PREFILL_CHUNK]
+            last = begin + len(chunk) == len(prompt)
+            out = self._run([(token, begin + i, sequence, logits and last and i == len(chunk) - 1)
+                             for i, token in enumerate(chunk)])
+        return out
 
     def _run(self, entries: list[tuple[int, int, int, bool]]) -> torch.Tensor | None:
         """One ``llama_decode`` of ``entries`` (token, position, sequence id, wants logits);

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from sftlab.errors import ConfigError, SftlabError
@@ -118,7 +120,19 @@ def apply_adapter(model, adapter: str | Path):
         return load_adapter(model, adapter_dir)
     from peft import PeftModel  # lazy: see the module docstring
 
-    return PeftModel.from_pretrained(model, str(adapter_dir))
+    with peft_wrapping():
+        return PeftModel.from_pretrained(model, str(adapter_dir))
+
+
+@contextmanager
+def peft_wrapping():
+    """Around PEFT wrapping a model: PEFT 0.21 asks the model for transformers' deprecated
+    ``is_gradient_checkpointing``, which warns (``FutureWarning``) in every LoRA run and
+    adapter load about PEFT's code, not the user's; that one warning is silenced here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                category=FutureWarning)
+        yield
 
 
 def split_adapter_run(name_or_path: str | Path) -> tuple[str, Path] | None:

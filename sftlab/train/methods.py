@@ -53,6 +53,7 @@ from peft import (IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig,
                   get_peft_model, prepare_model_for_kbit_training)
 
 from sftlab.errors import ConfigError
+from sftlab.models import peft_wrapping
 from sftlab.models.layers import decoder_layers
 from sftlab.models.adapters import add_adapters, norm_parameters, save_adapter
 from sftlab.models.hint import add_hint
@@ -406,7 +407,8 @@ def _lora_config(config: MethodConfig, use_dora: bool):
 def _peft(model, peft_config, method: str) -> Prepared:
     """Wrap with PEFT (which freezes the base); a target that matches nothing is a ConfigError."""
     try:
-        peft_model = get_peft_model(model, peft_config)
+        with peft_wrapping():
+            peft_model = get_peft_model(model, peft_config)
     except ValueError as exc:  # e.g. "Target modules {...} not found in the base model"
         raise ConfigError(f"method '{method}': {str(exc).strip().splitlines()[0]}") from exc
     params = [p for p in peft_model.parameters() if p.requires_grad]

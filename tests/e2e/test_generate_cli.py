@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from sftlab.cli import main
+from sftlab.errors import DataError
 from sftlab.infer.base import SamplingConfig
 from sftlab.infer.files import GenerateConfig, generate_file
 from sftlab.infer.hf import HFGenerator
@@ -113,3 +114,18 @@ def test_alpaca_and_seed_task_rows_generate_with_the_chat_template(tmp_path, tin
     assert [r["id"] for r in _read(tmp_path / "out.jsonl")] == ["in-0", "s1"]
     assert [(m.role, m.content) for m in seen[0]] == [("system", "Be brief."), ("user", "Add the numbers.\n\n2 and 3")]
     assert [(m.role, m.content) for m in seen[1]] == [("user", "Rewrite the text formally.\n\ngonna be late")]
+
+
+def test_a_prompt_too_long_stops_the_run_before_any_generation_naming_its_line(tmp_path, tiny_model, tiny_tokenizer):
+    """Every prompt is encoded before the first is generated: row 4 (line 4) does not fit the
+    context with max_new_tokens, so nothing is written and the error names file, line and id."""
+    long_row = {"id": "long", "prompt": "word " * (tiny_model.config.max_position_embeddings - 3)}
+    _write(tmp_path / "in.jsonl", ROWS[:3] + [long_row] + ROWS[3:])
+    generator = HFGenerator(tiny_model, tiny_tokenizer, batch_size=2)
+    config = GenerateConfig(model="tiny", input=str(tmp_path / "in.jsonl"),
+                            output=str(tmp_path / "out.jsonl"), sampling=SamplingConfig(max_new_tokens=8))
+    with pytest.raises(DataError, match=r"in\.jsonl:4: prompt 'long': the prompt has \d+ tokens; "
+                                        r"with max_new_tokens=8 it exceeds the model's context"):
+        generate_file(generator, config, progress=False)
+    assert generator.prompts_generated == 0
+    assert not (tmp_path / "out.jsonl").exists()

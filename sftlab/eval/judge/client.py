@@ -24,7 +24,7 @@ import httpx
 from sftlab.data.formats import parse_messages
 from sftlab.errors import ConfigError, SftlabError
 from sftlab.infer.base import SamplingConfig
-from sftlab.infer.hf import HFGenerator
+from sftlab.infer.backends import generator_for
 
 ChatMessages = Sequence[dict[str, str]]
 
@@ -187,11 +187,13 @@ class CachedChat:
 def make_judge(judge: str, *, base_url: str | None = None, cache_dir: str | Path | None = None,
                api_key_env: str = "OPENAI_API_KEY", batch_size: int = 8) -> CachedChat:
     """A cached judge: ``base_url`` given -> the remote model named ``judge``; otherwise
-    ``judge`` is a model sftlab loads locally (``tiny``, ``default``, a directory)."""
+    ``judge`` is a model sftlab loads locally (``tiny``, ``default``, a directory, a .gguf
+    file), on the backend ``auto`` picks for it (``sftlab.infer.backends``: llama.cpp for
+    GGUF models when installed, the same greedy tokens as hf)."""
     if base_url:
         client: Any = OpenAIChat(base_url, judge, api_key_env=api_key_env)
     else:
         if not judge:
             raise ConfigError("no judge given; pass --judge MODEL (and --judge-base-url URL for an API)")
-        client = GeneratorChat(HFGenerator.from_name(judge, batch_size=batch_size))
+        client = GeneratorChat(generator_for(judge, backend="auto", batch_size=batch_size))
     return CachedChat(client, cache_dir)

@@ -98,3 +98,22 @@ def test_the_runs_own_tokenizer_defines_the_prompts(run_dir, tiny_tokenizer, tmp
     finally:
         tiny_tokenizer.model_max_length = 1024
     assert generator_for(str(run)).tokenizer.model_max_length == 777
+
+
+def test_sftlab_generate_names_the_line_of_a_prompt_without_an_instruction(run_dir, tmp_path):
+    """A HINT run reads its instruction from the system turn: line 2 has none, so the run
+    stops before generating anything, naming the file, the line and the row's id."""
+    import json
+
+    from sftlab.infer.files import GenerateConfig, generate_file
+
+    rows = [{"id": "ok", "messages": [m.to_dict() for m in PROMPTS[0]]},
+            {"id": "bare", "messages": [{"role": "user", "content": "3, 1, 2"}]}]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    generator = generator_for(str(run_dir[0]))
+    config = GenerateConfig(model=str(run_dir[0]), input=str(tmp_path / "in.jsonl"),
+                            output=str(tmp_path / "out.jsonl"), sampling=SamplingConfig(max_new_tokens=2))
+    with pytest.raises(DataError, match=r"in\.jsonl:2: field 'messages': prompt 'bare': the prompt .* does not "
+                                        r"start with a system turn .*\(fix: give every prompt a"):
+        generate_file(generator, config, progress=False)
+    assert not (tmp_path / "out.jsonl").exists()

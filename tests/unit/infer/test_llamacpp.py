@@ -66,6 +66,26 @@ def test_long_prompts_prefill_in_chunks_and_the_context_grows(pair, tiny_tokeniz
     assert llama.engine.room > room and first[0].completion_tokens == 8
 
 
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_a_shared_few_shot_prefix_is_prefilled_once_and_changes_no_token(pair, batch_size, monkeypatch):
+    """Prompts that start with the same 200+ tokens (few-shot examples): llama.cpp prefills
+    those once, every prompt only its own tokens, and the tokens still equal HF's (whose
+    continuous engine shares the prefix its own way)."""
+    hf, llama = pair
+    llama.batch_size = batch_size
+    shots = "".join(f"Q: what is {i} plus {i}?\nA: {2 * i}\n\n" for i in range(20))
+    prompts = [shots + f"Q: {q}\nA:" for q in QUESTIONS]
+    encoded = [prompt_to_ids(llama.tokenizer, p) for p in prompts]
+    shared = llamacpp.common_prefix(encoded)
+    assert shared > 200
+    positions = []  # the position of every token llama.cpp computes
+    run = llama.engine._run
+    monkeypatch.setattr(llama.engine, "_run", lambda entries: positions.extend(e[1] for e in entries) or run(entries))
+    sampling = SamplingConfig(max_new_tokens=12)
+    same(llama.generate(prompts, sampling), hf.generate(prompts, sampling))
+    assert sum(position < shared for position in positions) == shared  # once, not once a prompt
+
+
 def test_stop_strings_streaming_and_cancelling_behave_as_in_hf(pair):
     hf, llama = pair
     plain = llama.generate(messages()[:2], SamplingConfig(max_new_tokens=30))

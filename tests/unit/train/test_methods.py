@@ -121,6 +121,24 @@ def test_lora_all_linear_adapts_every_projection_but_not_the_head():
     assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 
+def test_wrapping_with_peft_and_loading_the_adapter_do_not_warn_about_peft_internals(tmp_path):
+    """PEFT reads transformers' deprecated ``is_gradient_checkpointing`` while wrapping; that
+    FutureWarning (about PEFT's code) is silenced, other warnings are not."""
+    import warnings
+
+    from sftlab.models import apply_adapter
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prepared = prepare_model(tiny_model(), small_config("lora"))
+        prepared.model.save_pretrained(tmp_path / "adapter")
+        apply_adapter(tiny_model(), tmp_path / "adapter")
+        warnings.warn("a warning of the caller's own", FutureWarning)
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "is_gradient_checkpointing" in m]
+    assert "a warning of the caller's own" in messages
+
+
 def test_lora_target_that_matches_nothing_is_a_config_error():
     with pytest.raises(ConfigError, match="method 'lora'"):
         prepare_model(tiny_model(), small_config("lora", **{"lora.target_modules": "[qkv]"}))
