@@ -123,7 +123,7 @@ def _register_judge(subparsers) -> None:
                                      "baseline, output_2 = model, preference 1 (baseline), 2 (model), "
                                      "1.5 (tie) or fractional.")
     add_config_arguments(w, WinrateConfig, flags={
-        "annotations": Flag("annotations", nargs="+", metavar="ANNOTATIONS"),
+        "annotations": Flag("annotations", nargs="*", metavar="ANNOTATIONS", required=True),
         "json": "--json", "seed": "--seed"},
         epilog="example:\n  sftlab judge winrate out/alpaca/annotations.json --json\n"
                "AlpacaEval's instructions use the shipped instruction difficulty (length_controlled_v1); "

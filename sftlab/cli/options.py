@@ -48,7 +48,8 @@ class Flag:
         """Help text instead of the docstring (for a flag whose meaning is narrower)."""
         self.metavar = metavar
         self.nargs = nargs
-        """Positional arguments only: ``?`` (optional), ``+`` (one or more)."""
+        """Positional arguments only: ``?`` (optional), ``*`` (any number; with ``required``,
+        at least one here, in an override or in the YAML file)."""
         self.append = append
         """Repeatable, one list item per use (``--stop A --stop B``) instead of ``a,b``."""
         self.choices = tuple(choices)
@@ -99,6 +100,11 @@ def config_from_args(config_class: type, args: argparse.Namespace, config_file: 
         value = getattr(args, _DEST + key, None)
         if flag.positional and isinstance(value, str) and _is_override(value, config_class):
             overrides.insert(0, value)  # `sftlab eval limit=3 --responses F`: no MODEL given
+        elif flag.positional and isinstance(value, list):  # nargs "*" also swallows KEY=VALUE words
+            overrides[:0] = [word for word in value if _is_override(word, config_class)]
+            words = [word for word in value if not _is_override(word, config_class)]
+            if words:  # none given: the YAML file or the default applies
+                values[key] = words
         elif value is not None:
             values[key] = value
     path = config_file or getattr(args, "config_file", None)

@@ -88,6 +88,10 @@ def read_conversations(path: str | Path | DataSource, format: str | None = None,
     read_options = make_options(on_error, options)
     records = iter_records(source)
     head = list(itertools.islice(records, DETECT_ROWS))
+    if format is None and head and all(_preference_row(r.value) for r in head):
+        raise DataError("the rows are preference pairs (chosen/rejected), not SFT conversations",
+                        file=source.label, hint="train them with a preference objective: objective=dpo "
+                        "(examples/dpo.yaml) or objective=reward", reason="preference pairs")
     format = format or source.format or _detect(source.label, head)
     reader = FORMATS.get(format)
     result = ReadResult([], format)
@@ -403,7 +407,7 @@ def write_conversations(conversations: Iterable[Conversation], path: str | Path,
     if format not in WRITERS:
         raise ConfigError(f"unknown output format '{format}' (choose from: {', '.join(WRITERS)})")
     path = Path(path)
-    rows = [WRITERS[format](conversation) for conversation in conversations]
+    rows = [_write_row(WRITERS[format], conversation) for conversation in conversations]
     with open_output(path) as handle:
         if ".json" in path.suffixes and ".jsonl" not in path.suffixes:
             json.dump(rows, handle, ensure_ascii=False, indent=2)
@@ -411,6 +415,25 @@ def write_conversations(conversations: Iterable[Conversation], path: str | Path,
         else:
             handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     return len(rows)
+
+
+def _preference_row(value: Any) -> bool:
+    """A preference pair with no SFT conversation of its own (TRL's prompt/chosen/rejected,
+    LLaMA-Factory's ranking rows, whose ``conversations`` end on the user's turn); rows that
+    also carry ``messages`` (UltraFeedback-style) read as the SFT conversation they hold."""
+    return isinstance(value, dict) and {"chosen", "rejected"} <= value.keys() and "messages" not in value
+
+
+def _write_row(write: Callable[[Conversation], dict], conversation: Conversation) -> dict:
+    """``write(conversation)``; a conversation the format cannot hold raises a ``DataError``
+    naming its source file and id (the record to fix or leave out)."""
+    try:
+        return write(conversation)
+    except DataError as error:
+        if error.file is None:
+            error.file = conversation.source
+            error.message = f"conversation {conversation.id!r}: {error.message}"
+        raise
 
 
 def open_output(path: Path) -> IO[str]:
@@ -447,6 +470,7 @@ def to_alpaca(conversation: Conversation) -> dict:
     if conversation.tools or any(m.tool_calls or m.role == "tool" or m.reasoning is not None for m in messages):
         raise DataError("alpaca cannot hold tools, tool calls or reasoning", field="messages",
                         hint="write it as sharegpt, openai or jsonl instead", reason="not alpaca")
+    _refuse_context_turns(conversation, "alpaca")
     system = [m.content for m in messages[:1] if m.role == "system"]
     turns = messages[len(system):]
     if len(turns) < 2 or turns[-2].role != "user" or turns[-1].role != "assistant":
@@ -459,6 +483,15 @@ def to_alpaca(conversation: Conversation) -> dict:
     if history:
         row["history"] = history
     return _with_meta(conversation, row)
+
+
+def _refuse_context_turns(conversation: Conversation, format: str) -> None:
+    """A weight-0 assistant turn (context, never trained) has no place in ``format``: written
+    without its weight it would be trained when read back."""
+    if any(m.role == "assistant" and m.weight == 0 for m in conversation.messages):
+        raise DataError(f"{format} cannot hold loss weights (a weight-0 assistant turn would be "
+                        f"trained when read back)", field="messages",
+                        hint="write it as openai or jsonl instead", reason=f"not {format}")
 
 
 SHAREGPT_FROM = {"system": "system", "user": "human", "assistant": "gpt", "tool": "observation"}
@@ -475,6 +508,7 @@ def to_sharegpt(conversation: Conversation) -> dict:
     Reasoning is written as a leading ``<think>`` block. Call ids and tool names are not
     kept (the format has no place for them).
     """
+    _refuse_context_turns(conversation, "sharegpt")
     turns = [_sharegpt_turn(m) for m in conversation.messages]
     row: dict = {"conversations": turns}
     if conversation.tools:

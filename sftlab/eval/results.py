@@ -20,6 +20,7 @@ import numpy as np
 
 from sftlab.eval.base import Sample
 from sftlab.eval.metrics import bootstrap_ci, mean
+from sftlab.report.tables import is_count
 
 
 def summarize(task, samples: list[Sample], *, seed: int, resamples: int) -> dict[str, Any]:
@@ -63,14 +64,17 @@ def write_outputs(out: Path, results: dict[str, Any], samples: list[Sample]) -> 
 
 
 def format_table(results: dict[str, Any]) -> str:
-    """Plain-text table: task, metric, value, 95% interval, n (values in percent)."""
+    """Plain-text table: task, metric, value, 95% interval, n (values in percent; counts such
+    as ``items_with_fewer_shots`` as the integers they are)."""
     lines = [f"{'task':<28} {'metric':<24} {'value':>7}  {'95% CI':<17} {'n':>5}"]
     for task, summary in results["tasks"].items():
         for metric, s in summary["metrics"].items():
             lines.append(f"{task:<28} {metric:<24} {100 * s['mean']:>7.2f}  "
                          f"[{100 * s['low']:6.2f}, {100 * s['high']:6.2f}] {s['n']:>5}")
         for key, value in summary["extra"].items():
-            if isinstance(value, (int, float)):
+            if isinstance(value, (int, float)) and is_count(key):
+                lines.append(f"{task:<28} {key:<24} {value:>7}")
+            elif isinstance(value, (int, float)):
                 lines.append(f"{task:<28} {key:<24} {100 * value:>7.2f}")
     return "\n".join(lines)
 

@@ -159,7 +159,8 @@ class Bbh(GenerationTask):
 
     Prompt, byte for byte lm-evaluation-harness 0.4.x's ``bbh_cot_fewshot``: the subtask's
     CoT prompt file (without its canary header) followed by
-    ``"\\n\\nQ: {input}\\nA: Let's think step by step.\\n"``; generation stops at lm-eval's
+    ``"\\n\\nQ: {input}\\nA: Let's think step by step.\\n"`` (``--num-fewshot N`` < 3 keeps the
+    description and the first N exemplars); generation stops at lm-eval's
     ``until`` ("Q" anywhere, a blank line) after at most its 1024 tokens.
     ``exact_match``: lm-eval's (``bbh_answer_lm_eval``: the first "the answer is ", the rest
     of its line but its last character, equal to the target); ``exact_match_last``: sftlab's
@@ -188,7 +189,10 @@ class Bbh(GenerationTask):
         return docs
 
     def prompt(self, doc: dict[str, Any]) -> str:
-        return f"{self._prompts[doc['subtask']]}\n\nQ: {doc['input']}\n{_COT_OPENING}\n"
+        # the file's task description, then its first ``num_fewshot`` exemplars (all 3: lm-eval's prompt)
+        description, *shots = self._prompts[doc["subtask"]].split("\n\nQ: ")
+        few = "\n\nQ: ".join([description, *shots[: self.num_fewshot]])
+        return f"{few}\n\nQ: {doc['input']}\n{_COT_OPENING}\n"
 
     def score(self, doc: dict[str, Any], response: str) -> tuple[Any, dict[str, float]]:
         answer, last = bbh_answer_lm_eval(response), bbh_answer(response)
@@ -233,6 +237,9 @@ def read_mc(path: str | Path) -> list[dict[str, Any]]:
     MMLU files) or ``question, choices`` with choices separated by ``|``.
     """
     path = Path(path)
+    if path.is_dir():  # --data-dir alone: mc has no file of its own there
+        raise DataError("is a folder, not a multiple-choice file", file=str(path),
+                        hint="pass --tasks mc=FILE.jsonl (or mc_letters=FILE.jsonl): --data-dir names no mc file")
     if not path.is_file():
         raise DataError("file not found", file=str(path), hint="pass --tasks mc=FILE.jsonl")
     if path.suffix == ".csv":

@@ -18,7 +18,9 @@ Output rows, in input order, one per input row::
 Rows are written and flushed chunk by chunk, so an interrupted run loses at most the chunk
 in flight. A rerun with the same output path keeps the complete lines already there
 (checking their ids against the input), drops a half-written last line, and continues
-after them: nothing is generated twice. The resolved settings go to ``OUT.config.yaml``.
+after them: nothing is generated twice. The resolved settings go to ``OUT.config.yaml``; a
+rerun whose settings differ from those (other than ``input``, ``output`` and ``batch_size``)
+is refused, so one file never mixes completions of two settings.
 """
 from __future__ import annotations
 
@@ -28,11 +30,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from tqdm import tqdm
 
 from sftlab.config import dump_config
 from sftlab.data.prompts import PromptRow, read_prompts
-from sftlab.errors import DataError, SftlabError
+from sftlab.errors import ConfigError, DataError, SftlabError
 from sftlab.infer.base import Generation, Generator, SamplingConfig
 
 
@@ -86,6 +89,38 @@ def completed_rows(output: Path, ids: list[str]) -> int:
     return len(lines)
 
 
+RESUME_MAY_CHANGE = ("input", "output", "batch_size")
+"""Settings a rerun may change: the kept rows' ids are checked against the input, and the
+batch size does not change what a prompt generates."""
+
+
+def check_same_settings(config_path: Path, config: GenerateConfig) -> None:
+    """Refuse to continue an output whose saved settings (``OUT.config.yaml``) differ from
+    ``config`` in anything but ``RESUME_MAY_CHANGE``: the rows already there were generated
+    with the saved ones, and the file would be overwritten to claim the new ones."""
+    if not config_path.exists():
+        return
+    saved = _flat(yaml.safe_load(config_path.read_text()) or {})
+    current = _flat(yaml.safe_load(yaml.safe_dump(asdict(config), sort_keys=False)))
+    changed = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in current.items()
+               if key not in RESUME_MAY_CHANGE and key in saved and saved[key] != value]
+    if changed:
+        raise ConfigError(
+            f"cannot continue {config.output}: its rows were generated with other settings "
+            f"({'; '.join(changed)}; saved in {config_path}). Fix: rerun with those settings, "
+            f"or use a new output path (or delete the old output) to start over")
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def check_output(output: Path) -> None:
     """Refuse an output path that is a directory or whose folder cannot be created (before
     any model loads); the folder is created."""
@@ -110,6 +145,8 @@ def generate_file(generator: Generator, config: GenerateConfig, progress: bool =
     done = completed_rows(output, [row.id for row in rows])
     stem = output.with_suffix("") if output.suffix else output
     config_path = Path(f"{stem}.config.yaml")
+    if done:
+        check_same_settings(config_path, config)
     dump_config(asdict(config), config_path)
     todo = rows[done:]
     check_prompts(generator, todo, config)

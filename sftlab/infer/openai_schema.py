@@ -29,6 +29,8 @@ from __future__ import annotations
 import json
 import secrets
 import time
+import types
+import typing
 from typing import Any, Literal, Union
 
 from fastapi import Request
@@ -171,8 +173,22 @@ async def parse_request(request: Request, model: type[BaseModel], max_bytes: int
         return model.model_validate(accepted_fields(data, model))
     except ValidationError as exc:
         first = exc.errors()[0]
+        field = first["loc"][0] if first["loc"] else None
+        kinds = dict.fromkeys(str(e["loc"][1]) for e in exc.errors()
+                              if len(e["loc"]) > 1 and e["loc"][0] == field)
+        if kinds and _is_union(model, field):  # one error per member type, each loc naming it: ("stop", "str")
+            raise ApiError(400, f"{field}: expected {' or '.join(kinds)}, got {json.dumps(data[field])[:80]}",
+                           param=field) from None
         param = ".".join(str(part) for part in first["loc"]) or None
         raise ApiError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param) from None
+
+
+def _is_union(model: type[BaseModel], field: Any) -> bool:
+    """True for a field typed as a union of several types besides None (``str | list[str]``)."""
+    info = model.model_fields.get(field) if isinstance(field, str) else None
+    members = typing.get_args(info.annotation) if info is not None and typing.get_origin(
+        info.annotation) in (Union, types.UnionType) else ()
+    return len([m for m in members if m is not type(None)]) > 1
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:

@@ -9,9 +9,11 @@ Layout of ``<output_dir>/checkpoints/step-000040/``::
     optimizer.pt      optimizer state_dict (absent for optimizer-free methods)
     rng-0.pt          python / numpy / torch (+cuda) RNG states of process 0 (one per process)
     state.json        {"step", "epoch", "step_in_epoch", "order", "best_eval", "lr", ...,
-                       "data_order": {"data_sha256", "train_examples", "batch_size", ...}}
-                      (``data_order``: what the saved order indexes into; a resume with
-                      other data or batching is refused, ``sftlab.train.sft.check_same_data_order``)
+                       "data_order": {"data_sha256", "train_examples", "batch_size", ...},
+                       "schedule": {"total_steps", "optim.lr", ...}}
+                      (``data_order``: what the saved order indexes into; ``schedule``: what
+                      each step's learning rate depends on; a resume with other data,
+                      batching or schedule is refused, ``sftlab.train.sft.check_unchanged``)
 
 No pickled objects: ``optimizer.pt`` and ``rng-*.pt`` hold only tensors, numbers, strings
 and plain containers, and are read with ``torch.load(..., weights_only=True)``, which

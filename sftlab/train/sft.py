@@ -253,7 +253,9 @@ def resume(run: Run) -> bool:
     if found is None:
         _print(run.accelerator, f"resume: no checkpoint in {run.output_dir}/checkpoints, starting fresh")
         return False
-    check_same_data_order(found, checkpoint.read_state(found).get("data_order"), run.data_order)
+    state = checkpoint.read_state(found)
+    check_unchanged(found, "what the data order depends on", state.get("data_order"), run.data_order)
+    check_unchanged(found, "the learning-rate schedule", state.get("schedule"), schedule_of(run))
     saved = checkpoint.load_checkpoint(found, run.prepared, run.optimizer,
                                        run.accelerator.process_index)
     fields = TrainState.__dataclass_fields__
@@ -265,18 +267,33 @@ def resume(run: Run) -> bool:
     return True
 
 
-def check_same_data_order(found: Path, saved: dict | None, current: dict) -> None:
-    """Refuse a resume whose data or batching differ from the checkpoint's: the saved order
-    and position would index other units (or past the end of the data)."""
+def check_unchanged(found: Path, what: str, saved: dict | None, current: dict) -> None:
+    """Refuse a resume where ``what`` (the data order's inputs: the saved order and position
+    would index other units; the learning-rate schedule: the rate would jump) differs from
+    the checkpoint's, so that a resumed run stays the run that was started."""
     if saved is None:  # written before checkpoints recorded it: nothing to compare
         return
     changed = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in current.items()
                if saved.get(key) != value]
     if changed:
         raise ConfigError(
-            f"cannot resume from {found}: what the data order depends on changed since it was "
-            f"saved ({'; '.join(changed)}). Fix: resume with the same data and settings as that "
-            f"run, or start a new run: a new output_dir, or run without --resume")
+            f"cannot resume from {found}: {what} changed since it was saved "
+            f"({'; '.join(changed)}). Fix: resume with the same data and settings as that "
+            f"run, or start a new run: a new output_dir, or run without --resume (to train "
+            f"longer, a new run can start from this run's saved model)")
+
+
+def schedule_of(run: Run) -> dict:
+    """What the learning rate of every step depends on (``optim.lr_at``), saved in every
+    checkpoint and compared on resume: a longer ``max_steps`` would stretch a cosine or
+    linear schedule half-way through. The step count counts only where it moves the rate
+    (a constant rate with a fixed warm-up may train on for more steps)."""
+    optim = run.config.optim
+    schedule = {"optim.lr": optim.lr, "optim.schedule": optim.schedule,
+                "optim.warmup_steps": optim.warmup_steps, "optim.warmup_ratio": optim.warmup_ratio}
+    if optim.schedule != "constant" or (not optim.warmup_steps and optim.warmup_ratio):
+        schedule["total_steps"] = run.total_steps
+    return schedule
 
 
 def start_fresh(run: Run) -> None:
@@ -451,7 +468,7 @@ def save(run: Run) -> Path:
     return checkpoint.save_checkpoint(
         run.output_dir, state.step, run.prepared, run.optimizer,
         {**{k: getattr(state, k) for k in TrainState.__dataclass_fields__ if k != "step"},
-         "data_order": run.data_order},
+         "data_order": run.data_order, "schedule": schedule_of(run)},
         keep_last=run.config.keep_last, accelerator=run.accelerator)
 
 

@@ -24,6 +24,16 @@ def test_convert_alpaca_to_canonical_jsonl(shared_data, tmp_path):
     assert rows[0]["messages"][0] == {"role": "user", "content": "Describe a process of making crepes."}
 
 
+def test_output_into_a_closed_pipe_is_no_traceback(shared_data):
+    # `sftlab data stats FILE | head -1`: head has left before stats print
+    process = subprocess.Popen([sys.executable, "-m", "sftlab", "data", "stats",
+                                str(shared_data / "formats" / "alpaca_en_demo.json")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=120) == 141 and "Traceback" not in stderr, stderr
+
+
 def test_convert_oasst_best_path_to_sharegpt(shared_data, tmp_path, capsys):
     out = tmp_path / "best.json"
     code = main(["data", "convert", str(shared_data / "formats" / "oasst_en_100_tree.jsonl"),

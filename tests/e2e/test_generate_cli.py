@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from sftlab.cli import main
-from sftlab.errors import DataError
+from sftlab.errors import ConfigError, DataError
 from sftlab.infer.base import SamplingConfig
 from sftlab.infer.files import GenerateConfig, generate_file
 from sftlab.infer.hf import HFGenerator
@@ -78,6 +78,22 @@ def test_resume_refuses_output_of_another_input(tmp_path, tiny_model, tiny_token
                             sampling=SamplingConfig(max_new_tokens=2))
     with pytest.raises(DataError, match="zzz"):
         generate_file(HFGenerator(tiny_model, tiny_tokenizer), config, progress=False)
+
+
+def test_resume_refuses_changed_settings_and_keeps_the_saved_ones(tmp_path, tiny_model, tiny_tokenizer):
+    _write(tmp_path / "in.jsonl", ROWS)
+    generator = HFGenerator(tiny_model, tiny_tokenizer, batch_size=2)
+    config = GenerateConfig(model="tiny", input=str(tmp_path / "in.jsonl"), output=str(tmp_path / "out.jsonl"),
+                            sampling=SamplingConfig(max_new_tokens=4))
+    generate_file(generator, config, progress=False)
+    saved = (tmp_path / "out.config.yaml").read_text()
+    config.sampling = SamplingConfig(max_new_tokens=8)
+    with pytest.raises(ConfigError, match=r"sampling.max_new_tokens 4 -> 8"):
+        generate_file(generator, config, progress=False)
+    assert (tmp_path / "out.config.yaml").read_text() == saved  # still names what made the rows
+    # the batch size does not change a completion: a rerun may change it
+    config.sampling, config.batch_size = SamplingConfig(max_new_tokens=4), 1
+    assert generate_file(generator, config, progress=False)["skipped_existing"] == len(ROWS)
 
 
 # the messages are those of the one file reader (sftlab.data.io) and message parser (formats)

@@ -90,6 +90,17 @@ def test_writers_round_trip_the_weight(tmp_path, fmt):
     assert Conversation.from_dict(conversation.to_dict()).messages == conversation.messages
 
 
+@pytest.mark.parametrize("fmt", ["alpaca", "sharegpt"])
+def test_writers_without_weights_refuse_a_weight_0_assistant_turn(tmp_path, fmt):
+    context = Conversation([Message("user", "q1"), Message("assistant", "a1", 0), Message("user", "q2"),
+                            Message("assistant", "a2")], id="c0")
+    with pytest.raises(DataError, match=f"conversation 'c0': {fmt} cannot hold loss weights"):
+        write_conversations([context], tmp_path / f"{fmt}.jsonl", format=fmt)
+    # a user turn's weight 0 (LLaMA-Factory v1 gives every one) changes nothing: it is written
+    plain = Conversation([Message("user", "q1", 0), Message("assistant", "a1")], id="c1")
+    assert write_conversations([plain], tmp_path / f"{fmt}.jsonl", format=fmt) == 1
+
+
 def test_a_weight_0_turn_is_context_and_shows_untrained(tiny_tokenizer):
     conversation = Conversation([Message("user", "q1"), Message("assistant", "CONTEXTANSWER", 0),
                                  Message("user", "q2"), Message("assistant", "a2")])

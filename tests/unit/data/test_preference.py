@@ -20,6 +20,25 @@ def write_jsonl(path: Path, rows: list) -> str:
     return str(path)
 
 
+def test_a_pair_file_read_as_sft_conversations_says_it_is_pairs(shared_data):
+    from sftlab.data.io import read_conversations
+
+    # not "the last turn is user" with "end each record with the assistant's answer"
+    with pytest.raises(DataError, match=r"lf_dpo_sample.json: the rows are preference pairs .*objective=dpo"):
+        read_conversations(shared_data / "formats" / "lf_dpo_sample.json")
+
+
+def test_pair_rows_that_hold_a_conversation_read_as_sft(tmp_path):
+    from sftlab.data.io import read_conversations
+
+    # UltraFeedback-style: the SFT conversation in `messages` beside the pair
+    chat = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+    rows = [{"messages": chat, "chosen": chat,
+             "rejected": [chat[0], {"role": "assistant", "content": "5"}]}] * 2
+    result = read_conversations(write_jsonl(tmp_path / "uf.jsonl", rows))
+    assert [m.content for m in result.conversations[0].messages] == ["2+2?", "4"]
+
+
 def test_llamafactory_dpo_sample_reads_exactly(shared_data):
     path = shared_data / "formats" / "lf_dpo_sample.json"
     raw = json.loads(path.read_text())

@@ -41,3 +41,18 @@ def test_winrate_bad_file_is_one_line_error(tmp_path, capsys):
     bad.write_text(json.dumps([{"output_1": "x", "preference": 2}]))
     assert main(["judge", "winrate", str(bad)]) == 2
     assert "output_2" in capsys.readouterr().err
+
+
+def test_winrate_overrides_config_file_and_missing_files(tmp_path, capsys):
+    """KEY=VALUE after the files was read as a file, `--config` with `annotations:` was
+    refused by argparse, and no file at all said KEY=VALUE was required too."""
+    file = write(tmp_path / "annotations.json", [2, 2, 1, 1.5])
+    assert main(["judge", "winrate", str(file), "json=true"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_total"] == 4
+    config = tmp_path / "w.yaml"
+    config.write_text(f"annotations: [{file}]\njson: true\n")
+    assert main(["judge", "winrate", "--config", str(config)]) == 0
+    assert json.loads(capsys.readouterr().out)["n_total"] == 4
+    assert main(["judge", "winrate"]) != 0
+    err = capsys.readouterr().err
+    assert "ANNOTATIONS is required" in err and "KEY=VALUE" not in err

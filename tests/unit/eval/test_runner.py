@@ -139,3 +139,12 @@ def test_task_aggregate_overrides_plain_mean_with_its_own_interval(monkeypatch):
     metric = result["tasks"]["pooled"]["metrics"]["fraction"]
     assert metric["mean"] == pytest.approx(2 / 4)  # pooled, not (2/3 + 0) / 2
     assert metric["aggregate"] == "task" and metric["low"] <= 0.5 <= metric["high"]
+
+
+def test_format_table_prints_counts_as_counts_not_percent():
+    """An extra that is a count (``items_with_fewer_shots``) was printed x 100 (3 -> 300.00)."""
+    metric = {"mean": 0.5, "low": 0.0, "high": 1.0, "stderr": 0.1, "n": 3}
+    results = {"tasks": {"gsm8k": {"metrics": {"exact_match_strict": metric}, "subtasks": {},
+                                   "extra": {"items_with_fewer_shots": 3, "exact_match_macro": 0.25}}}}
+    rows = {line.split()[1]: line.split()[2] for line in format_table(results).splitlines()[1:]}
+    assert rows == {"exact_match_strict": "50.00", "items_with_fewer_shots": "3", "exact_match_macro": "25.00"}

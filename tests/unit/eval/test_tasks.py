@@ -24,6 +24,23 @@ def test_bbh_loads_all_27_subtasks_with_their_prompts(shared_data):
     assert task.prompt(first).startswith("Evaluate the result of a random Boolean expression.")
 
 
+def test_bbh_num_fewshot_keeps_that_many_exemplars(shared_data):
+    """--num-fewshot N (and the runner's shrinking to fit a small context) changed the recorded
+    count but not BBH's prompt, which kept its 3 exemplars."""
+    task = Bbh(["boolean_expressions"])
+    doc = task.docs(str(shared_data / "bbh"))[0]
+    full = task.prompt(doc)
+    for shots in (2, 1, 0):
+        task.num_fewshot = shots
+        prompt = task.prompt(doc)
+        assert prompt.count("Let's think step by step.") == shots + 1
+        assert prompt.startswith("Evaluate the result of a random Boolean expression.\n\nQ: ")
+        assert prompt.endswith(f"\n\nQ: {doc['input']}\nA: Let's think step by step.\n")
+        assert full.startswith(prompt[: prompt.rindex("\n\nQ: ")])
+    task.num_fewshot = 3
+    assert task.prompt(doc) == full
+
+
 def test_bbh_exemplars_score_as_correct(shared_data):
     """The CoT exemplars themselves end in "So the answer is X.": scoring them must work."""
     task = Bbh(["date_understanding"])
@@ -118,3 +135,10 @@ def test_bbh_file_must_be_one_task_object(tmp_path):
         Bbh(["navigate"]).docs(str(tmp_path))
     (tmp_path / "navigate.json").write_text(json.dumps({"examples": [{"input": "a", "target": "b"}]}))
     assert Bbh(["navigate"]).docs(str(tmp_path))[0]["target"] == "b"
+
+
+def test_mc_given_a_folder_says_so(tmp_path):
+    """`--tasks mc --data-dir DIR` said "DIR: file not found" of a folder that exists."""
+    with pytest.raises(DataError, match="is a folder") as info:
+        MultipleChoice().docs(str(tmp_path))
+    assert "mc=FILE.jsonl" in str(info.value)

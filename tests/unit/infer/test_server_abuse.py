@@ -135,6 +135,20 @@ def test_unsupported_and_unknown_fields_are_400_naming_them(server, field, value
     assert error["code"] == ("unknown_parameter" if field == "frobnicate" else "unsupported_parameter")
 
 
+@pytest.mark.parametrize("path, field, value", [
+    ("/chat/completions", "stop", 5), ("/chat/completions", "stop", ["a", 3]),
+    ("/completions", "prompt", 5), ("/completions", "prompt", [1, 2, 3]),
+])
+def test_a_union_field_of_the_wrong_type_names_the_field(server, path, field, value):
+    """Was `param: "stop.str"`, "Input should be a valid string": pydantic's member type leaked."""
+    body = {"model": "tiny", "max_tokens": 2, field: value}
+    if path == "/chat/completions":
+        body["messages"] = [{"role": "user", "content": "hi"}]
+    error = _error(_post(server, path, body), 400)
+    assert error["param"] == field
+    assert error["message"].startswith(f"{field}: expected str or list[str], got ")
+
+
 def test_fields_that_ask_for_nothing_are_accepted(server):
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
             "logprobs": False, "presence_penalty": 0, "frequency_penalty": 0.0, "tools": [],

@@ -49,9 +49,25 @@ def test_resume_without_checkpoint_starts_a_fresh_metrics_file(tmp_path):
 
 
 def test_real_resume_logs_each_step_once(tmp_path):
-    _train(_config(tmp_path, save_model=False, max_steps=3))  # checkpoint at 2, row 3 after it
+    _train(_config(tmp_path, save_model=False))
+    shutil.rmtree(checkpoint.latest_checkpoint(tmp_path))  # as if killed after logging 3 and 4
     assert checkpoint.latest_checkpoint(tmp_path).name == "step-000002"
-    _train(_config(tmp_path, save_model=False, max_steps=4, resume=True))
+    _train(_config(tmp_path, save_model=False, resume=True))
+    assert _steps(tmp_path) == [1, 2, 3, 4]
+
+
+def test_resume_with_a_longer_schedule_is_refused(tmp_path):
+    _train(_config(tmp_path, save_model=False, max_steps=2))  # cosine: the rate depends on max_steps
+    with pytest.raises(ConfigError, match="learning-rate schedule changed .*total_steps 2 -> 3"):
+        _train(_config(tmp_path, save_model=False, max_steps=3, resume=True))
+    with pytest.raises(ConfigError, match="optim.lr 0.001 -> 0.002"):
+        _train(_config(tmp_path, save_model=False, resume=True, optim={"lr": 0.002}))
+
+
+def test_a_constant_rate_may_train_on_after_a_resume(tmp_path):
+    constant = {"lr": 0.001, "schedule": "constant"}
+    _train(_config(tmp_path, save_model=False, max_steps=2, optim=constant))
+    _train(_config(tmp_path, save_model=False, max_steps=4, resume=True, optim=constant))
     assert _steps(tmp_path) == [1, 2, 3, 4]
 
 
