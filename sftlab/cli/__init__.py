@@ -10,6 +10,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 from sftlab.cli.options import split_overrides
 from sftlab.errors import SftlabError
@@ -60,6 +61,7 @@ def build_parser(argv: list[str] | None = None, *, everything: bool = False) -> 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    warnings.formatwarning = _warning_line
     parser = build_parser(argv)
     args = split_overrides(parser, argv)
     if not getattr(args, "handler", None):
@@ -76,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader of our output left (`sftlab data stats F | head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 141
+
+
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """A warning as one line for a terminal (``warning: ...``), without the file, line number
+    and source line of the code that raised it, which say nothing to the user."""
+    return f"warning: {message}\n"
 
 
 def _version() -> str:

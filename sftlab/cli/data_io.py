@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import stat
+import sys
 from pathlib import Path
 
 from sftlab.errors import DataError
@@ -50,7 +51,8 @@ def register(subparsers) -> None:
     convert.add_argument("--to", choices=OUTPUT_FORMATS, default="jsonl",
                          help="output format; jsonl is sftlab's canonical JSONL (default)")
     convert.add_argument("-o", "--output", required=True,
-                         help="output file; .json writes one JSON array, anything else JSON lines")
+                         help="output file; .json writes one JSON array, anything else JSON lines; "
+                              "- writes JSON lines to standard output (the report goes to stderr)")
     convert.set_defaults(handler=run_convert)
 
     stats = subparsers.add_parser("stats", help="statistics of an instruction-data file",
@@ -59,7 +61,8 @@ def register(subparsers) -> None:
     _add_read_arguments(stats)
     stats.add_argument("--tokenizer", help="tokenizer for token lengths: tiny, default, a path or hub id")
     stats.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    stats.add_argument("--plot", help="token-length histogram PNG (default: beside the data)")
+    stats.add_argument("--plot", help="token-length histogram PNG (default: <data>.tokens.png beside the data, "
+                                      "or in the current folder when the data's folder cannot be written)")
     stats.set_defaults(handler=run_stats)
 
 
@@ -88,9 +91,17 @@ def parse_columns(text: str) -> dict[str, str]:
     return {field.strip(): column.strip() for field, _, column in pairs}
 
 
+def input_formats() -> list[str]:
+    """The formats ``--format`` takes: every registered reader (``sftlab.data.formats``)."""
+    from sftlab.data.formats import FORMATS  # plain Python: --help stays fast
+
+    return FORMATS.names()
+
+
 def _add_read_arguments(parser: argparse.ArgumentParser) -> None:
     add_source_arguments(parser)
-    parser.add_argument("--format", help="input format (default: detected from the first rows)")
+    parser.add_argument("--format", choices=input_formats(),
+                        help="input format (default: detected from the first rows)")
     parser.add_argument("--on-error", choices=["fail", "skip"], default="fail",
                         help="fail: stop at the first bad record (default); skip: drop and count bad records")
     parser.add_argument("--oasst-best-path", action="store_true",
@@ -114,15 +125,17 @@ def run_convert(args) -> int:
 
     result = _read(args)
     written = write_conversations(result.conversations, args.output, args.to)
+    to_stdout = args.output == "-"
+    report = sys.stderr if to_stdout else sys.stdout  # stdout holds the data then
     print(f"read {result.records} records ({result.format}) -> wrote {written} conversations "
-          f"({args.to}) to {args.output}")
+          f"({args.to}) to {'standard output' if to_stdout else args.output}", file=report)
     if result.dropped:
-        print(f"dropped by option: {_counts(result.dropped)}")
+        print(f"dropped by option: {_counts(result.dropped)}", file=report)
     if args.on_error == "skip":
-        skipped_path = Path(f"{args.output}.skipped.json")
+        skipped_path = Path("convert.skipped.json" if to_stdout else f"{args.output}.skipped.json")
         skipped_path.write_text(json.dumps(_skipped_report(args, result), indent=2, ensure_ascii=False) + "\n")
         print(f"skipped {sum(result.skipped.values())} records: {_counts(result.skipped) or 'none'} "
-              f"(details in {skipped_path})")
+              f"(details in {skipped_path})", file=report)
     return 0
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sftlab.cli.data_io import INPUT_HELP, add_source_arguments, source_options
+from sftlab.cli.data_io import INPUT_HELP, add_source_arguments, input_formats, source_options
 
 EPILOG = """\
 example:
@@ -47,7 +47,7 @@ def register(subparsers) -> None:
                         help="reasoning traces: train every turn's, only the final turn's, or drop them "
                              "(default: keep)")
     parser.add_argument("--max-length", type=int, default=None, help="truncate examples to this many tokens")
-    parser.add_argument("--format", default=None, help="input format (default: detected)")
+    parser.add_argument("--format", default=None, choices=input_formats(), help="input format (default: detected)")
     parser.add_argument("--on-error", choices=["fail", "skip"], default="fail",
                         help="bad records: stop at the first (default) or skip and count them")
     parser.add_argument("--chat-template", default="chatml",

@@ -12,15 +12,16 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from sftlab.cli.options import Flag, add_config_arguments, config_from_args
+from sftlab.cli.options import Flag, add_config_arguments, config_from_args, wrap_paragraphs
 from sftlab.errors import ConfigError, DataError
+from sftlab.eval.base import TASKS, LoglikelihoodTask
 from sftlab.eval.judge import mt_bench
 from sftlab.eval.judge.client import make_judge
 from sftlab.eval.judge.config import AlpacaEvalConfig, MTBenchConfig, WinrateConfig
 from sftlab.eval.judge.lc import estimate_difficulty, load_lc_table, summarize_annotations, table_difficulty
 from sftlab.eval.judge.pairwise import generate_outputs, judge_pairs, read_annotations, read_outputs
 from sftlab.eval.results import format_table
-from sftlab.eval.runner import EvalConfig, evaluate
+from sftlab.eval.runner import EvalConfig, import_task_modules, evaluate
 from sftlab.infer.backends import generator_for, resolve_backend
 from sftlab.models import library_versions
 from sftlab.report.charts import radar_chart
@@ -36,8 +37,7 @@ EVAL_EXAMPLES = """examples:
   sftlab eval served --tasks gsm8k --base-url http://127.0.0.1:8000/v1 --api-model default --data-dir ../shared/data
   sftlab eval tiny --tasks humaneval --limit 2 --num-samples 3 --temperature 0.8 --max-new-tokens 16 --data-dir ../shared/data
 
-tasks: gsm8k, math, bbh (27 subtasks), mc, mc_letters (log-likelihood), ifeval, humaneval
-(when installed). Data: --data-dir DIR holds gsm8k/test.jsonl, bbh/, math/test.jsonl, ...;
+tasks: {tasks}. Data: --data-dir DIR holds gsm8k/test.jsonl, bbh/, math/test.jsonl, ...;
 TASK=PATH gives one task its own file. A model is not needed to score saved answers
 (--responses: rows with id or prompt, and response or output, such as an earlier run's
 samples.jsonl or `sftlab generate` output). Writes results.json (every score with a bootstrap
@@ -95,8 +95,23 @@ def _register_eval(subparsers) -> None:
     p = subparsers.add_parser("eval", help="evaluate a model on close-ended tasks (GSM8K, MATH, BBH, MC, ...)",
                               description="Evaluate a model (base, tuned, adapter, or a served endpoint) "
                                           "on close-ended tasks, or score precomputed responses.")
-    add_config_arguments(p, EvalConfig, flags=EVAL_FLAGS, epilog=EVAL_EXAMPLES)
+    add_config_arguments(p, EvalConfig, flags=EVAL_FLAGS,
+                         epilog=wrap_paragraphs(EVAL_EXAMPLES.format(tasks=_task_list())))
     p.set_defaults(handler=run_eval)
+
+
+def _task_list() -> str:
+    """Every registered task, as the help lists them: ``gsm8k, ..., bbh (27 subtasks), mc
+    (log-likelihood), ...``."""
+    import_task_modules()
+    names = []
+    for name in TASKS:
+        entry = TASKS.get(name)
+        task = entry() if isinstance(entry, type) else entry
+        subtasks = len(getattr(task, "subtasks", None) or ())
+        names.append(name + (f" ({subtasks} subtasks)" if subtasks else "")
+                     + (" (log-likelihood)" if isinstance(task, LoglikelihoodTask) else ""))
+    return ", ".join(names)
 
 
 def run_eval(args) -> int:
@@ -172,7 +187,8 @@ def run_winrate(args) -> int:
         return 0
     print(f"{'annotations':<40} {'model':<20} {'win rate':>14} {'LC win rate':>14} {'n':>5} {'avg len':>8}")
     for path, s in summaries.items():
-        print(f"{Path(path).name:<40} {str(s['model'])[:20]:<20} "
+        model = s["model"] or Path(path).stem  # rows without generator_2: the file names the model
+        print(f"{Path(path).name:<40} {model[:20]:<20} "
               f"{s['win_rate']:>6.2f} ± {s['standard_error']:<5.2f} "
               f"{s['length_controlled_winrate']:>6.2f} ± {s['lc_standard_error']:<5.2f} "
               f"{s['n_total']:>5} {s['avg_length']:>8.0f}")

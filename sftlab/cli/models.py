@@ -355,6 +355,9 @@ def _export(args) -> int:
     out = export_model(config.source, config.output, merge=config.merge, base=config.base,
                        gguf_type=config.gguf_type if config.gguf else None, ollama=config.ollama,
                        system=config.system)
+    if config.merge and json.loads((out / "sftlab_export.json").read_text())["kind"] != "adapter":
+        print(f"note: --merge changes nothing here: {config.source} is a whole model, not an adapter "
+              "(it was re-saved as it is)", file=sys.stderr)
     print(f"exported to {out}")
     return 0
 

@@ -79,7 +79,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class: type, *,
                                  "KEY=VALUE overrides win over it")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="set any key listed below, dotted for sections (e.g. seed=3)")
-    parser.epilog = (epilog.rstrip("\n") + "\n\n" if epilog else "") + format_field_docs(config_class)
+    listing = _mark_required(format_field_docs(config_class), [docs[k] for k, f in flags.items() if f.required])
+    parser.epilog = (epilog.rstrip("\n") + "\n\n" if epilog else "") + listing
     # raw: the epilog's examples and key listing keep their lines; the description is
     # wrapped here instead
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -181,6 +182,15 @@ def _help(flag: Flag, doc) -> str:
     elif _worth_showing(doc.default):
         text += f" (default: {doc.default!r})"
     return text.replace("%", "%%")
+
+
+def _mark_required(listing: str, required: list) -> str:
+    """The key listing with ``(required)`` instead of the default of each required key: the
+    command line must give it, so its dataclass default never applies there."""
+    for doc in required:
+        line = f"\n  {doc.signature()}\n"
+        listing = listing.replace(line, f"\n  {dataclasses.replace(doc, default=dataclasses.MISSING).signature()}\n", 1)
+    return listing
 
 
 def _worth_showing(default: Any) -> bool:

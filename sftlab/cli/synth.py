@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
+
+from sftlab.errors import DataError
 
 EPILOG = """pipelines:
   distill        a teacher answers your instructions (Alpaca / GPT-4-LLM; Orca system prompts)
@@ -15,7 +17,9 @@ EPILOG = """pipelines:
 The teacher is any OpenAI-compatible endpoint (teacher.base_url, teacher.model, API key from
 the variable named by teacher.api_key_env) or `teacher.base_url=local` to run teacher.model
 in-process. Output is append-only JSONL: rerun the same command to resume after an
-interruption. A report of what was written and rejected lands in OUTPUT.report.json.
+interruption. Records are keyed by each input row's own `id`, else by its content, so a
+reordered, prepended or renamed input file resumes too. A report of what was written and
+rejected lands in OUTPUT.report.json.
 
 example:
   sftlab serve default --port 8000 &
@@ -63,8 +67,28 @@ def run(args) -> int:
     if args.show_config:
         print(yaml.safe_dump(asdict(config), sort_keys=False))
         return 0
-    report = run_pipeline(config)
+    try:
+        report = run_pipeline(config)
+    except DataError as error:
+        raise _naming_the_key(error, config) from None
     saved = report.save(config.output, config)
     print(report.summary())
     print(f"output: {config.output}\nreport: {saved}")
     return 0
+
+
+def _naming_the_key(error, config):
+    """``error`` with, for an input file that does not exist, the key that names it in the
+    hint: ``instructions.jsonl: file not found`` alone does not say to set ``prompts=FILE``."""
+    found = [f for f in fields(config) if isinstance(getattr(config, f.name), str)
+             and error.file is not None and getattr(config, f.name) == error.file]
+    if error.reason != "file not found" or not found:
+        return error
+    key = found[0]
+    if key.default is not MISSING and key.default == error.file:
+        hint = f"set {key.name}=FILE ({error.file} is only the default of {key.name})"
+    else:
+        hint = f"{key.name}={error.file} names it"
+    hint += f"; {error.hint}" if error.hint else ""
+    return DataError(error.message, file=error.file, line=error.line, index=error.index, field=error.field,
+                     hint=hint, reason=error.reason)

@@ -37,6 +37,7 @@ conversation then ends on the user turn.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
@@ -134,9 +135,11 @@ def detect_format(rows: list[Any]) -> str:
 def require(row: dict, key: str, kind: type | tuple = str, *, field: str | None = None) -> Any:
     """``row[key]``, which must exist and be of ``kind``; else a DataError naming the field."""
     field = field or key
-    if not isinstance(row, dict):
-        raise DataError(f"expected an object, got {type(row).__name__}", field=field,
-                        hint="each record must be a JSON object", reason="wrong type")
+    if not isinstance(row, dict):  # the fault is the value holding the field: the record itself at the top
+        parent = field.rsplit(".", 1)[0] if "." in field else None
+        raise DataError(f"expected an object, got {_json_value(row)}", field=parent,
+                        hint=f"make '{parent}' a JSON object" if parent else "each record must be a JSON object",
+                        reason="wrong type")
     if key not in row or row[key] is None:
         raise DataError("missing field", field=field, hint=f"add a '{key}' value to the record",
                         reason="missing field")
@@ -151,16 +154,33 @@ def optional(row: dict, key: str, kind: type | tuple = str, default: Any = "") -
 
 
 def check_type(value: Any, kind: type | tuple, field: str) -> Any:
+    """``value`` when it is a ``kind`` (never a boolean); else a ``DataError`` in JSON's words.
+
+    >>> check_type(5, str, "instruction")
+    Traceback (most recent call last):
+    sftlab.errors.DataError: <data>: field 'instruction': expected a string, got a number (5) (fix: make 'instruction' a JSON string)
+    """
     if isinstance(value, bool) or not isinstance(value, kind):
-        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise DataError(f"expected {expected}, got {type(value).__name__}", field=field,
-                        hint=f"make '{field}' a JSON {_json_name(kind)}", reason="wrong type")
+        kinds = (kind,) if isinstance(kind, type) else kind
+        expected = " or ".join(f"a{'n' if _json_name(k)[0] in 'ao' else ''} {_json_name(k)}" for k in kinds)
+        raise DataError(f"expected {expected}, got {_json_value(value)}", field=field,
+                        hint=f"make '{field}' a JSON {_json_name(kinds[0])}", reason="wrong type")
     return value
 
 
-def _json_name(kind: type | tuple) -> str:
-    kind = kind[0] if isinstance(kind, tuple) else kind
-    return {str: "string", list: "list", dict: "object", int: "number"}.get(kind, kind.__name__)
+def _json_name(kind: type) -> str:
+    return {str: "string", list: "array", dict: "object", int: "number", float: "number",
+            bool: "boolean"}.get(kind, kind.__name__)
+
+
+def _json_value(value: Any) -> str:
+    """What a JSON reader calls ``value``, with a short excerpt of scalars: ``a number (5)``."""
+    if value is None:
+        return "null"
+    name = _json_name(type(value)) if not isinstance(value, bool) else "boolean"
+    article = "an" if name[0] in "ao" else "a"
+    shown = f" ({json.dumps(value)[:40]})" if isinstance(value, (int, float, str)) else ""
+    return f"{article} {name}{shown}"
 
 
 def record_id(row: dict) -> str | None:

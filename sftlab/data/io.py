@@ -34,8 +34,8 @@ from typing import IO, Any, Callable, Iterable, Iterator
 
 from sftlab.errors import ConfigError, DataError
 from sftlab.data.formats import FORMATS, ReadOptions, detect_format, validate
-from sftlab.data.sources import (DataSource, check_columns, csv_rows, dataset_rows, map_row, parquet_rows,
-                                 resolve_source, sample_rows)
+from sftlab.data.sources import (DataSource, check_columns, csv_rows, dataset_rows, map_row, not_found,
+                                 parquet_rows, resolve_source, sample_rows)
 from sftlab.data.tools import format_hermes_calls, join_reasoning
 from sftlab.types import Conversation
 
@@ -92,6 +92,13 @@ def read_conversations(path: str | Path | DataSource, format: str | None = None,
         raise DataError("the rows are preference pairs (chosen/rejected), not SFT conversations",
                         file=source.label, hint="train them with a preference objective: objective=dpo "
                         "(examples/dpo.yaml) or objective=reward", reason="preference pairs")
+    undesirable = sum(_unpaired_tag(r.value) is False for r in head)
+    if format is None and source.format is None and undesirable and all(_unpaired_tag(r.value) is not None for r in head):
+        raise DataError(f"the rows are KTO's unpaired examples: {undesirable} of the first {len(head)} "
+                        "are marked undesirable (label/kto_tag false), which SFT would train on",
+                        file=source.label, reason="unpaired examples",
+                        hint="train them with objective=kto (examples/kto.yaml); to read them as plain "
+                        "conversations, undesirable answers included, give the format (data.format / --format)")
     format = format or source.format or _detect(source.label, head)
     reader = FORMATS.get(format)
     result = ReadResult([], format)
@@ -316,7 +323,7 @@ def read_text(path: Path) -> str:
         raise DataError("is a directory, not a file", file=str(path), hint="give a file inside it",
                         reason="directory")
     if not path.exists():
-        raise DataError("file not found", file=str(path), hint="check the path", reason="file not found")
+        raise not_found(path)
     try:
         data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
@@ -401,13 +408,18 @@ def writer(name: str, *aliases: str) -> Callable:
 def write_conversations(conversations: Iterable[Conversation], path: str | Path, format: str = "canonical") -> int:
     """Write ``conversations`` as ``format``; returns the number written.
 
-    ``.json`` (optionally ``.gz``) gets one JSON array, anything else one object per line.
-    ``meta`` fields are written as top-level fields, except for canonical (its own ``meta``).
+    ``.json`` (optionally ``.gz``) gets one JSON array, anything else one object per line;
+    ``-`` writes JSON lines to standard output. ``meta`` fields are written as top-level
+    fields, except for canonical (its own ``meta``).
     """
     if format not in WRITERS:
         raise ConfigError(f"unknown output format '{format}' (choose from: {', '.join(WRITERS)})")
-    path = Path(path)
     rows = [_write_row(WRITERS[format], conversation) for conversation in conversations]
+    if str(path) == "-":
+        sys.stdout.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        sys.stdout.flush()
+        return len(rows)
+    path = Path(path)
     with open_output(path) as handle:
         if ".json" in path.suffixes and ".jsonl" not in path.suffixes:
             json.dump(rows, handle, ensure_ascii=False, indent=2)
@@ -422,6 +434,15 @@ def _preference_row(value: Any) -> bool:
     LLaMA-Factory's ranking rows, whose ``conversations`` end on the user's turn); rows that
     also carry ``messages`` (UltraFeedback-style) read as the SFT conversation they hold."""
     return isinstance(value, dict) and {"chosen", "rejected"} <= value.keys() and "messages" not in value
+
+
+def _unpaired_tag(value: Any) -> bool | None:
+    """A KTO row's desirability (TRL's ``label``, LLaMA-Factory's ``kto_tag``: a boolean beside
+    the conversation); None for a row without one."""
+    if not isinstance(value, dict):
+        return None
+    tag = value.get("label", value.get("kto_tag"))
+    return tag if isinstance(tag, bool) else None
 
 
 def _write_row(write: Callable[[Conversation], dict], conversation: Conversation) -> dict:

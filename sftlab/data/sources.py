@@ -155,6 +155,14 @@ def resolve_source(spec: str | Path | DataSource, *, dataset_info: str | Path | 
     return replace(source, columns={**source.columns, **check_columns_option(columns)}, **overrides)
 
 
+def not_found(path: Path, hint: str = "check the path") -> DataError:
+    """"file not found" for ``path``; a relative path's hint names the folder it was read from
+    (a config run from elsewhere than where it was written resolves it there)."""
+    if not path.is_absolute():
+        hint = f"{hint}; relative paths are read from the current folder, {Path.cwd()}"
+    return DataError("file not found", file=str(path), reason="file not found", hint=hint)
+
+
 def path_kind(path: Path) -> Kind:
     """``json``, ``csv``, ``parquet`` by the suffix (a ``.gz`` looks at the one before), or
     ``datasets`` for a directory. A missing path with no suffix at all may be a hub id
@@ -163,8 +171,7 @@ def path_kind(path: Path) -> Kind:
         return "datasets"
     suffixes = [s for s in path.suffixes if s != ".gz"]
     if not path.exists() and not path.suffix:
-        raise DataError("file not found", file=str(path), reason="file not found",
-                        hint="check the path (a hub dataset is written hf://owner/name)")
+        raise not_found(path, "check the path (a hub dataset is written hf://owner/name)")
     return TABLE_SUFFIXES.get(suffixes[-1] if suffixes else "", "json")
 
 
@@ -427,7 +434,7 @@ def _csv_body(reader, header: list[str], path: str) -> Iterator[tuple[int, Any]]
 def parquet_rows(path: Path) -> tuple[list[str], list[dict]]:
     """``(columns, rows)`` of a Parquet file; nulls are absent fields."""
     if not path.exists():
-        raise DataError("file not found", file=str(path), hint="check the path", reason="file not found")
+        raise not_found(path)
     import pyarrow.parquet  # lazy: pyarrow comes with `datasets`; only Parquet needs it here
 
     try:

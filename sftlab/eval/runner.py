@@ -60,7 +60,7 @@ class EvalConfig:
     `responses` unless a log-likelihood task runs."""
     tasks: list[str] = field(default_factory=lambda: ["gsm8k"])
     """Task names, comma-separated on the command line (gsm8k, math, bbh, mc, mc_letters,
-    ifeval, humaneval, vqa); `NAME=PATH` gives one task its own data file or folder."""
+    ifeval, humaneval, humaneval_chat, vqa); `NAME=PATH` gives one task its own data file or folder."""
     output_dir: str | None = None
     """Directory for results.json, samples.jsonl and settings.json; none: print only."""
     limit: int | None = None
@@ -169,7 +169,7 @@ def parse_task_spec(spec: str) -> tuple[str, str | None]:
 
 def build_task(name: str, config: EvalConfig):
     """Look a task up (importing the modules that register tasks) and apply overrides."""
-    _import_task_modules()
+    import_task_modules()
     entry = TASKS.get(name)
     task = entry() if isinstance(entry, type) else entry
     if config.num_fewshot is not None and getattr(task, "num_fewshot", None) is not None:
@@ -177,7 +177,9 @@ def build_task(name: str, config: EvalConfig):
     return task
 
 
-def _import_task_modules() -> None:
+def import_task_modules() -> None:
+    """Import every module that registers tasks (``TASKS``), skipping one whose optional
+    dependency is not installed."""
     for module in ("sftlab.eval.tasks", "sftlab.eval.tasks_ifeval", "sftlab.eval.humaneval", "sftlab.eval.vqa"):
         try:
             importlib.import_module(module)

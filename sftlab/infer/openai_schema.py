@@ -4,7 +4,8 @@ What ``sftlab.infer.server`` accepts and answers, in one place:
 
 * ``ChatRequest`` (``POST /v1/chat/completions``) and ``CompletionRequest``
   (``POST /v1/completions``): pydantic models of the request JSON; their fields are the
-  accepted fields. ``parse_request`` answers HTTP 400 for out-of-range values, for an
+  accepted fields, strictly typed. ``parse_request`` answers HTTP 400 for wrongly typed
+  (``"max_tokens": "5"``) or out-of-range values, for an
   OpenAI field this server cannot honour (``UNSUPPORTED_FIELDS``: ``logprobs``,
   ``response_format``, ...) unless its value asks for nothing (``logprobs: false``), and,
   as OpenAI does, for unknown fields; ``IGNORED_FIELDS`` (``user``) are accepted and have
@@ -65,9 +66,11 @@ IGNORED_FIELDS = frozenset({"user"})
 
 
 class _Sampling(BaseModel):
-    """Fields shared by both endpoints (``model``: a served name; empty: the first one)."""
+    """Fields shared by both endpoints (``model``: a served name; empty: the first one).
+    Strict, as OpenAI is: ``"max_tokens": "5"`` or ``"stream": "yes"`` is 400, not converted
+    (an int is still a float: ``"temperature": 1``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     model: str = ""
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_NEW_TOKENS_LIMIT)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)

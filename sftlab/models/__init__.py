@@ -221,7 +221,8 @@ def load_model(name_or_path: str, *, adapter: str | Path | None = None, dtype: s
             model = AutoModelForCausalLM.from_pretrained(resolved, dtype=torch_dtype, use_safetensors=True,
                                                          trust_remote_code=trust_remote_code)
         except OSError as exc:  # an unknown or unreachable hub id, or a directory without weights
-            raise ModelNotFoundError(f"cannot load model '{resolved}': {str(exc).splitlines()[0]}") from None
+            raise ModelNotFoundError(f"cannot load model '{resolved}': {str(exc).splitlines()[0]}"
+                                     + _not_local(resolved)) from None
     if adapter is not None:
         model = apply_adapter(model, adapter)
     return model.to(device).eval()
@@ -250,6 +251,16 @@ def available_models() -> list[dict]:
             if child.name != "default" and (child / "config.json").is_file():
                 rows.append({"name": str(child), "kind": "cached", "status": "ready", "path": str(child)})
     return rows
+
+
+def _not_local(resolved: str) -> str:
+    """For a name that failed as a hub id: that it was no local directory either (a mistyped
+    path reads as a hub id), and how to fail at once offline."""
+    if Path(resolved).exists():
+        return ""
+    return (f" ('{resolved}' is not a local directory either, here in {Path.cwd()}: check the path or "
+            f"name, or pass 'tiny' or 'default'; without a network, HF_HUB_OFFLINE=1 fails at once "
+            f"instead of after the hub's retries)")
 
 
 def _check_hub_id(resolved: str, file: str) -> None:

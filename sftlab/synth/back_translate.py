@@ -20,7 +20,7 @@ Output (``output``, JSONL): the pairs curated in the LAST iteration, as conversa
 
     {"id": "3f9a...", "messages": [{"role": "user", "content": "Give me a recipe for crepes."},
                                    {"role": "assistant", "content": "Making crepes is ..."}],
-     "source": "back-translate", "meta": {"text_id": "texts-4", "score": 5,
+     "source": "back-translate", "meta": {"text_id": "9beb2e7fedb5", "score": 5,
      "provenance": {"pipeline": "back-translate", "teacher": "<scorer>", "backward_model": "...",
                     "template_version": "back-translate/v1", "seed": 0, "round": 0,
                     "iteration": 0, "score": 5}}}
@@ -48,11 +48,11 @@ from tqdm.auto import tqdm
 
 from sftlab.config import load_config
 from sftlab.data.chat import tokenize_conversations
-from sftlab.data.io import default_id, iter_records, read_conversations, write_conversations
+from sftlab.data.io import iter_records, read_conversations, write_conversations
 from sftlab.errors import ConfigError, DataError
 from sftlab.infer.hf import HFGenerator, prompt_to_ids
 from sftlab.models import context_length, load_model, load_tokenizer
-from sftlab.synth.base import SynthReport, make_teacher, pipeline
+from sftlab.synth.base import SynthReport, content_ids, make_teacher, pipeline
 from sftlab.synth.client import ChatRequest, GeneratorTeacher, Teacher, TeacherConfig
 from sftlab.synth.store import RecordStore, stable_id
 from sftlab.train.config import TrainConfig
@@ -250,7 +250,8 @@ def seed_pairs(config: BackTranslateConfig) -> list[Conversation]:
 
 def read_texts(path: str | Path, limit: int | None = None) -> list[dict]:
     """Unlabelled texts: rows ``{"text": ..., "id"?: ...}`` (JSONL, or a JSON list) ->
-    ``[{"id", "text"}]``; ids default to ``<file stem>-<record index>`` (``sftlab.data.io.default_id``)."""
+    ``[{"id", "text"}]``; a row without an id gets a hash of its text (``content_ids``), not
+    its position, so a reordered, prepended or renamed file resumes without a text done twice."""
     path = Path(path)
     texts = []
     for record in iter_records(path):
@@ -261,7 +262,9 @@ def read_texts(path: str | Path, limit: int | None = None) -> list[dict]:
             raise DataError("no 'text' string in this row", file=str(path), line=record.line,
                             index=record.index, field="text",
                             hint="write one JSON object per line with a 'text' field")
-        texts.append({"id": str(row.get("id", default_id(path, record.index))), "text": row["text"]})
+        texts.append({"id": str(row["id"]) if "id" in row else None, "text": row["text"]})
+    for text, key in zip(texts, content_ids([(x["id"], x["text"]) for x in texts])):
+        text["id"] = key
     return texts[:limit]
 
 

@@ -4,20 +4,26 @@ A pipeline is a function ``run(config) -> SynthReport`` registered in ``PIPELINE
 config dataclass carries a ``teacher`` section and ``output``/``seed``. Every record it
 writes carries provenance: pipeline, teacher model, prompt template version, seed, round.
 Prompt files are read by ``sftlab.data.prompts.read_prompts``, the reader ``sftlab
-generate`` and eval use: the same file gives the same prompts and ids everywhere.
+generate`` and eval use: the same file gives the same prompts and ids everywhere. Records
+are keyed by ``resume_ids``, not by the ``<file stem>-<index>`` a row without an ``id``
+gets there: a prompt file reordered, prepended to or renamed resumes without answering a
+prompt twice.
 """
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from sftlab.data.io import file_stem
 from sftlab.data.prompts import PromptRow
 from sftlab.infer.backends import generator_for, resolve_backend
 from sftlab.registry import Registry
 from sftlab.synth.client import GeneratorTeacher, HTTPTeacher, Teacher, TeacherConfig
+from sftlab.synth.store import stable_id
 
 # name -> (config class, run function)
 PIPELINES: Registry = Registry("synthesis pipeline")
@@ -52,6 +58,38 @@ def prompt_key(prompt: PromptRow) -> str | list[dict[str, str]]:
     if len(prompt.messages) == 1:
         return prompt.text
     return [message.to_dict() for message in prompt.messages]
+
+
+def resume_ids(prompts: list[PromptRow], path: str | Path) -> list[str]:
+    """The id each prompt's records are keyed by: the row's own ``id``; else a hash of its
+    messages (``content_ids``). Not ``<file stem>-<index>``, which moves when a line is added
+    above or the file is renamed, and would make a rerun answer every prompt again."""
+    return content_ids([(None if has_default_id(p.id, path) else p.id, [m.to_dict() for m in p.messages])
+                        for p in prompts])
+
+
+def content_ids(items: list[tuple[str | None, Any]]) -> list[str]:
+    """``(own id or None, content)`` per item -> its own id, else a short hash of its content,
+    with ``-<k>`` for the k-th repeat of that content (two identical prompts stay two rows).
+
+    >>> content_ids([("q1", "Hi"), (None, "Hi"), (None, "Hi")])
+    ['q1', '9beb2e7fedb5', '9beb2e7fedb5-1']
+    """
+    ids, seen = [], Counter()
+    for own, content in items:
+        if own is not None:
+            ids.append(own)
+            continue
+        digest = stable_id("content", content)[:12]
+        ids.append(f"{digest}-{seen[digest]}" if seen[digest] else digest)
+        seen[digest] += 1
+    return ids
+
+
+def has_default_id(item_id: str, path: str | Path) -> bool:
+    """Whether ``item_id`` is the ``<file stem>-<index>[-<k>]`` that ``read_prompts`` and
+    ``read_conversations`` give a row of ``path`` without its own ``id``."""
+    return re.fullmatch(re.escape(file_stem(Path(path))) + r"-\d+(-\d+)?", item_id) is not None
 
 
 @dataclass

@@ -5,6 +5,8 @@ asking for explanations and step-by-step reasoning (Orca, Mukherjee et al. 2023)
 deterministically from the instruction id, and the system message is kept in the record.
 A prompt row's own system turn (and any earlier turns) go to the teacher and into the
 record as they are; an Orca system prompt is only added to a prompt without one.
+A prompt is answered once per output: its record id comes from ``resume_ids`` (its own
+``id``, else its content), so a reordered, prepended or renamed prompt file resumes.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from sftlab.data.prompts import PromptRow, read_prompts
-from sftlab.synth.base import SynthReport, make_teacher, pipeline, prompt_key, provenance
+from sftlab.synth.base import SynthReport, make_teacher, pipeline, prompt_key, provenance, resume_ids
 from sftlab.synth.client import ChatRequest, Teacher, TeacherConfig
 from sftlab.synth.store import RecordStore, stable_id
 from sftlab.types import Conversation, Message
@@ -63,23 +65,24 @@ def run(config: DistillConfig, teacher: Teacher | None = None) -> SynthReport:
     teacher = teacher or make_teacher(config.teacher)
     report = SynthReport("distill")
     prompts = read_prompts(config.prompts)
+    keyed = list(zip(prompts, resume_ids(prompts, config.prompts)))
     with RecordStore(config.output) as store:
-        todo = [p for p in prompts if _record_id(p, config) not in store]
+        todo = [(p, key) for p, key in keyed if _record_id(p, key, config) not in store]
         progress = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc="distill", unit="answer")
         for start in range(0, len(todo), config.batch_size):
             batch = todo[start:start + config.batch_size]
-            messages = [_messages(p, config) for p in batch]
+            messages = [_messages(p, key, config) for p, key in batch]
             answers = teacher.complete([
                 ChatRequest(m, temperature=config.temperature, top_p=config.top_p,
                             max_tokens=config.max_tokens, seed=config.seed) for m in messages])
             report.requests += len(batch)
-            for prompt, turns, answer in zip(batch, messages, answers):
+            for (prompt, key), turns, answer in zip(batch, messages, answers):
                 progress.update(1)
                 if len(answer.strip()) < config.min_response_chars:
                     report.rejected["empty or too short response"] += 1
                     continue
                 conversation = Conversation(
-                    turns + [Message("assistant", answer.strip())], id=_record_id(prompt, config),
+                    turns + [Message("assistant", answer.strip())], id=_record_id(prompt, key, config),
                     source=f"distill:{teacher.model}",
                     meta={"prompt_id": prompt.id,
                           "provenance": provenance("distill", teacher, TEMPLATE_VERSION, config.seed, 0)})
@@ -91,14 +94,17 @@ def run(config: DistillConfig, teacher: Teacher | None = None) -> SynthReport:
     return report
 
 
-def _record_id(prompt: PromptRow, config: DistillConfig) -> str:
-    return stable_id("distill", prompt.id, prompt_key(prompt), config.orca_system_prompts, config.seed)
+def _record_id(prompt: PromptRow, key: str, config: DistillConfig) -> str:
+    """``key`` is the prompt's ``resume_ids`` id (for a row with its own id, ``prompt.id``:
+    the ids such records always had)."""
+    return stable_id("distill", key, prompt_key(prompt), config.orca_system_prompts, config.seed)
 
 
-def _messages(prompt: PromptRow, config: DistillConfig) -> list[Message]:
-    """The prompt's turns, with an Orca system prompt first when asked for and it has none."""
+def _messages(prompt: PromptRow, key: str, config: DistillConfig) -> list[Message]:
+    """The prompt's turns, with an Orca system prompt first when asked for and it has none
+    (chosen from ``key``, which stays when the file is reordered or renamed)."""
     turns = list(prompt.messages)
     if config.orca_system_prompts and turns[0].role != "system":
-        system = random.Random(f"{config.seed}:{prompt.id}").choice(ORCA_SYSTEM_PROMPTS)
+        system = random.Random(f"{config.seed}:{key}").choice(ORCA_SYSTEM_PROMPTS)
         turns.insert(0, Message("system", system))
     return turns

@@ -11,6 +11,8 @@ instruction with the teacher, and eliminates failed evolutions as the paper does
 Eliminated instructions are counted by reason; the original stays in the pool for the next
 round, as in the paper. What evolves is each prompt row's last user turn (an Alpaca
 instruction with its input); a system turn or earlier turns of the row are not used.
+Each row's lineage is keyed by its ``resume_ids`` id (its own ``id``, else its content), so
+a reordered, prepended or renamed prompt file resumes it.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from tqdm import tqdm
 
 from sftlab.data.prompts import read_prompts
 from sftlab.errors import ConfigError
-from sftlab.synth.base import SynthReport, make_teacher, pipeline, provenance
+from sftlab.synth.base import SynthReport, make_teacher, pipeline, provenance, resume_ids
 from sftlab.synth.client import ChatRequest, Teacher, TeacherConfig
 from sftlab.synth.store import RecordStore, stable_id
 from sftlab.types import Conversation, Message
@@ -124,8 +126,9 @@ def run(config: EvolConfig, teacher: Teacher | None = None) -> SynthReport:
         raise ConfigError(f"unknown evol operators {sorted(unknown)} (choose from: {', '.join(OPERATORS)})")
     teacher = teacher or make_teacher(config.teacher)
     report = SynthReport("evol-instruct")
-    pool = [(prompt.id, prompt.text) for prompt in read_prompts(config.prompts)]
+    prompts = read_prompts(config.prompts)
     with RecordStore(config.output) as store:
+        pool = list(zip(resume_ids(prompts, config.prompts), [prompt.text for prompt in prompts]))
         for round_index in tqdm(range(1, config.rounds + 1), desc="evol-instruct", unit="round"):
             pool = _evolve_round(config, teacher, pool, round_index, store, report)
         report.total = len(store)

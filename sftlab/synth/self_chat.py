@@ -3,7 +3,8 @@ starts from a seed topic, in the Baize transcript format ([Human] ... [AI] ...).
 
 The transcript is extended until the teacher ends it (no new human turn, or a human turn
 that only says goodbye or is empty) or ``max_turns`` human turns are reached; the result is
-a multi-turn conversation that ends on an assistant turn.
+a multi-turn conversation that ends on an assistant turn. Each topic is chatted about once
+per output and seed: records are keyed by ``resume_ids`` (a row's own id, else its content).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from tqdm import tqdm
 
 from sftlab.data.prompts import read_prompts
-from sftlab.synth.base import SynthReport, make_teacher, pipeline, provenance
+from sftlab.synth.base import SynthReport, make_teacher, pipeline, provenance, resume_ids
 from sftlab.synth.client import ChatRequest, Teacher, TeacherConfig
 from sftlab.synth.store import RecordStore, stable_id
 from sftlab.types import Conversation, Message
@@ -76,9 +77,10 @@ def run(config: SelfChatConfig, teacher: Teacher | None = None) -> SynthReport:
     teacher = teacher or make_teacher(config.teacher)
     report = SynthReport("self-chat")
     topics = read_prompts(config.prompts)
+    record_ids = [stable_id("self-chat", key, topic.text, config.seed)
+                  for key, topic in zip(resume_ids(topics, config.prompts), topics)]
     with RecordStore(config.output) as store:
-        for topic in tqdm(topics, desc="self-chat", unit="chat"):
-            record_id = stable_id("self-chat", topic.id, topic.text, config.seed)
+        for topic, record_id in tqdm(list(zip(topics, record_ids)), desc="self-chat", unit="chat"):
             if record_id in store:
                 continue
             messages, calls = _chat(config, teacher, topic.text)

@@ -27,8 +27,9 @@ The same file trains with ``sftlab train objective=spin data.paths=[runs/spin/pa
 (one iteration's records at a time: its reference is that iteration's model).
 
 Rerunning resumes: a finished iteration (``iter_{t+1}/spin_iteration.json``) is skipped,
-and pairs already in ``output`` are not generated again. Raising ``iterations`` and
-rerunning continues from the last saved model.
+and pairs already in ``output`` are not generated again: a pair is keyed by its
+conversation's own ``id``, else by its content, so a reordered, prepended or renamed data
+file resumes too. Raising ``iterations`` and rerunning continues from the last saved model.
 
     sftlab synth spin model=runs/sft data=alpaca_en_demo.json iterations=2 \\
         output_dir=runs/spin output=runs/spin/pairs.jsonl train.optim.lr=1e-6
@@ -46,7 +47,7 @@ from sftlab.errors import ConfigError
 from sftlab.infer.base import SamplingConfig
 from sftlab.infer.hf import HFGenerator
 from sftlab.models import load_model, load_tokenizer, pad_id
-from sftlab.synth.base import SynthReport, pipeline
+from sftlab.synth.base import SynthReport, content_ids, has_default_id, pipeline
 from sftlab.synth.store import RecordStore, stable_id
 from sftlab.train.checkpoint import quiet_transformers
 from sftlab.train.config import (DataSection, MethodConfig, ModelSection, OptimSection,
@@ -160,9 +161,11 @@ def run(config: SpinConfig) -> SynthReport:
     return report
 
 
-def sft_examples(config: SpinConfig, report: SynthReport) -> list[tuple[str, list[Message], str]]:
-    """``(example_id, prompt messages, real response)`` per conversation: the prompt is
-    everything before the LAST assistant turn. Conversations without one are counted."""
+def sft_examples(config: SpinConfig, report: SynthReport) -> list[tuple[str, list[Message], str, str]]:
+    """``(example_id, prompt messages, real response, key)`` per conversation: the prompt is
+    everything before the LAST assistant turn; ``key`` (what its pairs' ids come from) is the
+    conversation's own id, else a hash of prompt and response (``content_ids``), which stays
+    when the data file is reordered or renamed. Conversations without one are counted."""
     conversations = read_conversations(config.data).conversations[:config.limit]
     examples = []
     for index, conversation in enumerate(conversations):
@@ -174,7 +177,10 @@ def sft_examples(config: SpinConfig, report: SynthReport) -> list[tuple[str, lis
                          conversation.messages[last].content))
     if not examples:
         raise ConfigError(f"{config.data}: no conversation with a user and an assistant turn")
-    return examples
+    keys = content_ids([(None if not conversation_id or has_default_id(conversation_id, config.data)
+                         or conversation_id.startswith("#") else conversation_id,
+                         [[m.to_dict() for m in prompt], real]) for conversation_id, prompt, real in examples])
+    return [example + (key,) for example, key in zip(examples, keys)]
 
 
 def iteration_pairs(config: SpinConfig, t: int, source: str, tokenizer, examples, store: RecordStore,
@@ -247,13 +253,13 @@ def iteration_train_config(config: SpinConfig, source: str, saved: Path):
 
 
 def _record_id(config: SpinConfig, t: int, example) -> str:
-    example_id, prompt, real = example
-    return stable_id("spin", t, example_id, [m.to_dict() for m in prompt], real, config.seed,
+    _, prompt, real, key = example
+    return stable_id("spin", t, key, [m.to_dict() for m in prompt], real, config.seed,
                      config.generation.temperature)
 
 
 def _record(config: SpinConfig, t: int, source: str, example, generated: str) -> dict:
-    example_id, prompt, real = example
+    example_id, prompt, real, _ = example
     return {"id": _record_id(config, t, example), "prompt": [m.to_dict() for m in prompt],
             "chosen": [{"role": "assistant", "content": real}],
             "rejected": [{"role": "assistant", "content": generated}],

@@ -24,6 +24,16 @@ def test_convert_alpaca_to_canonical_jsonl(shared_data, tmp_path):
     assert rows[0]["messages"][0] == {"role": "user", "content": "Describe a process of making crepes."}
 
 
+def test_convert_to_standard_output(shared_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "convert", str(shared_data / "formats" / "alpaca_en_demo.json"), "-o", "-"]) == 0
+    out, err = capsys.readouterr()
+    rows = [json.loads(line) for line in out.splitlines()]  # the data only: the report is on stderr
+    assert len(rows) == 999 and rows[0]["id"] == "alpaca_en_demo-0"
+    assert "wrote 999 conversations (jsonl) to standard output" in err
+    assert not list(tmp_path.iterdir())  # no file named "-"
+
+
 def test_output_into_a_closed_pipe_is_no_traceback(shared_data):
     # `sftlab data stats FILE | head -1`: head has left before stats print
     process = subprocess.Popen([sys.executable, "-m", "sftlab", "data", "stats",
@@ -102,3 +112,17 @@ def test_stats_with_tokenizer_table_and_plot(shared_data, tmp_path):
 def test_help_has_examples():
     done = sftlab("data", "stats", "--help")
     assert done.returncode == 0 and "example:" in done.stdout and "--tokenizer" in done.stdout
+
+
+def test_a_warning_is_one_line_without_sftlab_source(tmp_path):
+    call = {"type": "function", "function": {"name": "w", "arguments": "{}"}}
+    row = {"messages": [{"role": "user", "content": "weather?"},
+                        {"role": "assistant", "content": "", "tool_calls": [call]},
+                        {"role": "tool", "content": "sunny"}, {"role": "assistant", "content": "Sunny."}],
+           "tools": [{"type": "function", "function": {"name": "w", "parameters": {}}}]}
+    path = tmp_path / "tools.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    done = sftlab("data", "show-mask", path, "--tokenizer", "tiny")
+    assert done.returncode == 0, done.stderr
+    assert "warning: the chat template does not know 'tools'" in done.stderr
+    assert "warnings.warn" not in done.stderr and ".py:" not in done.stderr

@@ -163,6 +163,13 @@ def test_gguf_sizes_shrink_with_the_type(tmp_path, tiny_model_dir):
     assert sizes["f32"] > 1.9 * sizes["f16"] > 1.9 * 1.7 * sizes["q8_0"]
 
 
+def test_merge_of_a_whole_model_says_it_changes_nothing(tmp_path, tiny_model_dir, capsys):
+    assert main(["export", str(tiny_model_dir), "-o", str(tmp_path / "out"), "--merge"]) == 0
+    assert "--merge changes nothing here" in capsys.readouterr().err
+    assert main(["export", str(tiny_model_dir), "-o", str(tmp_path / "plain")]) == 0
+    assert "--merge" not in capsys.readouterr().err
+
+
 def test_ollama_modelfile_renders_like_the_chat_template(tmp_path, tiny_tokenizer):
     from sftlab.models.ollama import render_go
 

@@ -222,7 +222,7 @@ FILE_CASES = [
 ]
 
 # the expected-output cases above with expect None but for --to yaml: argparse rejects it (exit 2)
-ARGPARSE_ERRORS = {"output-unknown-format"}
+ARGPARSE_ERRORS = {"output-unknown-format", "unknown-format-flag"}
 
 
 # ---------------------------------------------------------------- apply-template

@@ -53,18 +53,38 @@ def read_outputs(path: str | Path) -> list[dict[str, Any]]:
 def read_annotations(path: str | Path) -> list[dict[str, Any]]:
     """AlpacaEval annotations (a JSON list, or JSONL), as ``judge_pairs`` writes them: rows
     with ``instruction``, ``output_1`` (baseline) and ``output_2`` (model) strings and a
-    ``preference``: a number in [1, 2] (0 is AlpacaEval's tie), or null when the judge gave
-    no verdict. The same (instruction, output_1, output_2) twice is an error."""
+    ``preference``: a number in [1, 2] (1.5 or AlpacaEval's 0 is a tie), or null when the judge
+    gave no verdict. The same (instruction, output_1, output_2) twice is an error. The shared
+    data's compact leaderboard form (``COMPACT_COLUMNS``: lengths, no texts) is refused saying so."""
     rows = _read_rows_with(path, "annotations", ("instruction", "output_1", "output_2"),
                            unique=("instruction", "output_1", "output_2"))
     for index, row in enumerate(rows):
         preference = row.get("preference")
         number = isinstance(preference, (int, float)) and not isinstance(preference, bool)
         if preference is not None and not (number and (preference == 0 or 1 <= preference <= 2)):
-            raise DataError(f"preference must be a number in [1, 2] (or 0 for a tie, null for no verdict), "
-                            f"got {preference!r}", file=str(path), line=rows.lines[index], field="preference",
-                            index=index, hint="1 = baseline better, 2 = model better, 1.5 = tie")
+            raise DataError(f"preference must be a number in [1, 2] (1.5 or AlpacaEval's 0 for a tie, "
+                            f"null for no verdict), got {preference!r}", file=str(path), line=rows.lines[index],
+                            field="preference", index=index,
+                            hint="1 = baseline better, 2 = model better, 1.5 (or 0) = tie")
     return rows
+
+
+COMPACT_COLUMNS = ("instruction_sha1", "len_output_1", "len_output_2", "preference")
+"""The columns of AlpacaEval's compact leaderboard annotations (``annotations_compact.csv``):
+output lengths and preferences keyed by the instruction's SHA-1 prefix, without the texts."""
+
+
+def _missing(what: str, keys: tuple[str, ...], key: str, row: dict[str, Any]) -> tuple[str, str]:
+    """(message, hint) for a row without a ``key`` string: the rows ``keys`` need, what this
+    one has; for the compact leaderboard form, what it is and where sftlab uses it."""
+    if what == "annotations" and set(COMPACT_COLUMNS) <= set(row) and not set(keys) & set(row):
+        return ("missing: this is AlpacaEval's compact leaderboard form (instruction_sha1, len_output_1, "
+                "len_output_2, preference: lengths, no texts), not annotation rows; winrate needs "
+                f"{', '.join(keys)} strings",
+                "give annotations as `sftlab judge alpaca-eval` writes them (annotations.json); sftlab reads "
+                "the compact form only to rebuild its LC difficulty table (scripts/build_alpaca_eval_difficulty.py)")
+    return (f"needs a '{key}' string", f"every {what} row has {', '.join(keys)} as strings; "
+                                       f"this one has {', '.join(map(str, row)) or 'no fields'}")
 
 
 class _Rows(list):
@@ -84,8 +104,8 @@ def _read_rows_with(path: str | Path, what: str, keys: tuple[str, ...],
     for record in read_objects(path):
         for key in keys:
             if not isinstance(record.value.get(key), str):
-                raise record_error(record, path, f"needs a '{key}' string", field=key,
-                                   hint=f"every {what} row has {', '.join(keys)}")
+                message, hint = _missing(what, keys, key, record.value)
+                raise record_error(record, path, message, field=key, hint=hint)
         value = tuple(record.value[key] for key in unique)
         where = f"line {record.line}" if record.line is not None else f"record {record.index}"
         if unique and value in seen:

@@ -71,3 +71,15 @@ def test_every_config_key_has_a_docstring(path, parser):
     undocumented = [f"{cls.__module__}.{cls.__name__}: {key}" for cls in config_classes(parser)
                     for key, doc in field_docs(cls).items() if not doc.doc]
     assert not undocumented, "fields without an attribute docstring:\n" + "\n".join(undocumented)
+
+
+def test_eval_help_lists_every_task_and_required_keys_without_a_default():
+    """Was `tasks: list[str] = ['gsm8k']` in the key listing beside `--tasks ... (required)`,
+    and a hand-written task line without vqa and humaneval_chat."""
+    from sftlab.eval.base import TASKS
+
+    text = dict(ALL)[("eval",)].format_help()
+    assert "tasks: list[str] (required)" in text and "['gsm8k']" not in text
+    task_line = " ".join(text.split("\ntasks: ", 1)[1].split(". Data:", 1)[0].split())
+    assert [name.split(" (")[0] for name in task_line.split(", ")] == TASKS.names()
+    assert "bbh (27 subtasks)" in task_line and "mc_letters (log-likelihood)" in task_line

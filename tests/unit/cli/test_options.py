@@ -52,6 +52,8 @@ def test_flags_have_types_choices_and_docstring_help():
     text = parser.format_help()
     assert "Only the first N items." in text and "{auto,on,off}" in text
     assert "sampling.temperature: float = 0.7" in text and "Stop strings." in text  # the key listing
+    # a required key's default never applies on the command line: the listing says so
+    assert "tasks: list[str] (required)" in text and "['a']" not in text
     with pytest.raises(SystemExit):
         parser.parse_args(["--mode", "maybe"])
 

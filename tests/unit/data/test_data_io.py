@@ -209,3 +209,13 @@ def test_alpaca_writer_puts_earlier_turns_in_history(real, tmp_path):
 def test_unknown_output_format(tmp_path):
     with pytest.raises(ConfigError, match="unknown output format"):
         write_conversations([], tmp_path / "x.jsonl", "csv")
+
+
+def test_a_record_that_is_no_object_is_named_in_json_words(tmp_path):
+    path = tmp_path / "bare.json"
+    path.write_text('[{"instruction": "a", "output": "b"}, 5]')
+    with pytest.raises(DataError) as caught:
+        read_conversations(path)
+    # the record is at fault, not a field of it
+    assert (caught.value.index, caught.value.field) == (1, None)
+    assert "expected an object, got a number (5)" in str(caught.value)

@@ -78,7 +78,7 @@ def test_one_file_may_mix_formats_and_skip_blank_lines(tmp_path):
     ('{"messages": [{"role": "bot", "content": "x"}]}', "messages[0].role", "unknown role 'bot'"),
     ('{"messages": [{"role": "assistant", "content": "x"}]}', "messages[0].role", "user was expected"),
     ('{"instruction": "  "}', None, "empty prompt"),
-    ('{"instruction": 3}', "instruction", "expected str"),
+    ('{"instruction": 3}', "instruction", r"expected a string, got a number \(3\)"),
     ("{oops", None, "invalid JSON"),
 ])
 def test_bad_rows_name_file_and_line(tmp_path, line, field, message):

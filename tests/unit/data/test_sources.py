@@ -269,6 +269,17 @@ def test_csv_cell_of_bad_json_names_line_and_column(tmp_path):
     assert len(read_conversations(path, format="sharegpt", on_error="skip").conversations) == 1
 
 
+def test_a_missing_relative_path_names_the_folder_it_was_read_from(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("../shared/data/alpaca.jsonl", "data.parquet"):
+        with pytest.raises(DataError, match="file not found") as error:
+            read_conversations(name)
+        assert f"relative paths are read from the current folder, {tmp_path}" in str(error.value)
+    with pytest.raises(DataError) as error:
+        read_conversations(tmp_path / "absolute.jsonl")
+    assert "relative paths" not in str(error.value)
+
+
 def test_missing_and_broken_table_files_are_named(tmp_path):
     with pytest.raises(DataError, match="file not found"):
         read_conversations(tmp_path / "nothing.csv")

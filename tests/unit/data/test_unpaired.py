@@ -67,3 +67,14 @@ def test_bad_rows_name_file_line_and_field(tmp_path, row, line, field, words):
     assert field is None or error.field == field
     kept, skipped = read_unpaired(path, on_error="skip")
     assert len(kept) == 1 and sum(skipped.values()) == 1
+
+
+def test_unpaired_rows_read_as_sft_say_to_train_them_with_kto(shared_data):
+    from sftlab.data.io import read_conversations
+
+    path = shared_data / "formats" / "lf_kto_sample.json"
+    with pytest.raises(DataError, match=r"lf_kto_sample.json: the rows are KTO's unpaired examples: "
+                                        r"\d+ of the first \d+ are marked undesirable.*objective=kto"):
+        read_conversations(path)
+    # the format given: read as plain conversations, every answer (the user asked for it)
+    assert len(read_conversations(path, format="openai").conversations) == len(json.loads(path.read_text()))

@@ -56,3 +56,36 @@ def test_winrate_overrides_config_file_and_missing_files(tmp_path, capsys):
     assert main(["judge", "winrate"]) != 0
     err = capsys.readouterr().err
     assert "ANNOTATIONS is required" in err and "KEY=VALUE" not in err
+
+
+def test_winrate_on_the_compact_leaderboard_form_says_what_it_is(tmp_path, capsys):
+    """Was `needs a 'instruction' string`: annotations_compact.csv (lengths, no texts) was read
+    as annotation rows missing their texts, without saying which format is expected."""
+    compact = tmp_path / "annotations_compact.csv"
+    compact.write_text("model,index,instruction_sha1,generator_1,generator_2,len_output_1,len_output_2,preference\n"
+                       "m,0,fb5e4d4705fb,gpt4_1106_preview,m,2104,2570,1.73\n")
+    assert main(["judge", "winrate", str(compact)]) == 2
+    err = capsys.readouterr().err
+    assert "compact leaderboard form" in err and "instruction, output_1, output_2" in err
+    assert "scripts/build_alpaca_eval_difficulty.py" in err
+
+
+def test_winrate_preference_error_and_hint_agree_on_ties(tmp_path, capsys):
+    """Was "(or 0 for a tie ...)" with the fix "1.5 = tie": both are read as a tie."""
+    file = write(tmp_path / "annotations.json", [2, 0, 1.5, 3])
+    assert main(["judge", "winrate", str(file)]) == 2
+    err = capsys.readouterr().err
+    assert "1.5 or AlpacaEval's 0 for a tie" in err and "1.5 (or 0) = tie" in err
+    file = write(tmp_path / "annotations.json", [2, 0, 1.5, 1])
+    assert main(["judge", "winrate", str(file), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_draws"] == 2
+
+
+def test_winrate_table_without_generator_names_the_model_by_its_file(tmp_path, capsys):
+    """Was `None` in the model column when the rows have no generator_2."""
+    file = tmp_path / "my-model.json"
+    file.write_text(json.dumps([{"instruction": f"q{i}", "output_1": "b", "output_2": "m", "preference": p}
+                                for i, p in enumerate([2, 1, 2])]))
+    assert main(["judge", "winrate", str(file)]) == 0
+    row = capsys.readouterr().out.splitlines()[1]
+    assert "None" not in row and row.split()[:2] == ["my-model.json", "my-model"]

@@ -149,6 +149,22 @@ def test_a_union_field_of_the_wrong_type_names_the_field(server, path, field, va
     assert error["message"].startswith(f"{field}: expected str or list[str], got ")
 
 
+@pytest.mark.parametrize("path, field, value", [
+    ("/chat/completions", "max_tokens", "5"), ("/chat/completions", "stream", "yes"),
+    ("/completions", "temperature", "1"), ("/completions", "n", True), ("/completions", "seed", 1.5),
+])
+def test_a_field_of_the_wrong_type_is_400_not_converted(server, path, field, value):
+    """Was 200: pydantic's lax mode read `"max_tokens": "5"` as 5, `"stream": "yes"` as true."""
+    body = {"model": "tiny", "max_tokens": 2, field: value}
+    body.update({"messages": [{"role": "user", "content": "hi"}]} if path == "/chat/completions" else {"prompt": "hi"})
+    error = _error(_post(server, path, body), 400)
+    assert error["param"] == field and error["message"].startswith(f"{field}: ")
+    # the right types pass, and an int is still a float, as with OpenAI
+    del body[field]
+    body.update({"max_tokens": 2, "temperature": 1, "top_p": 1})
+    assert _post(server, path, body).status_code == 200, field
+
+
 def test_fields_that_ask_for_nothing_are_accepted(server):
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
             "logprobs": False, "presence_penalty": 0, "frequency_penalty": 0.0, "tools": [],

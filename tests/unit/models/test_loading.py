@@ -86,3 +86,17 @@ def test_full_run_dir_with_tokenizer_at_the_top(tmp_path, tiny_model, tiny_token
     with torch.no_grad():
         assert torch.equal(load_model(str(run))(input_ids=ids).logits, tiny_model(input_ids=ids).logits)
     assert load_tokenizer(str(run)).chat_template == tiny_tokenizer.chat_template
+
+
+def test_a_name_that_fails_as_a_hub_id_says_it_is_no_local_directory_either(monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    def unreachable(*args, **kwargs):  # what transformers raises without a network
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", unreachable)
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # online: the hub is tried, and fails
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ModelNotFoundError, match="couldn't connect.*'my-modle' is not a local directory "
+                                                 "either.*HF_HUB_OFFLINE=1"):
+        load_model("my-modle")

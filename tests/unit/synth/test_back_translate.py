@@ -218,3 +218,33 @@ def test_texts_too_long_for_the_models_context_are_skipped_and_counted(tmp_path,
     assert report.rejected[bt.TOO_LONG_TO_BACK_TRANSLATE] == 1
     assert report.written + sum(report.rejected.values()) == 3  # every text accounted for
     assert report.requests == 2 + sum(1 for r in ratings.values() if "skipped" not in r)
+
+
+def test_text_ids_stay_when_the_file_is_prepended_to_renamed_or_reordered(tmp_path):
+    """Texts without an id were keyed by <file stem>-<index>: a line added on top, or a renamed
+    file, back-translated (and wrote) every text again."""
+    from sftlab.synth.base import SynthReport
+    from sftlab.synth.store import RecordStore
+
+    rows = [{"text": "Blue is a colour."}, {"text": "A pear."}, {"text": "Blue is a colour."}, {"id": "own", "text": "Hi."}]
+    path = tmp_path / "texts.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    ids = [x["id"] for x in bt.read_texts(path)]
+    assert ids[3] == "own" and ids[2] == f"{ids[0]}-1" and len(set(ids)) == 4
+    moved = tmp_path / "renamed.jsonl"
+    moved.write_text(json.dumps({"text": "New."}) + "\n" + path.read_text())
+    assert [x["id"] for x in bt.read_texts(moved)][1:] == ids
+
+    # candidates stored from the first file: the reordered, renamed file generates none
+    config = bt.BackTranslateConfig(model="tiny", progress=False)
+    with RecordStore(tmp_path / "candidates.jsonl") as store:
+        for index, text in enumerate(bt.read_texts(path)):
+            store.write({"id": bt._candidate_id(text, config), "text_id": text["id"], "text": text["text"],
+                         "instruction": f"instruction {index}"})
+    reordered = tmp_path / "reordered.jsonl"
+    reordered.write_text("".join(json.dumps(x) + "\n" for x in rows[::-1]))
+    report = SynthReport("back-translate")
+    candidates = bt.augment(config, tmp_path / "no-model", bt.read_texts(reordered),
+                            tmp_path / "candidates.jsonl", report)
+    assert report.requests == 0 and len(_jsonl(tmp_path / "candidates.jsonl")) == 4
+    assert sorted(c["instruction"] for c in candidates) == [f"instruction {i}" for i in range(4)]

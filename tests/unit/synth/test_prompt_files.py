@@ -2,9 +2,15 @@
 under the same ids (both read it with sftlab.data.prompts.read_prompts)."""
 import json
 
+import pytest
+
+from sftlab.cli import main
+from sftlab.data.prompts import read_prompts
 from sftlab.infer.base import Generation, SamplingConfig
 from sftlab.infer.files import GenerateConfig, generate_file
-from sftlab.synth import distill, evol
+from sftlab.synth import distill, evol, self_chat
+from sftlab.synth.base import resume_ids
+from sftlab.synth.store import stable_id
 
 ROWS = [
     {"instruction": "Add the numbers.", "input": "2 and 3"},                     # alpaca, no output
@@ -90,3 +96,71 @@ def test_evol_evolves_the_last_user_turn_with_its_input(tmp_path):
                              judge_equality=False), teacher=teacher)
     evolving = [request.messages[0].content for request in teacher.requests[:len(ROWS)]]
     assert "2 and 3" in evolving[0] and "gonna be late" in evolving[2]
+
+
+class EchoTeacher:
+    """Answers each request from its content alone, as a greedy or cached teacher does."""
+
+    model = "echo"
+
+    def __init__(self):
+        self.requests = 0
+
+    def complete(self, requests):
+        self.requests += len(requests)
+        return [f"Reply {stable_id([m.to_dict() for m in r.messages])[:8]}." for r in requests]
+
+
+NO_IDS = [{"instruction": "Name a colour."}, {"instruction": "Name a fruit."}, {"prompt": "Say hi."},
+          {"messages": [{"role": "user", "content": "Count to two."}]}, {"instruction": "Name a colour."},
+          {"id": "own", "instruction": "Name a colour."}]
+RESUMING = {  # pipeline module, config, records one prompt gives
+    "distill": (distill, lambda p, o: distill.DistillConfig(prompts=p, output=o), 1),
+    "distill-orca": (distill, lambda p, o: distill.DistillConfig(prompts=p, output=o, orca_system_prompts=True), 1),
+    "self-chat": (self_chat, lambda p, o: self_chat.SelfChatConfig(prompts=p, output=o), 1),
+    "evol-instruct": (evol, lambda p, o: evol.EvolConfig(prompts=p, output=o, rounds=2, judge_equality=False), 2),
+}
+
+
+def _write_rows(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+@pytest.mark.parametrize("name", list(RESUMING))
+def test_rerun_after_prepending_renaming_or_reordering_answers_no_prompt_twice(tmp_path, name):
+    """Rows without an id were keyed by <file stem>-<index>: a line added on top, or a renamed
+    file, answered every prompt again."""
+    module, make_config, per_prompt = RESUMING[name]
+    output = str(tmp_path / "out.jsonl")
+    first = module.run(make_config(_write_rows(tmp_path / "prompts.jsonl", NO_IDS), output), teacher=EchoTeacher())
+    assert first.written == len(NO_IDS) * per_prompt  # the identical prompts stay separate rows
+
+    moved = _write_rows(tmp_path / "renamed.jsonl", [{"instruction": "Name a tree."}] + NO_IDS)
+    again = module.run(make_config(moved, output), teacher=EchoTeacher())
+    assert again.written == per_prompt and again.total == (len(NO_IDS) + 1) * per_prompt
+    shuffled = _write_rows(tmp_path / "shuffled.jsonl", ([{"instruction": "Name a tree."}] + NO_IDS)[::-1])
+    assert module.run(make_config(shuffled, output), teacher=EchoTeacher()).written == 0
+
+    records = [json.loads(line) for line in open(output)]
+    assert len({r["id"] for r in records}) == len(records)
+    if module is not evol:
+        firsts = [next(m["content"] for m in r["messages"] if m["role"] == "user") for r in records]
+        assert firsts.count("Name a colour.") == 3 and firsts.count("Name a tree.") == 1
+
+
+def test_resume_ids_come_from_the_row_id_else_its_content(tmp_path):
+    rows = read_prompts(_write_rows(tmp_path / "a.jsonl", NO_IDS))
+    ids = resume_ids(rows, tmp_path / "a.jsonl")
+    assert ids[5] == "own" and ids[4] == f"{ids[0]}-1" and len(set(ids)) == len(ids)
+    renamed = tmp_path / "b.jsonl"
+    _write_rows(renamed, [{"instruction": "Name a tree."}] + NO_IDS)
+    assert resume_ids(read_prompts(renamed), renamed)[1:] == ids
+
+
+def test_missing_prompt_file_names_the_key_that_sets_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["synth", "distill"]) == 2
+    assert "instructions.jsonl: file not found (fix: set prompts=FILE" in capsys.readouterr().err
+    assert main(["synth", "self-chat", "prompts=nope.jsonl"]) == 2
+    assert "nope.jsonl: file not found (fix: prompts=nope.jsonl names it" in capsys.readouterr().err

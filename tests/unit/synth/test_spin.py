@@ -107,3 +107,44 @@ def test_second_iteration_uses_theta1_as_generator_and_reference(tmp_path, share
 def test_unmergeable_method_is_a_config_error():
     with pytest.raises(ConfigError, match="full model every iteration"):
         build_config(spin.SpinConfig, {}, ["train.method.name=prompt"])
+
+
+SFT_ROWS = [{"instruction": "Name a colour.", "output": "Blue."}, {"instruction": "Name a fruit.", "output": "A pear."},
+            {"instruction": "Name a colour.", "output": "Blue."}, {"id": "own", "instruction": "Say hi.", "output": "Hi."}]
+
+
+def _sft_file(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_pairs_resume_when_the_data_file_is_prepended_to_renamed_or_reordered(tmp_path, monkeypatch):
+    """Conversations without an id were keyed by <file stem>-<index>: a line added on top, or a
+    renamed file, generated (and trained on) every pair again."""
+    from sftlab.synth.base import SynthReport
+    from sftlab.synth.store import RecordStore
+
+    def examples(path):
+        return spin.sft_examples(build_config(spin.SpinConfig, {}, [f"data={path}"]), SynthReport("spin"))
+
+    config = build_config(spin.SpinConfig, {}, [f"data={_sft_file(tmp_path / 'sft.jsonl', SFT_ROWS)}"])
+    first = examples(config.data)
+    keys = [e[3] for e in first]
+    assert keys[3] == "own" and keys[2] == f"{keys[0]}-1" and len(set(keys)) == 4
+    moved = _sft_file(tmp_path / "renamed.jsonl", [{"instruction": "New.", "output": "Yes."}] + SFT_ROWS)
+    assert [e[3] for e in examples(moved)][1:] == keys
+
+    # pairs stored from the first file; rerun on a reordered, renamed file: none generated again
+    with RecordStore(tmp_path / "pairs.jsonl") as store:
+        for example in first:
+            example_id, prompt, real, _ = example
+            store.write({"id": spin._record_id(config, 0, example), "prompt": [m.to_dict() for m in prompt],
+                         "chosen": [{"role": "assistant", "content": real}],
+                         "rejected": [{"role": "assistant", "content": "Gen."}],
+                         "meta": {"iteration": 0, "example_id": example_id}})
+    monkeypatch.setattr(spin, "load_model", lambda *a, **k: pytest.fail("a pair was generated again"))
+    reordered = _sft_file(tmp_path / "reordered.jsonl", SFT_ROWS[::-1])
+    report = SynthReport("spin")
+    with RecordStore(tmp_path / "pairs.jsonl") as store:
+        pairs = spin.iteration_pairs(config, 0, "tiny", load_tokenizer("tiny"), examples(reordered), store, report)
+    assert report.written == 0 and len(pairs) == 4
