@@ -70,11 +70,15 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
     gqa = query.shape[1] != key.shape[1]
+    length = query.shape[2]
     rows = []
-    for b, bounds in enumerate(segments.tolist()):
-        parts = [torch.nn.functional.scaled_dot_product_attention(
-                     query[b:b + 1, :, start:end], key[b:b + 1, :, start:end], value[b:b + 1, :, start:end],
-                     dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=gqa)
-                 for start, end in zip(bounds[:-1], bounds[1:]) if end > start]
+    # split, not slices: a slice's backward writes its gradient into a zero-filled tensor of
+    # the whole input, once per block and row; split's backward is one concatenation
+    for bounds, *row in zip(segments.tolist(), *(torch.split(x, 1) for x in (query, key, value))):
+        sizes = [end - start for start, end in zip(bounds[:-1], bounds[1:])] + [length - bounds[-1]]
+        blocks = zip(*(torch.split(x, sizes, dim=2) for x in row))
+        parts = [torch.nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=scaling,
+                                                                  is_causal=True, enable_gqa=gqa)
+                 for (q, k, v), size in zip(blocks, sizes[:-1]) if size > 0]
         rows.append(torch.cat(parts, dim=2))
     return torch.cat(rows).transpose(1, 2).contiguous(), None

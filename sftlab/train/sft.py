@@ -48,7 +48,7 @@ from sftlab.models.export import record_base_name
 from sftlab.train import attention, checkpoint, data
 from sftlab.train import run as run_files
 from sftlab.train.config import TrainConfig
-from sftlab.train.fused import fuse_swiglu
+from sftlab.train.fused import fuse_rmsnorm, fuse_swiglu
 from sftlab.train.loss import normaliser, step_token_count
 from sftlab.train.memory import mmap_large_blocks, trim_during_forward
 from sftlab.train.methods import check_method_supported, model_load_kwargs, prepare_model
@@ -162,6 +162,7 @@ def setup(config: TrainConfig, model=None, tokenizer=None, train_examples=None,
         model.config.use_cache = False
     prepared = objective.prepare(prepare_model(model, config.method, tokenizer))
     fuse_swiglu(prepared.model)  # one [tokens, intermediate] activation fewer per layer
+    fuse_rmsnorm(prepared.model)  # one [tokens, hidden] activation fewer per norm, fewer ops
     _print(accelerator, prepared.describe())
     optimizer = None if prepared.fused_backward else build_optimizer(prepared.parameters, config.optim)
     loss_module = objective.loss_module(prepared).train()

@@ -80,3 +80,52 @@ def test_swiglu_matches_autograd_and_saves_one_tensor_fewer():
             m(input_ids=IDS).logits.sum()
         return sum(total)
     assert saved_bytes(reference) - saved_bytes(model) == 2 * IDS.numel() * model.config.intermediate_size
+
+
+def test_rmsnorm_matches_llamas_forward_and_gradients_and_saves_less():
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from sftlab.train.fused import RMSNorm, fuse_rmsnorm
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, w: RMSNorm.apply(a, w, 1e-6), (x, weight))
+    # float32 and bfloat16 as Llama's own (float32 statistics, cast back before the weight)
+    for dtype, tolerance in ((torch.float32, 1e-6), (torch.bfloat16, 0.0)):
+        norm = LlamaRMSNorm(8).to(dtype)
+        norm.weight.data.normal_()
+        xs = torch.randn(4, 8).to(dtype)
+        torch.testing.assert_close(RMSNorm.apply(xs, norm.weight, norm.variance_epsilon), norm(xs),
+                                   rtol=tolerance, atol=tolerance)
+
+    model = tiny_model()  # float32, as trained here: both sides round their statistics alike
+    reference = copy.deepcopy(model)
+    layers = model.config.num_hidden_layers
+    assert fuse_rmsnorm(model) == 2 * layers + 1  # two per layer and the final norm
+    for m in (model, reference):
+        m.zero_grad()
+        (m(input_ids=IDS).logits ** 2).mean().backward()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+    def saved(m):
+        total = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: total.append(t.numel()) or t, lambda t: t):
+            m(input_ids=IDS).logits.sum()
+        return sum(total)
+    assert saved(reference) - saved(model) >= (2 * layers + 1) * IDS.numel() * model.config.hidden_size
+
+
+def test_norms_that_are_not_llamas_keep_their_forward():
+    from sftlab.train.fused import fuse_rmsnorm
+
+    class ScaledNorm(torch.nn.Module):  # Gemma-style (1 + weight): another formula
+        def __init__(self):
+            super().__init__()
+            self.weight, self.variance_epsilon = torch.nn.Parameter(torch.zeros(4)), 1e-6
+
+        def forward(self, x):
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon) * (1 + self.weight)
+
+    assert fuse_rmsnorm(torch.nn.Sequential(ScaledNorm())) == 0
