@@ -68,18 +68,24 @@ def test_swiglu_matches_autograd_and_saves_one_tensor_fewer():
     model = tiny_model().double()
     reference = copy.deepcopy(model)
     assert fuse_swiglu(model) == 2
+    assert_same_gradients(model, reference, rtol=1e-10, atol=1e-12)
+    assert saved_numel(reference) - saved_numel(model) == 2 * IDS.numel() * model.config.intermediate_size
+
+
+def assert_same_gradients(model, reference, rtol: float, atol: float) -> None:
     for m in (model, reference):
         m.zero_grad()
         (m(input_ids=IDS).logits ** 2).mean().backward()
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=name)
+        torch.testing.assert_close(p.grad, q.grad, rtol=rtol, atol=atol, msg=name)
 
-    def saved_bytes(m):
-        total = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: total.append(t.numel()) or t, lambda t: t):
-            m(input_ids=IDS).logits.sum()
-        return sum(total)
-    assert saved_bytes(reference) - saved_bytes(model) == 2 * IDS.numel() * model.config.intermediate_size
+
+def saved_numel(model) -> int:
+    """Elements of every tensor autograd saves in one forward pass of ``model``."""
+    total = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: total.append(t.numel()) or t, lambda t: t):
+        model(input_ids=IDS).logits.sum()
+    return sum(total)
 
 
 def test_rmsnorm_matches_llamas_forward_and_gradients_and_saves_less():
@@ -103,18 +109,8 @@ def test_rmsnorm_matches_llamas_forward_and_gradients_and_saves_less():
     reference = copy.deepcopy(model)
     layers = model.config.num_hidden_layers
     assert fuse_rmsnorm(model) == 2 * layers + 1  # two per layer and the final norm
-    for m in (model, reference):
-        m.zero_grad()
-        (m(input_ids=IDS).logits ** 2).mean().backward()
-    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
-
-    def saved(m):
-        total = []
-        with torch.autograd.graph.saved_tensors_hooks(lambda t: total.append(t.numel()) or t, lambda t: t):
-            m(input_ids=IDS).logits.sum()
-        return sum(total)
-    assert saved(reference) - saved(model) >= (2 * layers + 1) * IDS.numel() * model.config.hidden_size
+    assert_same_gradients(model, reference, rtol=1e-4, atol=1e-6)
+    assert saved_numel(reference) - saved_numel(model) >= (2 * layers + 1) * IDS.numel() * model.config.hidden_size
 
 
 def test_norms_that_are_not_llamas_keep_their_forward():
