@@ -74,6 +74,7 @@ def _tokenize_files(paths, section, tokenizer, progress: bool):
         if result.skipped:
             print(f"{path}: skipped {sum(result.skipped.values())} bad records "
                   f"({dict(result.skipped)})")
+        _refuse_undesirable(path, result.conversations, section)
         conversations += result.conversations
     if section.limit is not None:
         conversations = conversations[:section.limit]
@@ -82,6 +83,17 @@ def _tokenize_files(paths, section, tokenizer, progress: bool):
                                     train_tool_calls=section.train_tool_calls, reasoning=section.reasoning)
     print(f"{', '.join(map(str, paths))}: {result.summary()}")
     return result.examples, result.dropped
+
+
+def _refuse_undesirable(path, conversations, section) -> None:
+    """A KTO data set (a dataset_info entry mapping ``kto_tag``) trained as SFT would learn its
+    undesirable answers too; refused unless ``data.format`` is given (the user's choice)."""
+    undesirable = sum(c.meta.get("kto_tag") is False for c in conversations)
+    if undesirable and section.format is None:
+        raise DataError(f"{undesirable} of its {len(conversations)} conversations are marked undesirable "
+                        "(kto_tag false), which SFT would train on", file=str(path), reason="unpaired examples",
+                        hint="train them with objective=kto (examples/kto.yaml); to train every answer "
+                        "anyway, set data.format")
 
 
 def split_eval(examples: list, fraction: float, seed: int):

@@ -411,6 +411,18 @@ def test_train_loads_a_csv_with_column_mapping(tmp_path, tiny_tokenizer):
     assert len(train) == 2 and all(example.num_trained > 0 for example in train)
 
 
+def test_a_kto_entry_is_refused_as_sft_training_data(lf_dir, tiny_tokenizer):
+    from sftlab.train.data import load_examples
+
+    data = {"paths": ["kto_en_demo"], "dataset_info": str(lf_dir / "dataset_info.json")}
+    with pytest.raises(DataError, match=r"kto_en_demo: \d+ of its 12 conversations are marked undesirable"
+                                        r".*objective=kto"):
+        load_examples(build_config(TrainConfig, {"data": data}).data, tiny_tokenizer)
+    train, _, _ = load_examples(build_config(TrainConfig, {"data": {**data, "format": "sharegpt"}}).data,
+                                tiny_tokenizer)
+    assert len(train) == 12  # the format given: every answer trained, as asked
+
+
 def test_cli_data_commands_take_the_source_options(tmp_path, lf_dir, alpaca_rows, capsys, tiny_tokenizer):
     out = tmp_path / "out.jsonl"
     assert main(["data", "convert", "identity", "--dataset-info", str(lf_dir), "-o", str(out)]) == 0
