@@ -259,7 +259,8 @@ def _generate(args) -> int:
 def _register_chat(subparsers) -> None:
     parser = _parser(subparsers, "chat", "chat with a model in the terminal",
                      "Interactive chat with streaming replies and history. Commands: /reset, "
-                     "/system TEXT, /exit. Reads one message per line from a pipe as well.")
+                     "/system TEXT, /image PATH, /exit (or end of input, Ctrl-D). Reads one message "
+                     "per line from a pipe as well.")
     add_config_arguments(parser, ChatConfig, flags={
         **MODEL_FLAGS, "trust_remote_code": "--trust-remote-code", **SAMPLING_FLAGS, "system": "--system",
         "images": Flag("--image", append=True, metavar="PATH")},

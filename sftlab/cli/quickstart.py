@@ -9,7 +9,7 @@ from sftlab.quickstart.config import QuickstartConfig
 
 DESCRIPTION = """Instruction tuning in one command, in about 15 minutes on a 2-core CPU.
 
-1. builds instruction data from a dozen exactly-checkable tasks through several natural-language
+1. builds instruction data from 16 exactly-checkable tasks through several natural-language
    templates each (Flan style), holding out some templates and whole tasks for evaluation;
 2. evaluates SmolLM2-135M-Instruct on the held-out instances (exact match);
 3. fine-tunes it with LoRA through `sftlab train` (the config is saved in the run directory);

@@ -156,6 +156,8 @@ def _check(config: EvalConfig, given_model: bool) -> None:
         raise ConfigError("give a MODEL to evaluate, or --responses FILE to score precomputed answers")
     if config.num_samples < 1:
         raise ConfigError(f"--num-samples must be at least 1, not {config.num_samples}")
+    if config.limit is not None and config.limit < 1:
+        raise ConfigError(f"--limit must be at least 1, not {config.limit} (leave it out for every item)")
     if config.num_samples > 1 and not config.responses and not (config.temperature or 0) > 0:
         raise ConfigError(f"--num-samples {config.num_samples} needs --temperature above 0 (greedy "
                           "decoding gives the same response every time), e.g. --temperature 0.8")

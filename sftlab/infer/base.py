@@ -6,9 +6,11 @@ few-shot text prompts).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, Sequence, Union, runtime_checkable
 
+from sftlab.errors import ConfigError
 from sftlab.types import Conversation, Message
 
 Prompt = Union[str, Sequence[Message], Conversation]
@@ -32,6 +34,25 @@ class SamplingConfig:
     randomness (the server's default for requests without a seed, as OpenAI's API does)."""
     stop: list[str] = field(default_factory=list)
     """Stop strings: the output ends before the first one it produces (repeat `--stop`)."""
+
+    def __post_init__(self) -> None:
+        """Out-of-range values are refused when the settings are built, naming the key (the
+        server checks its own request fields first, as OpenAI's API does)."""
+        for key, ok, rule in (
+                ("max_new_tokens", _integer(self.max_new_tokens) and self.max_new_tokens >= 1, "an integer >= 1"),
+                ("temperature", _number(self.temperature) and self.temperature >= 0, "a number >= 0 (0: greedy)"),
+                ("top_p", _number(self.top_p) and 0 <= self.top_p <= 1, "a number in [0, 1] (1: off)"),
+                ("top_k", _integer(self.top_k) and self.top_k >= 0, "an integer >= 0 (0: off)")):
+            if not ok:
+                raise ConfigError(f"sampling.{key} must be {rule}, got {getattr(self, key)!r}")
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass

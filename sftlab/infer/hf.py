@@ -416,6 +416,7 @@ def filter_logits(logits, top_k: int = 0, top_p: float = 1.0):
         cumulative = sorted_logits.softmax(-1).cumsum(-1)
         # drop a token when the tokens ranked above it already reach top_p
         drop = (cumulative - sorted_logits.softmax(-1)) >= top_p
+        drop[..., 0] = False  # top_p <= 0 would drop every token
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return logits
 

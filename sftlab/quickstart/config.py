@@ -24,7 +24,7 @@ class QuickstartConfig:
     seed: int = 0
     """Seeds the data build (which instances and templates), training and the bootstrap."""
     train_per_task: int = 64
-    """Training instances per seen task (12 seen tasks)."""
+    """Training instances per seen task (13 seen tasks)."""
     eval_per_task: int = 12
     """Held-out instances per task for evaluation."""
     epochs: int = 1

@@ -12,6 +12,7 @@ import html
 from pathlib import Path
 from typing import Sequence
 
+from sftlab.errors import ConfigError
 from sftlab.report.charts import bar_chart, radar_chart
 from sftlab.report.tables import Row, Run, comparison_rows, load_runs, markdown_table
 
@@ -114,6 +115,8 @@ def write_report(paths: Sequence[str | Path], out: str | Path, *, subtasks: bool
     rows = comparison_rows(runs, subtasks=subtasks)
     charts = build_charts(runs, rows)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output: {out} is a file, not a directory; give a new or existing folder for the report")
     out.mkdir(parents=True, exist_ok=True)
     written = {}
     for name, png in charts.items():

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from sftlab.errors import ConfigError
+
 
 @dataclass
 class StudyConfig:
@@ -57,6 +59,8 @@ class StudyConfig:
     """A tiny version for tests: a small pool, few items, two optimizer steps per run."""
 
     def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ConfigError("seeds: give at least one training seed (e.g. seeds=[0,1])")
         if self.fast:
             self.train_per_task, self.eval_per_task = min(self.train_per_task, 4), min(self.eval_per_task, 2)
             self.max_new_tokens, self.max_steps = min(self.max_new_tokens, 8), 2

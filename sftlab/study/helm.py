@@ -141,7 +141,7 @@ def build_scenarios(config: HelmConfig, benchmark: Benchmark) -> list[Scenario]:
             scenarios.append(Scenario(name, MultipleChoiceLetters(), docs, *PRIMARY["mc_letters"]))
             continue
         if name not in PRIMARY:
-            raise ConfigError(f"scenarios: {name!r} is not one of checkable, bbh_mc, {', '.join(PRIMARY)}")
+            raise ConfigError(f"scenarios: {name!r} is not one of bbh_mc, {', '.join(PRIMARY)}")
         task = build_task(name, eval_config(config, None))
         where = path or data_path_for(task, _data(config, name, spec))
         scenarios.append(Scenario(name, task, limit_docs(task.docs(where), config.limit), *PRIMARY[name]))

@@ -44,3 +44,9 @@ def test_report_cli(tmp_path, capsys):
     assert main(["report", str(base), "-o", str(tmp_path / "out")]) == 0
     assert "gsm8k" in capsys.readouterr().out
     assert main(["report", str(tmp_path / "missing"), "-o", str(tmp_path / "out2")]) == 2
+
+
+def test_report_cli_output_that_is_a_file_is_a_one_line_error(tmp_path, capsys):
+    base = result_dir(tmp_path / "base", 0.2, 3.0)
+    assert main(["report", str(base), "-o", str(base / "results.json")]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err

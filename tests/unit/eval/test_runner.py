@@ -90,6 +90,14 @@ def test_bbh_subtasks_and_macro_average(shared_data):
     assert summary["extra"]["exact_match_macro"] == pytest.approx(macro)
 
 
+@pytest.mark.parametrize("limit", [0, -2])
+def test_a_limit_below_one_names_the_flag(tmp_path, limit):
+    data = gsm8k_file(tmp_path, [1])
+    with pytest.raises(ConfigError, match="^--limit must be at least 1"):
+        evaluate(EvalConfig(tasks=["gsm8k"], data_dir=str(data), limit=limit),
+                 generator=ScriptedGenerator(), progress=False)
+
+
 def test_limit_per_subtask():
     docs = [{"subtask": s, "id": i} for i, s in enumerate("aaabbc")]
     assert [d["id"] for d in limit_docs(docs, 2)] == [0, 1, 3, 4, 5]

@@ -78,6 +78,12 @@ def test_cli_exit_status_and_json(tmp_path, capsys):
     assert json.loads(out.read_text())["ok"] is True
 
 
+def test_cli_output_in_a_new_folder(tmp_path):
+    out = tmp_path / "new" / "check.json"   # its folder is made, as other outputs' are
+    assert main(["check", "tiny", "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["ok"] is True
+
+
 def test_gguf_and_modelfile_are_checked(tmp_path):
     from sftlab.models.export import export_model
     from sftlab.models.tiny import save_tiny

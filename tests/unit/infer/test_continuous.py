@@ -112,6 +112,7 @@ def test_filter_logits_keeps_top_k_and_the_nucleus():
     assert torch.isinf(filter_logits(logits, top_p=0.8)).tolist() == [[False, False, True, True]]
     assert torch.isinf(filter_logits(logits, top_p=0.81)).tolist() == [[False, False, False, True]]
     assert torch.isinf(filter_logits(logits, top_p=0.1)).tolist() == [[False, True, True, True]]
+    assert torch.isinf(filter_logits(logits, top_p=0.0)).tolist() == [[False, True, True, True]]  # not all -inf
 
 
 
@@ -127,3 +128,17 @@ def test_few_rows_linear_equals_f_linear():
         torch.testing.assert_close(out, torch.nn.functional.linear(x, layer.weight, layer.bias),
                                    rtol=1e-5, atol=1e-6)
         assert out.shape == (*shape[:-1], 40)
+
+
+@pytest.mark.parametrize("key, value", [("max_new_tokens", 0), ("max_new_tokens", -5), ("temperature", -1.0),
+                                        ("top_p", 2.0), ("top_k", -3), ("temperature", float("nan"))])
+def test_out_of_range_sampling_is_refused_naming_the_key(key, value):
+    from sftlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"sampling.{key} must be"):
+        SamplingConfig(**{key: value})
+
+
+def test_sampling_at_the_edges_is_accepted():
+    SamplingConfig(max_new_tokens=1, temperature=0, top_p=0.0, top_k=0)
+    SamplingConfig(temperature=2, top_p=1)  # an int is a number

@@ -118,8 +118,9 @@ def test_a_data_scenario_without_data_dir_says_how_to_give_it():
     config = HelmConfig(model="tiny", fast=True, scenarios=["gsm8k"])
     with pytest.raises(ConfigError, match="data_dir=DIR"):
         helm.build_scenarios(config, checkable_benchmark(config))
-    with pytest.raises(ConfigError, match="not one of"):
+    with pytest.raises(ConfigError, match="not one of") as error:
         helm.build_scenarios(HelmConfig(model="tiny", scenarios=["nope"]), checkable_benchmark(config))
+    assert str(error.value).count("checkable") == 1  # each valid scenario named once
 
 
 def test_fast_shrinks_the_run():

@@ -35,6 +35,11 @@ def test_bad_sizes_name_the_key(sizes, fragment):
     assert str(error.value).startswith("sizes:")
 
 
+def test_no_seeds_fails_naming_the_key():
+    with pytest.raises(ConfigError, match="^seeds: give at least one"):
+        SizeSweepConfig(model="tiny", seeds=[])
+
+
 def block(mean, low, high):
     return {"mean": mean, "low": low, "high": high}
 
