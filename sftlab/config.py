@@ -114,6 +114,21 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+def flatten(values: dict, prefix: str = "") -> dict:
+    """Nested sections as dotted keys: ``{"optim": {"lr": 2e-5}}`` -> ``{"optim.lr": 2e-5}``.
+
+    >>> flatten({"seed": 1, "optim": {"lr": 0.1}})
+    {'seed': 1, 'optim.lr': 0.1}
+    """
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def dump_config(config: Any, path: str | Path) -> None:
     """Write the resolved config as YAML (``.yaml``/``.yml``) or JSON."""
     path = Path(path)

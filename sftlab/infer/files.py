@@ -33,7 +33,7 @@ from typing import Any, Literal
 import yaml
 from tqdm import tqdm
 
-from sftlab.config import dump_config
+from sftlab.config import dump_config, flatten
 from sftlab.data.prompts import PromptRow, read_prompts
 from sftlab.errors import ConfigError, DataError, SftlabError
 from sftlab.infer.base import Generation, Generator, SamplingConfig
@@ -100,8 +100,8 @@ def check_same_settings(config_path: Path, config: GenerateConfig) -> None:
     with the saved ones, and the file would be overwritten to claim the new ones."""
     if not config_path.exists():
         return
-    saved = _flat(yaml.safe_load(config_path.read_text()) or {})
-    current = _flat(yaml.safe_load(yaml.safe_dump(asdict(config), sort_keys=False)))
+    saved = flatten(yaml.safe_load(config_path.read_text()) or {})
+    current = flatten(yaml.safe_load(yaml.safe_dump(asdict(config), sort_keys=False)))
     changed = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in current.items()
                if key not in RESUME_MAY_CHANGE and key in saved and saved[key] != value]
     if changed:
@@ -109,16 +109,6 @@ def check_same_settings(config_path: Path, config: GenerateConfig) -> None:
             f"cannot continue {config.output}: its rows were generated with other settings "
             f"({'; '.join(changed)}; saved in {config_path}). Fix: rerun with those settings, "
             f"or use a new output path (or delete the old output) to start over")
-
-
-def _flat(data: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def check_output(output: Path) -> None:

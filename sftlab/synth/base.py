@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from sftlab.data.formats import record_id
 from sftlab.data.io import file_stem
 from sftlab.data.prompts import PromptRow
 from sftlab.infer.backends import generator_for, resolve_backend
@@ -64,7 +65,7 @@ def resume_ids(prompts: list[PromptRow], path: str | Path) -> list[str]:
     """The id each prompt's records are keyed by: the row's own ``id``; else a hash of its
     messages (``content_ids``). Not ``<file stem>-<index>``, which moves when a line is added
     above or the file is renamed, and would make a rerun answer every prompt again."""
-    return content_ids([(None if has_default_id(p.id, path) else p.id, [m.to_dict() for m in p.messages])
+    return content_ids([(None if record_id(p.row) is None else p.id, [m.to_dict() for m in p.messages])
                         for p in prompts])
 
 
@@ -87,8 +88,9 @@ def content_ids(items: list[tuple[str | None, Any]]) -> list[str]:
 
 
 def has_default_id(item_id: str, path: str | Path) -> bool:
-    """Whether ``item_id`` is the ``<file stem>-<index>[-<k>]`` that ``read_prompts`` and
-    ``read_conversations`` give a row of ``path`` without its own ``id``."""
+    """Whether ``item_id`` is the ``<file stem>-<index>[-<k>]`` that ``read_conversations``
+    gives a row of ``path`` without its own ``id`` (for conversations, which do not keep
+    their row; a prompt's own id is ``record_id(prompt.row)``)."""
     return re.fullmatch(re.escape(file_stem(Path(path))) + r"-\d+(-\d+)?", item_id) is not None
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from sftlab.config import config_to_dict, dump_config
+from sftlab.config import config_to_dict, dump_config, flatten
 from sftlab.data.chat import format_mask
 from sftlab.errors import ConfigError
 from sftlab.models import library_versions
@@ -275,10 +275,5 @@ def end_trackers(accelerator) -> None:
 def flat_config(values: dict, prefix: str = "") -> dict:
     """``{"optim": {"lr": 2e-5}}`` -> ``{"optim.lr": 2e-5}``; lists and None as text, which
     every tracker accepts as a parameter."""
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update(flat_config(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
-    return flat
+    return {key: value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
+            for key, value in flatten(values, prefix).items()}
