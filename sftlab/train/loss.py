@@ -153,7 +153,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         # softmax in float32 at least (float64 when the model is: exact invariant tests)
         acc = torch.promote_types(weight.dtype, torch.float32)
         grad_h = torch.empty_like(hidden) if want_h else None
-        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if want_w else None
+        grad_w = None  # the first chunk's product writes it: no [V, H] zero fill
         grad_b = torch.zeros(bias.shape, dtype=acc, device=bias.device) if want_b else None
         total = torch.zeros((), dtype=acc, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_size):
@@ -170,7 +170,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 dlogits[torch.arange(t.shape[0], device=t.device), t] -= 1.0
                 if want_h:
                     grad_h[start:start + chunk_size] = dlogits.to(weight.dtype) @ weight
-                if want_w:
+                if want_w and grad_w is None:
+                    grad_w = dlogits.T @ h.to(acc)
+                elif want_w:
                     grad_w.addmm_(dlogits.T, h.to(acc))
                 if want_b:
                     grad_b += dlogits.sum(0)
@@ -178,6 +180,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # freed before the next chunk's product, else two [chunk, V] blocks are alive
             # at once (384 MiB at 1024 x 49152 float32: the peak of a long LoRA step)
             del logits
+        if want_w and grad_w is None:  # no labelled position
+            grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.dtypes = (weight.dtype, bias.dtype if bias is not None else None)
         return total

@@ -58,18 +58,35 @@ def test_layers_with_dropout_keep_peft_forward():
     assert fuse_lora(lora_model(dropout=0.1)) == 0
 
 
-def test_swiglu_matches_autograd_and_saves_one_tensor_fewer():
-    from sftlab.train.fused import SwiGLU, fuse_swiglu
+def test_swiglu_matches_autograd_and_saves_two_tensors_fewer():
+    from sftlab.train.fused import SwiGLU, SwiGLUDown, fuse_swiglu
 
     torch.manual_seed(0)
-    gate, up = torch.randn(5, 7, dtype=torch.float64, requires_grad=True), torch.randn(5, 7, dtype=torch.float64,
-                                                                                        requires_grad=True)
+    gate, up = (torch.randn(5, 7, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    weight = torch.randn(3, 7, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(SwiGLU.apply, (gate, up))
+    assert torch.autograd.gradcheck(SwiGLUDown.apply, (gate, up, weight))
     model = tiny_model().double()
     reference = copy.deepcopy(model)
     assert fuse_swiglu(model) == 2
     assert_same_gradients(model, reference, rtol=1e-10, atol=1e-12)
-    assert saved_numel(reference) - saved_numel(model) == 2 * IDS.numel() * model.config.intermediate_size
+    # silu(gate) and the down projection's input are recomputed in backward: two fewer per layer
+    layers, size = model.config.num_hidden_layers, model.config.intermediate_size
+    assert saved_numel(reference) - saved_numel(model) == 2 * layers * IDS.numel() * size
+
+
+def test_swiglu_keeps_the_down_projection_that_is_not_a_plain_linear():
+    from sftlab.train.fused import fuse_swiglu
+
+    model = tiny_model().double()
+    reference = copy.deepcopy(model)
+    fuse_swiglu(model)
+    seen = []
+    model.model.layers[0].mlp.down_proj.register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    assert_same_gradients(model, reference, rtol=1e-10, atol=1e-12)
+    assert len(seen) == 1   # the hook ran: that layer's down projection was called as a module
+    layers, size = model.config.num_hidden_layers, model.config.intermediate_size
+    assert saved_numel(reference) - saved_numel(model) == (2 * layers - 1) * IDS.numel() * size
 
 
 def assert_same_gradients(model, reference, rtol: float, atol: float) -> None:
@@ -81,11 +98,20 @@ def assert_same_gradients(model, reference, rtol: float, atol: float) -> None:
 
 
 def saved_numel(model) -> int:
-    """Elements of every tensor autograd saves in one forward pass of ``model``."""
-    total = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: total.append(t.numel()) or t, lambda t: t):
+    """Elements of the activations autograd saves in one forward pass of ``model``: each
+    storage once (views of one tensor share it), parameters left out."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:
+            saved[storage.data_ptr()] = storage.nbytes() // tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model(input_ids=IDS).logits.sum()
-    return sum(total)
+    return sum(saved.values())
 
 
 def test_rmsnorm_matches_llamas_forward_and_gradients_and_saves_less():
@@ -125,3 +151,31 @@ def test_norms_that_are_not_llamas_keep_their_forward():
             return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon) * (1 + self.weight)
 
     assert fuse_rmsnorm(torch.nn.Sequential(ScaledNorm())) == 0
+
+
+def test_swiglu_under_autocast_calls_the_down_projection(monkeypatch):
+    from sftlab.train import fused
+
+    model = tiny_model()
+    fused.fuse_swiglu(model)
+    joined = []
+    apply = fused.SwiGLUDown.apply
+    monkeypatch.setattr(fused.SwiGLUDown, "apply", lambda *args: joined.append(1) or apply(*args))
+    model(input_ids=IDS).logits.sum().backward()
+    assert len(joined) == model.config.num_hidden_layers
+    joined.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the module casts; the function would not
+        logits = model(input_ids=IDS).logits
+    logits.float().sum().backward()
+    assert joined == [] and logits.dtype == torch.bfloat16
+
+
+def test_lora_adds_the_low_rank_term_into_the_base_output():
+    model = lora_model()
+    fuse_lora(model)
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    seen = {}
+    layer.base_layer.register_forward_hook(lambda module, args, out: seen.update(base=out.data_ptr()))
+    out = layer(torch.randn(2, 3, layer.in_features, dtype=torch.float64, requires_grad=True))
+    assert out.shape == (2, 3, layer.out_features)
+    assert out.data_ptr() == seen["base"]   # no [tokens, out] copy of the base output
