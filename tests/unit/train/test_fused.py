@@ -170,7 +170,27 @@ def test_swiglu_under_autocast_calls_the_down_projection(monkeypatch):
     assert joined == [] and logits.dtype == torch.bfloat16
 
 
-def test_lora_adds_the_low_rank_term_into_the_base_output():
+def test_lora_linear_function_gradients(monkeypatch):
+    from sftlab.train import fused
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    weight, bias = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    a, b = torch.randn(2, 4, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)
+    for trained in ((x, a, b), (x, weight, bias, a, b)):   # frozen base, and a trained one
+        for t in trained:
+            t.requires_grad_(True)
+        assert torch.autograd.gradcheck(lambda *t: fused.LoRALinear.apply(*t, 0.5), (x, weight, bias, a, b))
+    used = []
+    apply = fused.LoRALinear.apply
+    monkeypatch.setattr(fused.LoRALinear, "apply", lambda *args: used.append(1) or apply(*args))
+    model = lora_model()
+    fuse_lora(model)
+    model(input_ids=IDS).logits.sum().backward()
+    assert len(used) == 7 * 2   # every projection of the plain model went through it
+
+
+def test_lora_over_a_hooked_base_adds_into_the_base_output():
     model = lora_model()
     fuse_lora(model)
     layer = model.base_model.model.model.layers[0].self_attn.q_proj
@@ -178,4 +198,4 @@ def test_lora_adds_the_low_rank_term_into_the_base_output():
     layer.base_layer.register_forward_hook(lambda module, args, out: seen.update(base=out.data_ptr()))
     out = layer(torch.randn(2, 3, layer.in_features, dtype=torch.float64, requires_grad=True))
     assert out.shape == (2, 3, layer.out_features)
-    assert out.data_ptr() == seen["base"]   # no [tokens, out] copy of the base output
+    assert out.data_ptr() == seen["base"]   # the hook ran; no [tokens, out] copy of its output
