@@ -2,8 +2,9 @@
 
 The peers are the peer benchmark's own runners (``../shared/peer-bench``, run as they are):
 a plain PyTorch loop, TRL full / packed / LoRA, LLaMA-Factory full / LoRA (in its own
-virtual environment: ``--lf-python``, built as that folder's README says). sftlab runs as
-``bench/train_vs_trl.py --worker`` with the same model, data, order, batch and optimizer.
+virtual environment: ``--lf-python``, built by ``bench/make_lf_venv.sh``). sftlab runs as
+``bench/train_vs_trl.py --worker`` (full, LoRA, QLoRA) with the same model, data, order,
+batch and optimizer.
 Every run is a fresh process; each round runs every runner once, in an order that rotates
 between rounds (the machine's speed drifts), after waiting for a quiet machine. The fp32
 matmul peak is measured in the same run (``peak_flops.py``) and handed to every runner.
@@ -17,8 +18,9 @@ Workloads:
 - ``realistic``: 256-1024 tokens, batch 6 (about 3,840 tokens per optimiser step).
 
 Prints ONE JSON line: per workload and runner the trained tokens/s, peak RSS, MFU and final
-loss for every round, and per method (full, lora) sftlab's same-round ratios against the best
-peer of that round. ``bench/results/train_peers.json`` keeps it with ``--save``.
+loss for every round, and per method (full, lora, qlora) sftlab's same-round ratios against
+the best peer of that round (QLoRA against the LoRA peers: theirs needs bitsandbytes' GPU
+kernels). ``bench/results/train_peers.json`` keeps it with ``--save``.
 
     python bench/train_peers.py --rounds 3 --lf-python /path/to/lf-venv/bin/python --save
     python bench/train_peers.py --rounds 1 --workloads short --runners sftlab_lora,trl_lora
@@ -53,7 +55,10 @@ RUNNERS = {
     "llamafactory_lora": ("lora", "lf_python", [PEER / "llamafactory_sft.py", "--mode", "lora"]),
     "sftlab_full": ("full", "python", [HERE / "train_vs_trl.py", "--worker", "--mode", "full"]),
     "sftlab_lora": ("lora", "python", [HERE / "train_vs_trl.py", "--worker", "--mode", "lora"]),
+    "sftlab_qlora": ("qlora", "python", [HERE / "train_vs_trl.py", "--worker", "--mode", "qlora"]),
 }
+# method -> the peers' method it is compared with (the peers run no 4-bit base on CPU)
+COMPARED_WITH = {"full": "full", "lora": "lora", "qlora": "lora"}
 
 
 def main() -> None:
@@ -202,17 +207,17 @@ def summarize(runs: list[dict]) -> dict:
             "other_procs_cpu_frac": [r.get("other_procs_cpu_frac") for r in ok],
             "errors": [r["error"][-500:] for r in results if "error" in r],
         }
-    return {"runners": runners, "vs_best_peer": {m: versus_best_peer(runs, m) for m in ("full", "lora")}}
+    return {"runners": runners, "vs_best_peer": {m: versus_best_peer(runs, m) for m in COMPARED_WITH}}
 
 
 def versus_best_peer(runs: list[dict], method: str) -> dict:
     """sftlab's same-round speed and peak-RSS ratios against the fastest peer of that round."""
     speed, memory, best = [], [], []
     for round_number in sorted({r["round"] for r in runs}):
-        here = [r for r in runs if r["round"] == round_number and "error" not in r
-                and RUNNERS[r["runner"]][0] == method]
-        ours = [r for r in here if r["runner"].startswith("sftlab")]
-        peers = [r for r in here if not r["runner"].startswith("sftlab")]
+        here = [r for r in runs if r["round"] == round_number and "error" not in r]
+        ours = [r for r in here if r["runner"] == f"sftlab_{method}"]
+        peers = [r for r in here if not r["runner"].startswith("sftlab")
+                 and RUNNERS[r["runner"]][0] == COMPARED_WITH[method]]
         if not ours or not peers:
             continue
         fastest = max(peers, key=lambda r: r["trained_tokens_per_s"])
