@@ -19,8 +19,8 @@ Workloads:
 
 Prints ONE JSON line: per workload and runner the trained tokens/s, peak RSS, MFU and final
 loss for every round, and per method (full, lora, qlora) sftlab's same-round ratios against
-the best peer of that round (QLoRA against the LoRA peers: theirs needs bitsandbytes' GPU
-kernels). ``bench/results/train_peers.json`` keeps it with ``--save``.
+the best peer of that round (QLoRA against the LoRA peers: the peer benchmark's runners
+have no 4-bit mode). ``bench/results/train_peers.json`` keeps it with ``--save``.
 
     python bench/train_peers.py --rounds 3 --lf-python /path/to/lf-venv/bin/python --save
     python bench/train_peers.py --rounds 1 --workloads short --runners sftlab_lora,trl_lora
@@ -57,7 +57,7 @@ RUNNERS = {
     "sftlab_lora": ("lora", "python", [HERE / "train_vs_trl.py", "--worker", "--mode", "lora"]),
     "sftlab_qlora": ("qlora", "python", [HERE / "train_vs_trl.py", "--worker", "--mode", "qlora"]),
 }
-# method -> the peers' method it is compared with (the peers run no 4-bit base on CPU)
+# method -> the peers' method it is compared with (the peer runners have no 4-bit mode)
 COMPARED_WITH = {"full": "full", "lora": "lora", "qlora": "lora"}
 
 

@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--modes", default="full,lora")
     parser.add_argument("--worker", action="store_true", help="run sftlab once, print its JSON")
     parser.add_argument("--mode", default="full", choices=["full", "lora", "qlora"],
-                        help="qlora: the worker only (TRL's side needs bitsandbytes' GPU kernels)")
+                        help="qlora: the worker only (the peer benchmark's TRL runner has no 4-bit mode)")
     parser.add_argument("--loss", default="chunked", choices=["chunked", "full_logits"],
                         help="worker: the LM-head loss implementation")
     parser.add_argument("--no-memory-demo", action="store_true",
